@@ -1,0 +1,30 @@
+//! Lethe's ML engine: everything that touches libtorch.
+//!
+//! - [`data`]: datasets with stable indices (IDX, CIFAR-10 binary, safetensors);
+//! - [`model`]: the zoo (MLP, small CNN, ResNet-9, ResNet-18) and user TorchScript modules,
+//!   all built as member-batched networks;
+//! - [`recipe`] and [`train`]: optimizers, schedules and the training loop;
+//! - [`ensemble`]: subset models trained many at once, streamed to disk per group;
+//! - [`outputs`]: logits and margins on target points;
+//! - [`checkpoint`]: safetensors checkpoints that PyTorch loads.
+//!
+//! Architecture invariants: this is the only library crate that links libtorch; it does no
+//! networking and reads no environment; user data never panics it (errors are [`MlError`]).
+
+pub mod checkpoint;
+pub mod data;
+pub mod ensemble;
+pub mod error;
+pub mod model;
+pub mod outputs;
+pub mod recipe;
+pub mod seed;
+pub mod tensorio;
+pub mod train;
+
+pub use error::{MlError, Result};
+
+/// Picks CUDA when libtorch sees a GPU, the CPU otherwise.
+pub fn default_device() -> tch::Device {
+    tch::Device::cuda_if_available()
+}

@@ -1,0 +1,185 @@
+//! The training loop shared by single models and ensembles.
+//!
+//! Every member has its own training subset and its own shuffle per epoch (from its seed).
+//! The loss is the sum over members of each member's mean cross-entropy, so each member's
+//! gradient is exactly the gradient it would get alone; the optimizers work elementwise, so
+//! each member's update is too.
+
+use rand::seq::SliceRandom;
+use tch::nn::OptimizerConfig;
+use tch::{nn, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::error::{MlError, Result};
+use crate::model::Model;
+use crate::recipe::{Optimizer, Recipe};
+use crate::seed;
+
+/// Where a training run is, reported after every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainProgress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    /// Mean training loss over members in the last finished epoch, if any.
+    pub last_epoch_loss: Option<f64>,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    pub steps: usize,
+    /// Examples processed, counted over all members.
+    pub examples: u64,
+    /// Mean training loss of the last epoch, per member.
+    pub final_loss: Vec<f64>,
+}
+
+/// Trains every member of `model` on its subset of the training split (`subsets[m]`, indices
+/// into `0..n`). All subsets must have the same size so that members step together.
+pub fn train(
+    model: &mut Model,
+    data: &Dataset,
+    subsets: &[Vec<i64>],
+    recipe: &Recipe,
+    progress: &mut dyn FnMut(&TrainProgress),
+) -> Result<TrainSummary> {
+    recipe.validate()?;
+    let members = model.members() as usize;
+    check_subsets(subsets, members, data.num_train)?;
+    if data.sample_shape != model.sample_shape {
+        return Err(MlError::spec(
+            "training data",
+            format!(
+                "model expects samples {:?}, dataset has {:?}",
+                model.sample_shape, data.sample_shape
+            ),
+        ));
+    }
+    let device = model.device();
+    let x_all = data.x.to_device(device);
+    let y_all = data.y.to_device(device);
+    let subset_len = subsets[0].len();
+    let batch_size = recipe.batch_size.min(subset_len);
+    let steps_per_epoch = subset_len.div_ceil(batch_size);
+    let mut optimizer = build_optimizer(&model.vars, recipe)?;
+    let mut last_epoch_loss = None;
+    let mut final_loss = vec![0.0; members];
+    let mut steps = 0;
+    let mut examples = 0u64;
+    for epoch in 0..recipe.epochs {
+        let orders: Vec<Vec<i64>> = subsets
+            .iter()
+            .zip(&model.member_seeds)
+            .map(|(subset, member_seed)| {
+                let mut order = subset.clone();
+                order.shuffle(&mut seed::rng_for_epoch(*member_seed, epoch));
+                order
+            })
+            .collect();
+        let mut epoch_loss = Tensor::zeros([members as i64], (Kind::Float, device));
+        for step in 0..steps_per_epoch {
+            let start = step * batch_size;
+            let end = (start + batch_size).min(subset_len);
+            let batch = (end - start) as i64;
+            let mut indices = Vec::with_capacity(members * batch as usize);
+            for order in &orders {
+                indices.extend_from_slice(&order[start..end]);
+            }
+            let index = Tensor::from_slice(&indices).to_device(device);
+            let mut shape = vec![members as i64, batch];
+            shape.extend_from_slice(&data.sample_shape);
+            let x = x_all.index_select(0, &index).view(shape.as_slice());
+            let y = y_all.index_select(0, &index);
+            optimizer.set_lr(recipe.lr_at(epoch, step, steps_per_epoch));
+            let logits = model.forward(&x, true)?;
+            let per_example = logits
+                .view([-1, model.num_classes])
+                .log_softmax(-1, Kind::Float)
+                .f_nll_loss(&y, None::<Tensor>, tch::Reduction::None, -100)?;
+            let member_loss =
+                per_example
+                    .view([members as i64, batch])
+                    .mean_dim(1, false, Kind::Float);
+            optimizer.zero_grad();
+            member_loss.sum(Kind::Float).backward();
+            optimizer.step();
+            epoch_loss += member_loss.detach();
+            steps += 1;
+            examples += (members as u64) * batch as u64;
+            progress(&TrainProgress {
+                epoch,
+                epochs: recipe.epochs,
+                step,
+                steps_per_epoch,
+                last_epoch_loss,
+            });
+        }
+        final_loss =
+            Vec::<f64>::try_from((epoch_loss / steps_per_epoch as f64).to_kind(Kind::Double))?;
+        last_epoch_loss = Some(final_loss.iter().sum::<f64>() / members as f64);
+    }
+    Ok(TrainSummary {
+        steps,
+        examples,
+        final_loss,
+    })
+}
+
+fn check_subsets(subsets: &[Vec<i64>], members: usize, num_train: i64) -> Result<()> {
+    if subsets.len() != members {
+        return Err(MlError::spec(
+            "training subsets",
+            format!("{} subsets for {members} members", subsets.len()),
+        ));
+    }
+    let len = subsets[0].len();
+    if len == 0 {
+        return Err(MlError::spec(
+            "training subsets",
+            "a member's training subset is empty",
+        ));
+    }
+    for (member, subset) in subsets.iter().enumerate() {
+        if subset.len() != len {
+            return Err(MlError::spec(
+                "training subsets",
+                format!("member {member} has {} examples, member 0 has {len}: ensemble members need equal subset sizes", subset.len()),
+            ));
+        }
+        if let Some(bad) = subset
+            .iter()
+            .find(|index| **index < 0 || **index >= num_train)
+        {
+            return Err(MlError::spec(
+                "training subsets",
+                format!(
+                    "member {member} uses index {bad}, outside the training split 0..{num_train}"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn build_optimizer(vars: &nn::VarStore, recipe: &Recipe) -> Result<nn::Optimizer> {
+    let optimizer = match recipe.optimizer {
+        Optimizer::Sgd { momentum, nesterov } => nn::Sgd {
+            momentum,
+            dampening: 0.0,
+            wd: recipe.weight_decay,
+            nesterov,
+        }
+        .build(vars, recipe.lr)?,
+        Optimizer::Adam { beta1, beta2, eps } => nn::Adam {
+            beta1,
+            beta2,
+            wd: recipe.weight_decay,
+            eps,
+            amsgrad: false,
+        }
+        .build(vars, recipe.lr)?,
+    };
+    Ok(optimizer)
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the ML engine: one binary (faster to link), one module per area.
+
+mod data;
+mod ensemble;
+mod interop;
+mod model;
+mod support;
+mod training;
