@@ -260,6 +260,11 @@ impl Dataset {
         self.x.device()
     }
 
+    /// Another handle on the same tensors (no copy), for another thread.
+    pub fn shallow_clone(&self) -> Dataset {
+        self.to_device(self.device())
+    }
+
     /// Moves the examples to `device` (the whole dataset lives there during training).
     pub fn to_device(&self, device: Device) -> Dataset {
         Dataset {

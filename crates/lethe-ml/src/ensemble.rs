@@ -10,9 +10,10 @@
 //! - `logits` (float16 `G × T × C`), `margins` (float16 `G × T`), `targets`, `labels`: the
 //!   members' outputs on every target, as in [`crate::outputs`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -225,7 +226,13 @@ pub fn run_member_range(
     Ok(true)
 }
 
-/// Runs every group of the ensemble in order, skipping those already done.
+/// Runs every group of the ensemble, skipping those already done.
+///
+/// On a CPU, groups run side by side, one per core, each with single-threaded libtorch ops:
+/// at subset-retrain sizes a group's work is many small operations, and one group per core
+/// avoids both the fork/join cost of every op and the memory traffic of sharing one group's
+/// parameters across cores. libtorch's thread count is restored afterwards. On CUDA, groups run
+/// one after another.
 pub fn run_ensemble(
     spec: &EnsembleSpec,
     data: &Dataset,
@@ -233,10 +240,63 @@ pub fn run_ensemble(
     device: Device,
     events: &mut dyn FnMut(EnsembleEvent),
 ) -> Result<()> {
-    for members in spec.groups() {
-        run_member_range(spec, data, out_dir, members, device, events)?;
+    spec.validate(data.num_train)?;
+    claim_directory(spec, data, out_dir)?;
+    let groups = spec.groups();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = if device == Device::Cpu {
+        cores.min(groups.len())
+    } else {
+        1
+    };
+    if workers <= 1 {
+        for members in groups {
+            run_member_range(spec, data, out_dir, members, device, events)?;
+        }
+        return Ok(());
     }
-    Ok(())
+    let previous_threads = tch::get_num_threads();
+    tch::set_num_threads(1);
+    let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
+    let (sender, receiver) = mpsc::channel::<Result<EnsembleEvent>>();
+    let outcome = std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (queue, sender, data) = (&queue, sender.clone(), data.shallow_clone());
+            scope.spawn(move || loop {
+                let next = queue
+                    .lock()
+                    .expect("no worker panics holding the queue")
+                    .pop_front();
+                let Some(members) = next else { break };
+                let mut forward = |event| {
+                    let _ = sender.send(Ok(event));
+                };
+                if let Err(error) =
+                    run_member_range(spec, &data, out_dir, members, device, &mut forward)
+                {
+                    queue
+                        .lock()
+                        .expect("no worker panics holding the queue")
+                        .clear();
+                    let _ = sender.send(Err(error));
+                    break;
+                }
+            });
+        }
+        drop(sender);
+        let mut first_error = None;
+        for message in receiver {
+            match message {
+                Ok(event) => events(event),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    });
+    tch::set_num_threads(previous_threads);
+    outcome
 }
 
 /// Writes the manifest on first use, or checks that the directory belongs to this ensemble.

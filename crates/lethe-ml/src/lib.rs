@@ -16,6 +16,7 @@ pub mod data;
 pub mod ensemble;
 pub mod error;
 pub mod model;
+mod optim;
 pub mod outputs;
 pub mod recipe;
 pub mod seed;

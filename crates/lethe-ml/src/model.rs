@@ -107,7 +107,11 @@ pub struct Model {
 }
 
 enum Net {
-    Zoo(Box<dyn Network>),
+    Zoo {
+        net: Box<dyn Network>,
+        /// Weights stored as `M × in × out`, transposed relative to PyTorch.
+        transposed: Vec<String>,
+    },
     TorchScript {
         net: torchscript::TorchScriptNet,
         /// Var-store name → PyTorch parameter name.
@@ -130,29 +134,36 @@ impl Model {
         let vars = nn::VarStore::new(device);
         let mut params = ParamBuilder::new(vars.root(), member_seeds);
         let inputs: i64 = sample_shape.iter().product();
-        let net = match spec {
-            ModelSpec::Mlp { hidden } => Net::Zoo(Box::new(zoo::Mlp::new(
+        let zoo_net: Option<Box<dyn Network>> = match spec {
+            ModelSpec::Mlp { hidden } => Some(Box::new(zoo::Mlp::new(
                 &mut params,
                 inputs,
                 hidden,
                 num_classes,
             ))),
-            ModelSpec::SmallCnn => Net::Zoo(Box::new(zoo::SmallCnn::new(
+            ModelSpec::SmallCnn => Some(Box::new(zoo::SmallCnn::new(
                 &mut params,
                 sample_shape,
                 num_classes,
             )?)),
-            ModelSpec::Resnet9 => Net::Zoo(Box::new(zoo::ResNet9::new(
+            ModelSpec::Resnet9 => Some(Box::new(zoo::ResNet9::new(
                 &mut params,
                 sample_shape,
                 num_classes,
             )?)),
-            ModelSpec::Resnet18 => Net::Zoo(Box::new(zoo::ResNet18::new(
+            ModelSpec::Resnet18 => Some(Box::new(zoo::ResNet18::new(
                 &mut params,
                 sample_shape,
                 num_classes,
             )?)),
-            ModelSpec::Torchscript { path } => {
+            ModelSpec::Torchscript { .. } => None,
+        };
+        let net = match (zoo_net, spec) {
+            (Some(net), _) => Net::Zoo {
+                net,
+                transposed: params.into_transposed(),
+            },
+            (None, ModelSpec::Torchscript { path }) => {
                 if member_seeds.len() != 1 {
                     return Err(MlError::spec(
                         "model",
@@ -162,6 +173,7 @@ impl Model {
                 let (net, names) = torchscript::TorchScriptNet::load(path, vars.root())?;
                 Net::TorchScript { net, names }
             }
+            (None, _) => unreachable!("every zoo architecture builds a network"),
         };
         let mut model = Model {
             spec: spec.clone(),
@@ -209,7 +221,7 @@ impl Model {
     /// Maps `M × B × sample_shape` to logits `M × B × C`.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         match &mut self.net {
-            Net::Zoo(net) => net.forward(x, train),
+            Net::Zoo { net, .. } => net.forward(x, train),
             Net::TorchScript { net, .. } => net.forward(x, train),
         }
     }
@@ -234,14 +246,13 @@ impl Model {
             .variables()
             .into_iter()
             .map(|(name, tensor)| match &self.net {
-                Net::Zoo(_) => (
-                    name,
-                    tensor
-                        .select(0, member)
-                        .to_device(Device::Cpu)
-                        .detach()
-                        .copy(),
-                ),
+                Net::Zoo { transposed, .. } => {
+                    let mut value = tensor.select(0, member);
+                    if transposed.contains(&name) {
+                        value = value.transpose(0, 1);
+                    }
+                    (name, value.to_device(Device::Cpu).detach().copy())
+                }
                 Net::TorchScript { names, .. } => {
                     let pytorch_name = names.get(&name).cloned().unwrap_or(name);
                     (pytorch_name, tensor.to_device(Device::Cpu).detach().copy())
@@ -277,7 +288,7 @@ impl Model {
             }
         }
         let store_names: BTreeMap<String, String> = match &self.net {
-            Net::Zoo(_) => expected
+            Net::Zoo { .. } => expected
                 .iter()
                 .map(|(name, _)| (name.clone(), name.clone()))
                 .collect(),
@@ -309,7 +320,10 @@ impl Model {
             let variable = &variables[store_name];
             let value = value.to_kind(current.kind()).to_device(self.device());
             tch::no_grad(|| match &self.net {
-                Net::Zoo(_) => variable.select(0, member).copy_(&value),
+                Net::Zoo { transposed, .. } if transposed.contains(name) => {
+                    variable.select(0, member).copy_(&value.transpose(0, 1))
+                }
+                Net::Zoo { .. } => variable.select(0, member).copy_(&value),
                 Net::TorchScript { .. } => variable.shallow_clone().copy_(&value),
             });
         }
@@ -320,7 +334,7 @@ impl Model {
     pub fn save_torchscript(&self, path: &Path) -> Result<bool> {
         match &self.net {
             Net::TorchScript { net, .. } => net.save(path).map(|()| true),
-            Net::Zoo(_) => Ok(false),
+            Net::Zoo { .. } => Ok(false),
         }
     }
 }

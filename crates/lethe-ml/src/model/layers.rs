@@ -11,7 +11,8 @@ use super::params::ParamBuilder;
 use crate::error::Result;
 
 pub(crate) struct Linear {
-    /// `M × out × in`, PyTorch's layout per member.
+    /// `M × in × out`: the transpose of PyTorch's layout, so that the forward product and the
+    /// weight gradient are plain batched products with no transposed copies.
     weight: Tensor,
     /// `M × out`.
     bias: Option<Tensor>,
@@ -25,18 +26,17 @@ impl Linear {
         outputs: i64,
         bias: bool,
     ) -> Self {
-        let weight = params.uniform(&format!("{name}.weight"), &[outputs, inputs], inputs);
+        let weight = params.uniform_transposed(&format!("{name}.weight"), outputs, inputs);
         let bias = bias.then(|| params.uniform(&format!("{name}.bias"), &[outputs], inputs));
         Linear { weight, bias }
     }
 
     /// `M × B × in` → `M × B × out`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let weight_t = self.weight.transpose(1, 2);
-        let out = match &self.bias {
-            Some(bias) => bias.unsqueeze(1).f_baddbmm(x, &weight_t, 1.0, 1.0)?,
-            None => x.f_bmm(&weight_t)?,
-        };
+        let mut out = x.f_bmm(&self.weight)?;
+        if let Some(bias) = &self.bias {
+            out = out.f_add_(&bias.unsqueeze(1))?;
+        }
         Ok(out)
     }
 }

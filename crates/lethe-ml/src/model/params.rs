@@ -13,6 +13,8 @@ use crate::seed::{self, Stream};
 pub(crate) struct ParamBuilder<'a> {
     root: nn::Path<'a>,
     member_rngs: Vec<ChaCha8Rng>,
+    /// Names of 2-d weights stored transposed (`M × in × out`) relative to PyTorch.
+    transposed: Vec<String>,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -21,7 +23,28 @@ impl<'a> ParamBuilder<'a> {
             .iter()
             .map(|member_seed| seed::rng(*member_seed, Stream::Init))
             .collect();
-        ParamBuilder { root, member_rngs }
+        ParamBuilder {
+            root,
+            member_rngs,
+            transposed: Vec::new(),
+        }
+    }
+
+    pub(crate) fn into_transposed(self) -> Vec<String> {
+        self.transposed
+    }
+
+    /// A linear weight of PyTorch shape `outputs × inputs`, drawn like [`Self::uniform`] (so
+    /// a member's values do not depend on the layout) and stored as `M × inputs × outputs`.
+    pub(crate) fn uniform_transposed(&mut self, name: &str, outputs: i64, inputs: i64) -> Tensor {
+        let values = self.draw_uniform(outputs * inputs, inputs);
+        let init = Tensor::from_slice(&values)
+            .view([self.members(), outputs, inputs])
+            .transpose(1, 2)
+            .contiguous();
+        self.transposed.push(name.to_owned());
+        let (path, leaf) = self.path_for(name);
+        path.var_copy(&leaf, &init)
     }
 
     pub(crate) fn members(&self) -> i64 {
@@ -31,8 +54,14 @@ impl<'a> ParamBuilder<'a> {
     /// A trainable parameter drawn from U(−bound, bound) per member, PyTorch's default for
     /// linear and convolution layers with `bound = 1 / sqrt(fan_in)`.
     pub(crate) fn uniform(&mut self, name: &str, shape: &[i64], fan_in: i64) -> Tensor {
+        let values = self.draw_uniform(shape.iter().product(), fan_in);
+        let init = Tensor::from_slice(&values).view(self.member_shape(shape).as_slice());
+        let (path, leaf) = self.path_for(name);
+        path.var_copy(&leaf, &init)
+    }
+
+    fn draw_uniform(&mut self, per_member: i64, fan_in: i64) -> Vec<f32> {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let per_member: i64 = shape.iter().product();
         let mut values = Vec::with_capacity((per_member * self.members()) as usize);
         for rng in &mut self.member_rngs {
             for _ in 0..per_member {
@@ -40,9 +69,7 @@ impl<'a> ParamBuilder<'a> {
                 values.push(((2.0 * unit - 1.0) * bound) as f32);
             }
         }
-        let init = Tensor::from_slice(&values).view(self.member_shape(shape).as_slice());
-        let (path, leaf) = self.path_for(name);
-        path.var_copy(&leaf, &init)
+        values
     }
 
     /// A trainable parameter filled with `value` (batch-norm scales and shifts).

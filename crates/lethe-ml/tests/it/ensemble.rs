@@ -32,6 +32,8 @@ fn run(spec: &EnsembleSpec, dir: &Path) -> Vec<String> {
         _ => {}
     })
     .unwrap();
+    // Groups run side by side on a CPU, so they finish in any order.
+    log.sort();
     log
 }
 
@@ -68,7 +70,7 @@ fn an_ensemble_streams_groups_and_a_rerun_skips_finished_members() {
     std::fs::remove_file(dir.path().join("members-000002-000004.safetensors")).unwrap();
     assert_eq!(
         run(&spec, dir.path()),
-        ["skip 0..2", "train 2..4", "skip 4..5"]
+        ["skip 0..2", "skip 4..5", "train 2..4"]
     );
     let resumed = EnsembleResults::load(dir.path()).unwrap();
     assert!(
@@ -96,7 +98,15 @@ fn member_ranges_run_concurrently_in_one_directory() {
     let sequential_dir = tempfile::tempdir().unwrap();
     run(&spec, sequential_dir.path());
     let sequential = EnsembleResults::load(sequential_dir.path()).unwrap();
-    assert!(concurrent.logits.equal(&sequential.logits));
+    assert!(concurrent.masks.equal(&sequential.masks));
+    // Bit-for-bit equality needs the same libtorch thread count, and these two runs differ in it
+    // (separate processes' threads here, one thread per group there): BLAS sums in another order.
+    let difference = (concurrent.logits.to_kind(Kind::Float)
+        - sequential.logits.to_kind(Kind::Float))
+    .abs()
+    .max()
+    .double_value(&[]);
+    assert!(difference < 1e-2, "logits differ by {difference}");
 }
 
 #[test]
