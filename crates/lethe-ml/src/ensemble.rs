@@ -186,12 +186,7 @@ pub fn run_member_range(
     })?;
     let targets: Vec<i64> = (0..data.num_targets()).collect();
     let outputs = Outputs::compute(&mut model, data, &targets)?;
-    let val_accuracy = Outputs {
-        targets: data.val_indices(),
-        labels: outputs.labels.narrow(0, data.num_train, data.num_val),
-        logits: outputs.logits.narrow(1, data.num_train, data.num_val),
-    }
-    .accuracy();
+    let val_accuracy = outputs.narrow(data.num_train, data.num_val).accuracy();
     let masks = Tensor::zeros(
         [seeds.len() as i64, data.num_train],
         (Kind::Uint8, Device::Cpu),

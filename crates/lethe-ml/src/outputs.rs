@@ -54,6 +54,15 @@ impl Outputs {
         })
     }
 
+    /// The outputs on targets `start..start + len` of this set.
+    pub fn narrow(&self, start: i64, len: i64) -> Outputs {
+        Outputs {
+            targets: self.targets[start as usize..(start + len) as usize].to_vec(),
+            labels: self.labels.narrow(0, start, len),
+            logits: self.logits.narrow(1, start, len),
+        }
+    }
+
     /// `M × T` margins.
     pub fn margins(&self) -> Tensor {
         margins(&self.logits, &self.labels)

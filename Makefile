@@ -1,0 +1,37 @@
+# Thin wrappers. Every target that builds or runs Rust installs what it needs first (make setup).
+
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+# tch builds against the libtorch inside the virtualenv's torch wheel.
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+
+.PHONY: setup build lint fmt test demo bench-ensemble clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --workspace
+
+fmt:
+	cargo fmt --all
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/check-boundaries.sh
+
+test: lint
+	cargo test --workspace
+
+demo: build
+	scripts/demo.sh
+
+bench-ensemble: setup
+	cargo run --release -p lethe-ml --example bench_ensemble -- --out bench/results/ensemble.json
+
+clean:
+	cargo clean
+	rm -rf demo-output

@@ -1,0 +1,116 @@
+//! `lethe`: the command line of Lethe.
+//!
+//! Architecture invariant: this binary does not link libtorch. Subcommands that run the ML
+//! engine locally (`train`, `ensemble`, `evaluate`) are carried out by `lethe-worker`, which
+//! this command finds (see [`locate_worker`]) and replaces itself with, passing the arguments
+//! through untouched.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lethe", version, about = "Lethe: make trained models forget")]
+struct Cli {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Train one model and write its checkpoint (run by lethe-worker; `lethe train --help`).
+    #[command(disable_help_flag = true)]
+    Train(Forwarded),
+    /// Train an ensemble of subset models (run by lethe-worker; `lethe ensemble --help`).
+    #[command(disable_help_flag = true)]
+    Ensemble(Forwarded),
+    /// Evaluate a checkpoint (run by lethe-worker; `lethe evaluate --help`).
+    #[command(disable_help_flag = true)]
+    Evaluate(Forwarded),
+}
+
+#[derive(clap::Args)]
+struct Forwarded {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+/// Finds the worker binary: `$LETHE_WORKER`, else `lethe-worker` next to this executable, else
+/// on `$PATH`.
+fn locate_worker(
+    explicit: Option<PathBuf>,
+    own_dir: Option<&Path>,
+    path: Option<OsString>,
+) -> Option<PathBuf> {
+    if let Some(explicit) = explicit {
+        return Some(explicit);
+    }
+    let sibling = own_dir.map(|dir| dir.join("lethe-worker"));
+    let on_path = path
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("lethe-worker"));
+    sibling
+        .into_iter()
+        .chain(on_path)
+        .find(|candidate| candidate.is_file())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, forwarded) = match cli.command {
+        Verb::Train(forwarded) => ("train", forwarded),
+        Verb::Ensemble(forwarded) => ("ensemble", forwarded),
+        Verb::Evaluate(forwarded) => ("evaluate", forwarded),
+    };
+    let own_exe = std::env::current_exe().ok();
+    let own_dir = own_exe.as_deref().and_then(Path::parent);
+    let explicit = std::env::var_os("LETHE_WORKER").map(PathBuf::from);
+    let Some(worker) = locate_worker(explicit, own_dir, std::env::var_os("PATH")) else {
+        eprintln!(
+            "error: `lethe {name}` runs in lethe-worker, which links libtorch, and it was not found next to this \
+             executable or on PATH; build it with `make build` or set LETHE_WORKER"
+        );
+        return ExitCode::from(2);
+    };
+    let error = Command::new(&worker).arg(name).args(&forwarded.args).exec();
+    eprintln!("error: cannot run {}: {error}", worker.display());
+    ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_worker_wins_then_the_sibling_then_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("bin");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("lethe-worker"), "").unwrap();
+        let path = std::env::join_paths([&elsewhere]).unwrap();
+        assert_eq!(
+            locate_worker(None, Some(&own), Some(path.clone())),
+            Some(elsewhere.join("lethe-worker"))
+        );
+        std::fs::write(own.join("lethe-worker"), "").unwrap();
+        assert_eq!(
+            locate_worker(None, Some(&own), Some(path.clone())),
+            Some(own.join("lethe-worker"))
+        );
+        let explicit = PathBuf::from("/opt/lethe-worker");
+        assert_eq!(
+            locate_worker(Some(explicit.clone()), Some(&own), Some(path)),
+            Some(explicit)
+        );
+        assert_eq!(
+            locate_worker(None, Some(&elsewhere.join("none")), None),
+            None
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Jobs run in this process, with progress bars on stderr and a summary on stdout.
+
+pub(crate) mod ensemble;
+pub(crate) mod evaluate;
+mod options;
+mod progress;
+pub(crate) mod train;

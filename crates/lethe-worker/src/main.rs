@@ -1,0 +1,47 @@
+//! `lethe-worker`: the process that links libtorch. Today it runs the ML engine's jobs locally
+//! (`train`, `ensemble`, `evaluate`); the `lethe` CLI forwards those subcommands here so that
+//! the CLI itself never links libtorch.
+
+mod local;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lethe-worker",
+    version,
+    about = "Lethe worker: runs training, ensembles and evaluation with libtorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one model and write its checkpoint.
+    Train(local::train::TrainArgs),
+    /// Train an ensemble of subset models (many at once) and write masks and logits per group.
+    Ensemble(local::ensemble::EnsembleArgs),
+    /// Evaluate a checkpoint: accuracy per split, and logits and margins on every target.
+    Evaluate(local::evaluate::EvaluateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Train(args) => local::train::run(args),
+        Command::Ensemble(args) => local::ensemble::run(args),
+        Command::Evaluate(args) => local::evaluate::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

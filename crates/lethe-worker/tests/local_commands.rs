@@ -1,0 +1,154 @@
+//! The worker's local commands, run as a user would: train, evaluate, ensemble, and their errors.
+
+use std::process::{Command, Output};
+
+fn worker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+        .args(args)
+        .output()
+        .expect("the worker runs")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn train_then_evaluate_reports_the_same_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("model.safetensors");
+    let outputs = dir.path().join("outputs.safetensors");
+    let checkpoint_arg = checkpoint.to_str().unwrap();
+    let trained = stdout(&worker(&[
+        "train",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--out",
+        checkpoint_arg,
+        "--outputs",
+        outputs.to_str().unwrap(),
+    ]));
+    let val_accuracy = trained
+        .split("val accuracy ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let evaluated = stdout(&worker(&[
+        "evaluate",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        checkpoint_arg,
+    ]));
+    assert!(
+        evaluated.contains(&format!("accuracy {val_accuracy}")),
+        "{trained}\n{evaluated}"
+    );
+    let written = lethe_ml::tensorio::read_safetensors(&outputs).unwrap();
+    assert_eq!(written.get("logits").unwrap().size(), vec![1, 768, 10]);
+    assert_eq!(written.get("margins").unwrap().size(), vec![1, 768]);
+}
+
+#[test]
+fn an_ensemble_rerun_skips_finished_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let args = [
+        "ensemble",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--members",
+        "6",
+        "--group-size",
+        "3",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+    ];
+    assert!(stdout(&worker(&args)).contains("trained 6 members, skipped 0"));
+    assert!(stdout(&worker(&args)).contains("trained 0 members, skipped 6"));
+}
+
+#[test]
+fn bad_input_is_an_error_message_not_a_crash() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["train", "--dataset", "nope", "--out", "/tmp/x"],
+            "unknown dataset `nope`",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                "cnn",
+                "--epochs",
+                "0",
+                "--out",
+                "/tmp/x",
+            ],
+            "epochs must be at least 1",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "fmnist-tiny",
+                "--schedule",
+                "cosine",
+                "--out",
+                "/tmp/x",
+            ],
+            "unknown schedule `cosine`",
+        ),
+        (
+            &[
+                "train",
+                "--dataset",
+                "fmnist-tiny",
+                "--device",
+                "cuda:7",
+                "--out",
+                "/tmp/x",
+            ],
+            "cuda:7",
+        ),
+        (
+            &[
+                "evaluate",
+                "--dataset",
+                "fmnist-tiny",
+                "--checkpoint",
+                "/nonexistent.safetensors",
+            ],
+            "/nonexistent.safetensors",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = worker(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
