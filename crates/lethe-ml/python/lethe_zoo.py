@@ -80,6 +80,51 @@ def resnet9(channels=3, classes=10):
     )
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block, with its parameter names."""
+
+    def __init__(self, inputs, outputs, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.downsample = None
+        if stride != 1 or inputs != outputs:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(h + shortcut)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (same parameter names), for any number of input channels."""
+
+    def __init__(self, channels=3, classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        inputs = 64
+        for stage, outputs in enumerate([64, 128, 256, 512]):
+            stride = 1 if stage == 0 else 2
+            blocks = [BasicBlock(inputs, outputs, stride), BasicBlock(outputs, outputs, 1)]
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+            inputs = outputs
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = torch.max_pool2d(h, 3, stride=2, padding=1)
+        for stage in range(1, 5):
+            h = getattr(self, f"layer{stage}")(h)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+
 def build(spec, sample_shape, classes):
     """Builds the twin of a Lethe `ModelSpec` (as stored in checkpoint metadata)."""
     arch = spec["arch"]
@@ -92,4 +137,6 @@ def build(spec, sample_shape, classes):
         return SmallCNN(*sample_shape, classes)
     if arch == "resnet9":
         return resnet9(sample_shape[0], classes)
+    if arch == "resnet18":
+        return ResNet18(sample_shape[0], classes)
     raise ValueError(f"no PyTorch twin for {arch}")

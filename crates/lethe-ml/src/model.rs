@@ -5,6 +5,7 @@
 //! trained alone and the same member trained inside an ensemble run the same code.
 
 mod layers;
+mod mlp_backward;
 mod params;
 mod torchscript;
 mod zoo;
@@ -92,6 +93,26 @@ impl fmt::Display for ModelSpec {
 pub trait Network {
     /// Maps `M × B × sample_shape` to logits `M × B × C`; `train` selects batch statistics.
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// A hand-written training step, for networks simple enough to have one; the others train
+    /// through autograd.
+    fn manual_backward(&mut self) -> Option<&mut dyn ManualBackward> {
+        None
+    }
+}
+
+/// A training step without autograd: the forward pass, the loss and the gradients, written
+/// into buffers that live as long as the network. For small networks trained many at once this
+/// saves the autograd graph and a fresh allocation of every activation and gradient per step.
+pub trait ManualBackward {
+    /// The trainable parameters, in the order of the gradients that
+    /// [`ManualBackward::loss_and_gradients`] returns.
+    fn parameters(&self) -> Vec<Tensor>;
+
+    /// Each member's mean cross-entropy on `x` (`M × B × sample_shape`) and labels `y`
+    /// (`M·B`, member-major), and the gradients of their sum with respect to
+    /// [`ManualBackward::parameters`].
+    fn loss_and_gradients(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Vec<Tensor>)>;
 }
 
 /// M models of one architecture: their parameters and the network that runs them.
@@ -223,6 +244,14 @@ impl Model {
         match &mut self.net {
             Net::Zoo { net, .. } => net.forward(x, train),
             Net::TorchScript { net, .. } => net.forward(x, train),
+        }
+    }
+
+    /// The hand-written training step of the network, if it has one.
+    pub fn manual_backward(&mut self) -> Option<&mut dyn ManualBackward> {
+        match &mut self.net {
+            Net::Zoo { net, .. } => net.manual_backward(),
+            Net::TorchScript { .. } => None,
         }
     }
 

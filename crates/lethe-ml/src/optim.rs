@@ -37,14 +37,27 @@ pub(crate) struct BatchedOptimizer {
     kind: Optimizer,
     weight_decay: f64,
     steps: i32,
-    /// libtorch's optimizer, used only for `zero_grad`, which sets gradients to undefined so
-    /// that the next backward pass writes them instead of adding to zeroed buffers.
-    gradient_reset: nn::Optimizer,
+}
+
+/// Clears autograd's gradients between steps. It uses libtorch's optimizer only for its
+/// `zero_grad`, which sets gradients to undefined, so that the next backward pass writes them
+/// instead of adding to zeroed buffers.
+pub(crate) struct GradientReset(nn::Optimizer);
+
+impl GradientReset {
+    pub(crate) fn new(vars: &nn::VarStore) -> Result<Self> {
+        Ok(GradientReset(nn::Sgd::default().build(vars, 0.0)?))
+    }
+
+    pub(crate) fn zero_grad(&mut self) {
+        self.0.zero_grad();
+    }
 }
 
 impl BatchedOptimizer {
-    pub(crate) fn new(vars: &nn::VarStore, recipe: &Recipe) -> Result<Self> {
-        let params = vars.trainable_variables();
+    /// An optimizer for `params`; [`BatchedOptimizer::step`] takes their gradients in the same
+    /// order.
+    pub(crate) fn new(params: Vec<Tensor>, recipe: &Recipe) -> Self {
         let states = params
             .iter()
             .map(|param| match recipe.optimizer {
@@ -58,29 +71,31 @@ impl BatchedOptimizer {
                 },
             })
             .collect();
-        let gradient_reset = nn::Sgd::default().build(vars, 0.0)?;
-        Ok(BatchedOptimizer {
+        BatchedOptimizer {
             params,
             states,
             kind: recipe.optimizer.clone(),
             weight_decay: recipe.weight_decay,
             steps: 0,
-            gradient_reset,
-        })
+        }
     }
 
-    pub(crate) fn zero_grad(&mut self) {
-        self.gradient_reset.zero_grad();
-    }
-
-    pub(crate) fn step(&mut self, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`; `gradients[i]` belongs to the i-th parameter, and an
+    /// undefined gradient leaves its parameter alone.
+    pub(crate) fn step(&mut self, lr: f64, gradients: &[Tensor]) -> Result<()> {
+        debug_assert_eq!(gradients.len(), self.params.len());
         self.steps += 1;
         let steps = self.steps;
         let kind = self.kind.clone();
         let weight_decay = self.weight_decay;
         tch::no_grad(|| -> Result<()> {
-            for (param, state) in self.params.iter_mut().zip(self.states.iter_mut()) {
-                let raw_grad = param.grad();
+            for ((param, state), gradient) in self
+                .params
+                .iter_mut()
+                .zip(self.states.iter_mut())
+                .zip(gradients)
+            {
+                let raw_grad = gradient.shallow_clone();
                 if !raw_grad.defined() {
                     continue;
                 }
@@ -272,7 +287,10 @@ mod tests {
             weight_decay: 1e-3,
             ..Recipe::fmnist_mlp()
         };
-        let mut optimizer = BatchedOptimizer::new(&ours, &recipe).unwrap();
+        let params = ours.trainable_variables();
+        let mut optimizer =
+            BatchedOptimizer::new(params.iter().map(Tensor::shallow_clone).collect(), &recipe);
+        let mut reset = GradientReset::new(&ours).unwrap();
         let mut libtorch = nn::Adam {
             wd: 1e-3,
             ..Default::default()
@@ -281,9 +299,10 @@ mod tests {
         .unwrap();
         let target = Tensor::randn([4, 50_000], (Kind::Float, Device::Cpu));
         for _ in 0..10 {
-            optimizer.zero_grad();
+            reset.zero_grad();
             (&ours_param - &target).square().sum(Kind::Float).backward();
-            optimizer.step(1e-3).unwrap();
+            let gradients: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+            optimizer.step(1e-3, &gradients).unwrap();
             libtorch.zero_grad();
             (&reference_param - &target)
                 .square()

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use crate::data::Dataset;
 use crate::error::{MlError, Result};
 use crate::model::Model;
-use crate::optim::BatchedOptimizer;
+use crate::optim::{BatchedOptimizer, GradientReset};
 use crate::recipe::Recipe;
 use crate::seed;
 
@@ -63,7 +63,16 @@ pub fn train(
     let subset_len = subsets[0].len();
     let batch_size = recipe.batch_size.min(subset_len);
     let steps_per_epoch = subset_len.div_ceil(batch_size);
-    let mut optimizer = BatchedOptimizer::new(&model.vars, recipe)?;
+    let manual = model.manual_backward().is_some();
+    let parameters = match model.manual_backward() {
+        Some(manual) => manual.parameters(),
+        None => model.vars.trainable_variables(),
+    };
+    let mut optimizer = BatchedOptimizer::new(
+        parameters.iter().map(Tensor::shallow_clone).collect(),
+        recipe,
+    );
+    let mut gradient_reset = GradientReset::new(&model.vars)?;
     // One buffer for the gathered inputs of every step: a fresh multi-megabyte tensor per step
     // costs page faults comparable to the step's arithmetic on a CPU.
     let mut buffer_shape = vec![(members * batch_size) as i64];
@@ -99,18 +108,30 @@ pub fn train(
                 .f_index_select_out(&x_batch.narrow(0, 0, members as i64 * batch), 0, &index)?
                 .view(shape.as_slice());
             let y = y_all.index_select(0, &index);
-            let logits = model.forward(&x, true)?;
-            let per_example = logits
-                .view([-1, model.num_classes])
-                .log_softmax(-1, Kind::Float)
-                .f_nll_loss(&y, None::<Tensor>, tch::Reduction::None, -100)?;
-            let member_loss =
-                per_example
-                    .view([members as i64, batch])
-                    .mean_dim(1, false, Kind::Float);
-            optimizer.zero_grad();
-            member_loss.sum(Kind::Float).backward();
-            optimizer.step(recipe.lr_at(epoch, step, steps_per_epoch))?;
+            let lr = recipe.lr_at(epoch, step, steps_per_epoch);
+            let member_loss = match (manual, model.manual_backward()) {
+                (true, Some(network)) => {
+                    let (member_loss, gradients) = network.loss_and_gradients(&x, &y)?;
+                    optimizer.step(lr, &gradients)?;
+                    member_loss
+                }
+                _ => {
+                    let logits = model.forward(&x, true)?;
+                    let per_example = logits
+                        .view([-1, model.num_classes])
+                        .log_softmax(-1, Kind::Float)
+                        .f_nll_loss(&y, None::<Tensor>, tch::Reduction::None, -100)?;
+                    let member_loss =
+                        per_example
+                            .view([members as i64, batch])
+                            .mean_dim(1, false, Kind::Float);
+                    gradient_reset.zero_grad();
+                    member_loss.sum(Kind::Float).backward();
+                    let gradients: Vec<Tensor> = parameters.iter().map(Tensor::grad).collect();
+                    optimizer.step(lr, &gradients)?;
+                    member_loss
+                }
+            };
             epoch_loss += member_loss.detach();
             steps += 1;
             examples += (members as u64) * batch as u64;

@@ -31,6 +31,14 @@ impl Linear {
         Linear { weight, bias }
     }
 
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// `M × B × in` → `M × B × out`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out = x.f_bmm(&self.weight)?;

@@ -10,7 +10,9 @@ use crate::error::{MlError, Result};
 
 /// Multi-layer perceptron on flattened inputs: `layers.{i}` linear layers with ReLU between.
 pub(crate) struct Mlp {
-    layers: Vec<Linear>,
+    pub(super) layers: Vec<Linear>,
+    /// Gradient buffers of the hand-written backward pass, allocated on first use.
+    pub(super) gradients: Option<Vec<Tensor>>,
 }
 
 impl Mlp {
@@ -30,7 +32,10 @@ impl Mlp {
                 Linear::new(params, &format!("layers.{index}"), pair[0], pair[1], true)
             })
             .collect();
-        Mlp { layers }
+        Mlp {
+            layers,
+            gradients: None,
+        }
     }
 }
 
@@ -45,6 +50,10 @@ impl Network for Mlp {
             }
         }
         Ok(h)
+    }
+
+    fn manual_backward(&mut self) -> Option<&mut dyn super::ManualBackward> {
+        Some(self)
     }
 }
 

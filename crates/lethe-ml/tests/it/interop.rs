@@ -50,6 +50,7 @@ fn pytorch_loads_lethe_checkpoints_and_gets_the_same_logits() {
         ("mlp:64,32", &data),
         ("cnn", &data),
         ("resnet9", &resnet_data),
+        ("resnet18", &resnet_data),
     ] {
         let spec: ModelSpec = spec.parse().unwrap();
         let mut model = Model::new(
