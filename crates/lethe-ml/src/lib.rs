@@ -6,11 +6,13 @@
 //! - [`recipe`] and [`train`]: optimizers, schedules and the training loop;
 //! - [`ensemble`]: subset models trained many at once, streamed to disk per group;
 //! - [`outputs`]: logits and margins on target points;
-//! - [`checkpoint`]: safetensors checkpoints that PyTorch loads.
+//! - [`checkpoint`]: safetensors checkpoints that PyTorch loads;
+//! - [`attribution`]: the attribution index (β), its estimators and its evaluation (LDS).
 //!
 //! Architecture invariants: this is the only library crate that links libtorch; it does no
 //! networking and reads no environment; user data never panics it (errors are [`MlError`]).
 
+pub mod attribution;
 pub mod checkpoint;
 pub mod data;
 pub mod ensemble;

@@ -1,5 +1,6 @@
 //! Integration tests of the ML engine: one binary (faster to link), one module per area.
 
+mod attribution;
 mod data;
 mod ensemble;
 mod interop;
