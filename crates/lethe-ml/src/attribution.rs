@@ -5,9 +5,135 @@
 //!   the rows of a forget set without reading the rest;
 //! - [`subsample`]: the default estimator, per-logit subsampled influence from the masks and
 //!   logits of subset retrains;
+//! - [`ridge`]: the datamodels estimator, ridge regression per target, its penalty chosen by
+//!   LDS on held-out estimation models;
 //! - [`lds`]: the linear datamodeling score of an index on held-out subset retrains, and
 //!   DM-direct predictions of the outputs after removing a forget set.
 
 pub mod beta_file;
 pub mod lds;
+pub mod ridge;
 pub mod subsample;
+
+use std::collections::BTreeMap;
+use std::ops::{ControlFlow, Range};
+use std::path::Path;
+
+use crate::ensemble::EnsembleResults;
+use crate::error::{MlError, Result};
+use ridge::{PenaltySelection, RidgeWeights};
+use subsample::{write_linear_index, BuildProgress, SubsampleWeights};
+
+/// How β is estimated from subset retrains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Estimator {
+    /// Per-logit subsampled influence (difference of means); the default.
+    Subsample,
+    /// Ridge regression per target; without a penalty, it is chosen by LDS on held-out
+    /// estimation models.
+    Ridge { penalty: Option<f64> },
+}
+
+/// What an index build did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexBuild {
+    /// False when `progress` stopped the build (a rerun resumes it).
+    pub complete: bool,
+    /// The ridge penalty used, with the validation LDS of each candidate when it was selected.
+    pub penalty: Option<f64>,
+    pub penalty_selection: Option<PenaltySelection>,
+}
+
+/// Builds the index of the members `members` of an ensemble (the others can be held out to
+/// evaluate it) and writes it to `out`.
+pub fn build_index(
+    ensemble: &EnsembleResults,
+    members: Range<usize>,
+    estimator: Estimator,
+    out: &Path,
+    progress: &mut dyn FnMut(BuildProgress) -> ControlFlow<()>,
+) -> Result<IndexBuild> {
+    let total = ensemble.seeds.len();
+    if members.len() < 2 || members.end > total {
+        return Err(MlError::spec(
+            "index",
+            format!("estimation members {members:?} must be at least two of 0..{total}"),
+        ));
+    }
+    let (start, count) = (members.start as i64, members.len() as i64);
+    let masks = ensemble.masks.narrow(0, start, count);
+    let logits = ensemble.logits.narrow(0, start, count);
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "ensemble_fingerprint".to_owned(),
+        ensemble.manifest.fingerprint.clone(),
+    );
+    metadata.insert(
+        "dataset_hash".to_owned(),
+        ensemble.manifest.dataset_hash.clone(),
+    );
+    metadata.insert(
+        "estimation_members".to_owned(),
+        format!("{}..{}", members.start, members.end),
+    );
+    metadata.insert(
+        "num_train".to_owned(),
+        ensemble.manifest.num_train.to_string(),
+    );
+    match estimator {
+        Estimator::Subsample => {
+            metadata.insert("method".to_owned(), "subsample".to_owned());
+            let complete = write_linear_index(
+                &SubsampleWeights::new(&masks)?,
+                &logits,
+                out,
+                &metadata,
+                None,
+                progress,
+            )?;
+            Ok(IndexBuild {
+                complete,
+                penalty: None,
+                penalty_selection: None,
+            })
+        }
+        Estimator::Ridge { penalty } => {
+            let num_train = ensemble.manifest.num_train;
+            let num_targets = ensemble.manifest.num_targets;
+            let targets = if num_targets > num_train {
+                num_train..num_targets
+            } else {
+                0..num_targets
+            };
+            let selection = match penalty {
+                Some(_) => None,
+                None => Some(ridge::select_penalty(
+                    &ensemble.masks,
+                    &ensemble.logits,
+                    &ensemble.labels,
+                    members.clone(),
+                    targets,
+                    0.15,
+                )?),
+            };
+            let chosen = penalty
+                .or(selection.as_ref().map(|selection| selection.chosen))
+                .expect("a penalty is given or selected");
+            metadata.insert("method".to_owned(), "ridge".to_owned());
+            metadata.insert("ridge_penalty".to_owned(), chosen.to_string());
+            let complete = write_linear_index(
+                &RidgeWeights::fit(&masks, chosen)?,
+                &logits,
+                out,
+                &metadata,
+                None,
+                progress,
+            )?;
+            Ok(IndexBuild {
+                complete,
+                penalty: Some(chosen),
+                penalty_selection: selection,
+            })
+        }
+    }
+}

@@ -36,6 +36,42 @@ pub fn linear_datamodeling_score(
     held_out: Range<usize>,
     targets: Range<i64>,
 ) -> Result<LdsReport> {
+    if targets.is_empty() || targets.end > index.shape.targets || targets.start < 0 {
+        return Err(MlError::spec(
+            "LDS",
+            format!("targets {targets:?} must lie in 0..{}", index.shape.targets),
+        ));
+    }
+    let (target_start, target_len) = (targets.start, targets.end - targets.start);
+    let rows = |start: i64, len: i64| -> Result<Tensor> {
+        Ok(index
+            .row_range(start, len)?
+            .narrow(1, target_start, target_len))
+    };
+    score(
+        &rows,
+        index.shape.sources,
+        masks,
+        logits,
+        labels,
+        estimation,
+        held_out,
+        targets,
+    )
+}
+
+/// The LDS of a β whose rows (restricted to `targets`) come from `beta_rows(start, len)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn score(
+    beta_rows: &dyn Fn(i64, i64) -> Result<Tensor>,
+    sources: i64,
+    masks: &Tensor,
+    logits: &Tensor,
+    labels: &Tensor,
+    estimation: Range<usize>,
+    held_out: Range<usize>,
+    targets: Range<i64>,
+) -> Result<LdsReport> {
     let models = masks.size()[0] as usize;
     if held_out.len() < 3
         || held_out.end > models
@@ -50,17 +86,17 @@ pub fn linear_datamodeling_score(
             "held-out models must not be estimation models",
         ));
     }
-    if targets.is_empty() || targets.end > index.shape.targets || targets.start < 0 {
-        return Err(MlError::spec(
-            "LDS",
-            format!("targets {targets:?} must lie in 0..{}", index.shape.targets),
-        ));
+    if masks.size()[1] != sources {
+        return Err(MlError::Shape(format!(
+            "masks cover {} examples, the index {sources}",
+            masks.size()[1]
+        )));
     }
     let range = |r: &Range<usize>| (r.start as i64, r.len() as i64);
     let (estimation_start, estimation_len) = range(&estimation);
     let (held_start, held_len) = range(&held_out);
     let (target_start, target_len) = (targets.start, targets.end - targets.start);
-    let classes = index.shape.classes;
+    let classes = logits.size()[2];
 
     let estimation_masks = masks
         .narrow(0, estimation_start, estimation_len)
@@ -78,11 +114,9 @@ pub fn linear_datamodeling_score(
         [held_len, target_len * classes],
         (Kind::Float, tch::Device::Cpu),
     );
-    for start in (0..index.shape.sources).step_by(ROW_CHUNK as usize) {
-        let rows = ROW_CHUNK.min(index.shape.sources - start);
-        let beta = index
-            .row_range(start, rows)?
-            .narrow(1, target_start, target_len)
+    for start in (0..sources).step_by(ROW_CHUNK as usize) {
+        let rows = ROW_CHUNK.min(sources - start);
+        let beta = beta_rows(start, rows)?
             .to_kind(Kind::Float)
             .reshape([rows, -1]);
         shift += centred_masks.narrow(1, start, rows).matmul(&beta);

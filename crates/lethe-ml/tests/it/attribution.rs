@@ -4,7 +4,8 @@ use std::path::Path;
 
 use lethe_ml::attribution::beta_file::BetaReader;
 use lethe_ml::attribution::lds::{linear_datamodeling_score, predict_without};
-use lethe_ml::attribution::subsample::{build_from_ensemble, write_subsample_index};
+use lethe_ml::attribution::subsample::write_subsample_index;
+use lethe_ml::attribution::{build_index, Estimator};
 use lethe_ml::ensemble::{run_ensemble, EnsembleResults, EnsembleSpec};
 use lethe_ml::recipe::Recipe;
 use tch::{Device, Kind, Tensor};
@@ -203,7 +204,7 @@ fn malformed_index_files_are_rejected_with_the_file_named() {
 }
 
 #[test]
-fn subsample_lds_on_fmnist_tiny_is_clearly_above_zero() {
+fn subsample_and_ridge_lds_on_fmnist_tiny_are_clearly_above_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = fmnist_tiny();
     let spec = EnsembleSpec {
@@ -220,22 +221,28 @@ fn subsample_lds_on_fmnist_tiny_is_clearly_above_zero() {
     };
     run_ensemble(&spec, &data, dir.path(), Device::Cpu, &mut |_| {}).unwrap();
     let ensemble = EnsembleResults::load(dir.path()).unwrap();
+    let val_targets = data.num_train..data.num_targets();
+    let lds = |reader: &BetaReader, held_out: std::ops::Range<usize>| {
+        linear_datamodeling_score(
+            reader,
+            &ensemble.masks,
+            &ensemble.logits,
+            &ensemble.labels,
+            0..96,
+            held_out,
+            val_targets.clone(),
+        )
+    };
+
     let index = dir.path().join("beta.safetensors");
-    assert!(
-        build_from_ensemble(&ensemble, 0..96, &index, &mut |_| ControlFlow::Continue(())).unwrap()
-    );
+    let build = build_index(&ensemble, 0..96, Estimator::Subsample, &index, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(build.complete);
     let reader = BetaReader::open(&index).unwrap();
     assert_eq!(reader.metadata["estimation_members"], "0..96");
-    let report = linear_datamodeling_score(
-        &reader,
-        &ensemble.masks,
-        &ensemble.logits,
-        &ensemble.labels,
-        0..96,
-        96..128,
-        data.num_train..data.num_targets(),
-    )
-    .unwrap();
+    let report = lds(&reader, 96..128).unwrap();
     eprintln!("fmnist-tiny subsample LDS {report:?}");
     // Measured 0.21 with these settings; chance is 0.
     assert!(
@@ -243,14 +250,57 @@ fn subsample_lds_on_fmnist_tiny_is_clearly_above_zero() {
         "LDS {} is not clearly above zero",
         report.lds
     );
-    assert!(linear_datamodeling_score(
-        &reader,
-        &ensemble.masks,
-        &ensemble.logits,
-        &ensemble.labels,
+    assert!(
+        lds(&reader, 90..128).is_err(),
+        "held-out models must not overlap estimation models"
+    );
+
+    let ridge_index = dir.path().join("ridge.safetensors");
+    let build = build_index(
+        &ensemble,
         0..96,
-        90..128,
-        0..10
+        Estimator::Ridge { penalty: None },
+        &ridge_index,
+        &mut |_| ControlFlow::Continue(()),
     )
-    .is_err());
+    .unwrap();
+    let selection = build
+        .penalty_selection
+        .expect("the penalty is selected by measurement");
+    assert_eq!(
+        selection.candidates.len(),
+        lethe_ml::attribution::ridge::PENALTY_GRID.len()
+    );
+    let ridge = BetaReader::open(&ridge_index).unwrap();
+    assert_eq!(ridge.metadata["method"], "ridge");
+    let ridge_report = lds(&ridge, 96..128).unwrap();
+    eprintln!("fmnist-tiny ridge LDS {ridge_report:?} (penalty {selection:?})");
+    assert!(
+        ridge_report.lds > 0.1,
+        "ridge LDS {} is not clearly above zero",
+        ridge_report.lds
+    );
+}
+
+#[test]
+fn ridge_weights_solve_the_regularised_least_squares_problem() {
+    let (masks, logits) = synthetic(20, 6);
+    let penalty = 0.5;
+    let ridge = lethe_ml::attribution::ridge::RidgeWeights::fit(&masks, penalty).unwrap();
+    let weights = lethe_ml::attribution::subsample::EstimatorWeights::rows(&ridge, 0, 6).unwrap();
+    let y = logits.to_kind(Kind::Double).reshape([20, -1]);
+    let fitted = weights.to_kind(Kind::Double).matmul(&y);
+    // Primal check: (ĀᵀĀ + λ'I)·β = Āᵀ·y, with λ' = penalty × mean squared row norm of Ā.
+    let design = masks.to_kind(Kind::Double);
+    let centred = &design - design.mean_dim(0, true, Kind::Double);
+    let scale = centred
+        .square()
+        .sum_dim_intlist(1, false, Kind::Double)
+        .mean(Kind::Double);
+    let lhs = (centred.transpose(0, 1).matmul(&centred)
+        + Tensor::eye(6, (Kind::Double, Device::Cpu)) * (scale * penalty))
+        .matmul(&fitted);
+    let rhs = centred.transpose(0, 1).matmul(&y);
+    let difference = (lhs - rhs).abs().max().double_value(&[]);
+    assert!(difference < 1e-3, "normal equations off by {difference}");
 }
