@@ -1,7 +1,7 @@
 //! `lethe`: the command line of Lethe.
 //!
 //! Architecture invariant: this binary does not link libtorch. Subcommands that run the ML
-//! engine locally (`train`, `ensemble`, `evaluate`) are carried out by `lethe-worker`, which
+//! engine locally (`train`, `ensemble`, `evaluate`, `index`) are carried out by `lethe-worker`, which
 //! this command finds (see [`locate_worker`]) and replaces itself with, passing the arguments
 //! through untouched.
 
@@ -30,6 +30,9 @@ enum Verb {
     /// Evaluate a checkpoint (run by lethe-worker; `lethe evaluate --help`).
     #[command(disable_help_flag = true)]
     Evaluate(Forwarded),
+    /// Build, evaluate or inspect an attribution index (run by lethe-worker; `lethe index --help`).
+    #[command(disable_help_flag = true)]
+    Index(Forwarded),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),
+        Verb::Index(forwarded) => ("index", forwarded),
     };
     let own_exe = std::env::current_exe().ok();
     let own_dir = own_exe.as_deref().and_then(Path::parent);

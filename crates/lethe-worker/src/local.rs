@@ -2,6 +2,7 @@
 
 pub(crate) mod ensemble;
 pub(crate) mod evaluate;
+pub(crate) mod index;
 mod options;
 mod progress;
 pub(crate) mod train;

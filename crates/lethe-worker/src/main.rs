@@ -1,5 +1,5 @@
 //! `lethe-worker`: the process that links libtorch. Today it runs the ML engine's jobs locally
-//! (`train`, `ensemble`, `evaluate`); the `lethe` CLI forwards those subcommands here so that
+//! (`train`, `ensemble`, `evaluate`, `index`); the `lethe` CLI forwards those subcommands here so that
 //! the CLI itself never links libtorch.
 
 mod local;
@@ -27,6 +27,9 @@ enum Command {
     Ensemble(local::ensemble::EnsembleArgs),
     /// Evaluate a checkpoint: accuracy per split, and logits and margins on every target.
     Evaluate(local::evaluate::EvaluateArgs),
+    /// Attribution indexes: build from subset retrains, evaluate (LDS), inspect.
+    #[command(subcommand)]
+    Index(local::index::IndexCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Train(args) => local::train::run(args),
         Command::Ensemble(args) => local::ensemble::run(args),
         Command::Evaluate(args) => local::evaluate::run(args),
+        Command::Index(command) => local::index::run(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

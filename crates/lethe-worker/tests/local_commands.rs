@@ -152,3 +152,110 @@ fn bad_input_is_an_error_message_not_a_crash() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn an_index_is_built_evaluated_and_inspected_from_an_ensemble() {
+    let dir = tempfile::tempdir().unwrap();
+    let ensemble = dir.path().join("ensemble");
+    let ensemble_arg = ensemble.to_str().unwrap();
+    let index = dir.path().join("beta.safetensors");
+    let index_arg = index.to_str().unwrap();
+    stdout(&worker(&[
+        "ensemble",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--members",
+        "24",
+        "--epochs",
+        "2",
+        "--out",
+        ensemble_arg,
+    ]));
+    let built = stdout(&worker(&[
+        "index",
+        "build",
+        "--ensemble",
+        ensemble_arg,
+        "--estimation-members",
+        "0..18",
+        "--out",
+        index_arg,
+    ]));
+    assert!(
+        built.contains("512 sources × 768 targets × 10 classes"),
+        "{built}"
+    );
+    let evaluated = stdout(&worker(&[
+        "index",
+        "evaluate",
+        "--index",
+        index_arg,
+        "--ensemble",
+        ensemble_arg,
+    ]));
+    assert!(
+        evaluated.starts_with("LDS ") && evaluated.contains("6 held-out models 18..24"),
+        "{evaluated}"
+    );
+    let inspected = stdout(&worker(&[
+        "index", "inspect", "--index", index_arg, "--source", "5", "--top", "3",
+    ]));
+    assert!(
+        inspected.contains("method: subsample") && inspected.contains("source example 5"),
+        "{inspected}"
+    );
+
+    let manifest = ensemble.join("ensemble.json");
+    let manifest_arg = manifest.to_str().unwrap();
+    let failures: [(&[&str], &str); 4] = [
+        (
+            &[
+                "index",
+                "build",
+                "--ensemble",
+                ensemble_arg,
+                "--estimation-members",
+                "20..30",
+                "--out",
+                index_arg,
+            ],
+            "inside 0..24",
+        ),
+        (
+            &[
+                "index",
+                "build",
+                "--ensemble",
+                ensemble_arg,
+                "--penalty",
+                "1",
+                "--out",
+                index_arg,
+            ],
+            "--method regression only",
+        ),
+        (
+            &["index", "inspect", "--index", index_arg, "--source", "512"],
+            "out of range",
+        ),
+        (
+            &[
+                "index",
+                "evaluate",
+                "--index",
+                manifest_arg,
+                "--ensemble",
+                ensemble_arg,
+            ],
+            "ensemble.json",
+        ),
+    ];
+    for (args, expected) in failures {
+        let output = worker(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
