@@ -22,7 +22,7 @@ use std::path::Path;
 use crate::ensemble::EnsembleResults;
 use crate::error::{MlError, Result};
 use ridge::{PenaltySelection, RidgeWeights};
-use subsample::{write_linear_index, BuildProgress, SubsampleWeights};
+use subsample::{write_linear_index, BuildProgress, EstimatorWeights, SubsampleWeights};
 
 /// How β is estimated from subset retrains.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,26 +80,14 @@ pub fn build_index(
         "num_train".to_owned(),
         ensemble.manifest.num_train.to_string(),
     );
-    match estimator {
+    let (weights, penalty, penalty_selection): (Box<dyn EstimatorWeights>, _, _) = match estimator {
         Estimator::Subsample => {
             metadata.insert("method".to_owned(), "subsample".to_owned());
-            let complete = write_linear_index(
-                &SubsampleWeights::new(&masks)?,
-                &logits,
-                out,
-                &metadata,
-                None,
-                progress,
-            )?;
-            Ok(IndexBuild {
-                complete,
-                penalty: None,
-                penalty_selection: None,
-            })
+            (Box::new(SubsampleWeights::new(&masks)?), None, None)
         }
         Estimator::Ridge { penalty } => {
-            let num_train = ensemble.manifest.num_train;
-            let num_targets = ensemble.manifest.num_targets;
+            let (num_train, num_targets) =
+                (ensemble.manifest.num_train, ensemble.manifest.num_targets);
             let targets = if num_targets > num_train {
                 num_train..num_targets
             } else {
@@ -121,19 +109,17 @@ pub fn build_index(
                 .expect("a penalty is given or selected");
             metadata.insert("method".to_owned(), "ridge".to_owned());
             metadata.insert("ridge_penalty".to_owned(), chosen.to_string());
-            let complete = write_linear_index(
-                &RidgeWeights::fit(&masks, chosen)?,
-                &logits,
-                out,
-                &metadata,
-                None,
-                progress,
-            )?;
-            Ok(IndexBuild {
-                complete,
-                penalty: Some(chosen),
-                penalty_selection: selection,
-            })
+            (
+                Box::new(RidgeWeights::fit(&masks, chosen)?),
+                Some(chosen),
+                selection,
+            )
         }
-    }
+    };
+    let complete = write_linear_index(weights.as_ref(), &logits, out, &metadata, None, progress)?;
+    Ok(IndexBuild {
+        complete,
+        penalty,
+        penalty_selection,
+    })
 }

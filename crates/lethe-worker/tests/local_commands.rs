@@ -9,6 +9,17 @@ fn worker(args: &[&str]) -> Output {
         .expect("the worker runs")
 }
 
+/// Runs each case and checks it fails with exit code 1 and a message containing its text.
+fn assert_failures(cases: &[(&[&str], &str)]) {
+    for (args, expected) in cases {
+        let output = worker(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
@@ -144,13 +155,7 @@ fn bad_input_is_an_error_message_not_a_crash() {
             "/nonexistent.safetensors",
         ),
     ];
-    for (args, expected) in cases {
-        let output = worker(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-    }
+    assert_failures(&cases);
 }
 
 #[test]
@@ -252,10 +257,5 @@ fn an_index_is_built_evaluated_and_inspected_from_an_ensemble() {
             "ensemble.json",
         ),
     ];
-    for (args, expected) in failures {
-        let output = worker(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-    }
+    assert_failures(&failures);
 }
