@@ -7,13 +7,17 @@
 //!   logits of subset retrains;
 //! - [`ridge`]: the datamodels estimator, ridge regression per target, its penalty chosen by
 //!   LDS on held-out estimation models;
+//! - [`projection`] and [`trak`]: TRAK for the zoo's MLPs, with a seeded JL projection that is
+//!   never materialised and a scale calibrated to logit units on subset retrains;
 //! - [`lds`]: the linear datamodeling score of an index on held-out subset retrains, and
 //!   DM-direct predictions of the outputs after removing a forget set.
 
 pub mod beta_file;
 pub mod lds;
+pub mod projection;
 pub mod ridge;
 pub mod subsample;
+pub mod trak;
 
 use std::collections::BTreeMap;
 use std::ops::{ControlFlow, Range};

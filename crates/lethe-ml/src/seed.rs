@@ -11,6 +11,7 @@ pub(crate) enum Stream {
     Init = 1,
     Shuffle = 2,
     Subset = 3,
+    Projection = 4,
 }
 
 /// splitmix64: a bijective mixer, so distinct inputs give distinct, well-spread seeds.

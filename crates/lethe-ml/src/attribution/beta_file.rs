@@ -1,6 +1,10 @@
 //! β files: a safetensors file holding one tensor `beta` (float16, `n × T × C`), so that the
 //! `T × C` values of source example i are contiguous, at a known offset.
 //!
+//! The metadata entry `scale` (default 1) multiplies the stored values: an estimator whose
+//! values are far below float16's normal range (TRAK's, in logit units) stores them unscaled
+//! and records the factor, instead of losing them to subnormal rounding.
+//!
 //! The writer appends rows in order to `<path>.partial` and renames it when all rows are in; a
 //! rerun of an interrupted build finds the partial file, checks that its header (which carries
 //! the build's fingerprint) is identical, drops any half-written row and continues.
@@ -169,6 +173,8 @@ pub struct BetaReader {
     path: PathBuf,
     pub shape: BetaShape,
     pub metadata: BTreeMap<String, String>,
+    /// The factor applied to the stored values (metadata `scale`).
+    pub scale: f64,
     data_offset: u64,
 }
 
@@ -218,6 +224,19 @@ impl BetaReader {
             targets,
             classes,
         };
+        let scale = match metadata.get("scale") {
+            None => 1.0,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|scale| scale.is_finite())
+                .ok_or_else(|| {
+                    MlError::malformed(
+                        path,
+                        format!("metadata scale `{text}` is not a finite number"),
+                    )
+                })?,
+        };
         let data_offset = 8 + header_len;
         if file_len != data_offset + shape.row_bytes() * sources as u64 {
             return Err(MlError::malformed(
@@ -233,11 +252,13 @@ impl BetaReader {
             path: path.to_owned(),
             shape,
             metadata,
+            scale,
             data_offset,
         })
     }
 
-    /// The rows of `sources` (`|F| × T × C`, float16), in the order given.
+    /// The rows of `sources` (`|F| × T × C`, float32, with the file's scale applied), in the
+    /// order given.
     pub fn rows(&self, sources: &[i64]) -> Result<Tensor> {
         if let Some(bad) = sources
             .iter()

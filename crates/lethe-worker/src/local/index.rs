@@ -8,10 +8,12 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use lethe_ml::attribution::beta_file::BetaReader;
 use lethe_ml::attribution::lds::linear_datamodeling_score;
-use lethe_ml::attribution::{build_index, Estimator};
+use lethe_ml::attribution::trak::{build_trak_index, TrakConfig};
+use lethe_ml::attribution::{build_index, Estimator, IndexBuild};
 use lethe_ml::ensemble::EnsembleResults;
 use tch::Kind;
 
+use super::options::DataArgs;
 use super::progress;
 
 #[derive(Subcommand, Debug)]
@@ -30,6 +32,9 @@ enum Method {
     Subsample,
     /// Ridge regression per target (datamodels), penalty chosen by LDS unless given.
     Regression,
+    /// TRAK from projected gradients of checkpoints trained on the whole training split
+    /// (MLPs), scaled to logit units on the estimation members.
+    Trak,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +50,21 @@ pub(crate) struct BuildArgs {
     /// Ridge penalty, relative to the mean squared norm of a centred mask row.
     #[arg(long)]
     penalty: Option<f64>,
+    /// TRAK: the dataset the ensemble was trained on (its content hash is checked).
+    #[command(flatten)]
+    data: DataArgs,
+    /// TRAK: models trained on the whole training split, one set of features each.
+    #[arg(long, default_value_t = 4)]
+    checkpoints: usize,
+    /// TRAK: dimension of the gradient projection.
+    #[arg(long, default_value_t = 2048)]
+    projection_dim: i64,
+    /// TRAK: seed of the checkpoints and of the projection.
+    #[arg(long, default_value_t = 0)]
+    trak_seed: u64,
+    /// TRAK: damping λ of (ΦᵀΦ + λI)⁻¹, relative to the mean of ΦᵀΦ's diagonal.
+    #[arg(long, default_value_t = 1e-3)]
+    damping: f64,
     /// β file to write (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -89,6 +109,7 @@ impl Method {
         match self {
             Method::Subsample => "subsample",
             Method::Regression => "regression",
+            Method::Trak => "trak",
         }
     }
 }
@@ -117,32 +138,68 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         Some(text) => parse_range(text, members, "estimation members")?,
         None => 0..members,
     };
-    let estimator = match args.method {
-        Method::Subsample => {
-            if args.penalty.is_some() {
-                bail!("--penalty applies to --method regression only");
-            }
-            Estimator::Subsample
-        }
-        Method::Regression => Estimator::Ridge {
-            penalty: args.penalty,
-        },
-    };
+    if args.penalty.is_some() && args.method != Method::Regression {
+        bail!("--penalty applies to --method regression only");
+    }
     let bar = progress::bar(ensemble.manifest.num_train as u64, "rows");
-    bar.set_message(
-        format!("{:?} index from {} models", args.method, estimation.len()).to_lowercase(),
-    );
+    bar.set_message(format!(
+        "{} index from {} models",
+        args.method.name(),
+        estimation.len()
+    ));
     let started = Instant::now();
-    let outcome = build_index(
-        &ensemble,
-        estimation.clone(),
-        estimator,
-        &args.out,
-        &mut |progress| {
-            bar.set_position(progress.rows_done as u64);
-            ControlFlow::Continue(())
-        },
-    )?;
+    let mut report = |progress: lethe_ml::attribution::subsample::BuildProgress| {
+        bar.set_position(progress.rows_done as u64);
+        ControlFlow::Continue(())
+    };
+    let mut trak_scale = None;
+    let outcome = match args.method {
+        Method::Subsample => build_index(
+            &ensemble,
+            estimation.clone(),
+            Estimator::Subsample,
+            &args.out,
+            &mut report,
+        )?,
+        Method::Regression => build_index(
+            &ensemble,
+            estimation.clone(),
+            Estimator::Ridge {
+                penalty: args.penalty,
+            },
+            &args.out,
+            &mut report,
+        )?,
+        Method::Trak => {
+            let data = args.data.load()?;
+            let config = TrakConfig {
+                model: ensemble.manifest.spec.model.clone(),
+                recipe: ensemble.manifest.spec.recipe.clone(),
+                checkpoints: args.checkpoints,
+                projection_dim: args.projection_dim,
+                seed: args.trak_seed,
+                relative_damping: args.damping,
+            };
+            bar.set_message(format!(
+                "trak: training {} checkpoints, featurising, scoring",
+                args.checkpoints
+            ));
+            let build = build_trak_index(
+                &data,
+                &config,
+                &ensemble,
+                estimation.clone(),
+                &args.out,
+                &mut report,
+            )?;
+            trak_scale = Some(build.scale);
+            IndexBuild {
+                complete: build.complete,
+                penalty: None,
+                penalty_selection: None,
+            }
+        }
+    };
     bar.finish_and_clear();
     let reader = BetaReader::open(&args.out)?;
     println!(
@@ -175,6 +232,12 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         );
     } else if let Some(penalty) = outcome.penalty {
         println!("  penalty {penalty}");
+    }
+    if let Some(scale) = trak_scale {
+        println!(
+            "  {} checkpoints, projection dimension {}, scale {scale:.4} (fitted to logit units on members {}..{})",
+            args.checkpoints, args.projection_dim, estimation.start, estimation.end
+        );
     }
     println!("  index: {}", args.out.display());
     Ok(())

@@ -1,0 +1,436 @@
+//! TRAK (Park et al., 2023) for the zoo's MLPs, per logit, calibrated to logit units.
+//!
+//! For each of K checkpoints (models trained on the whole training split with their own seeds):
+//! - training examples are featurised by the projected gradient of their margin
+//!   f = z_y − logsumexp_{j≠y} z_j (TRAK's model output for classification), and get the
+//!   out-to-loss weight q = 1 − p_y;
+//! - targets are featurised by the projected gradient of each logit z_c;
+//! - X = Φ_trainᵀΦ_train is accumulated from shards of examples, and the scores are
+//!   Φ_train (X + λI)⁻¹ Φ_target,cᵀ.
+//!
+//! Scores are averaged over checkpoints and multiplied row-wise by the average q, then by one
+//! scale, fitted by least squares on subset retrains so that β is in logit units and can stand
+//! in for the estimators of [`super::subsample`]: the predicted change of a retrain's logits,
+//! Σ_i (a_i − p_i)·β_i, is regressed on the actual change.
+//!
+//! Per-example gradients of an MLP are outer products (layer input ⊗ back-propagated error), so
+//! they are never formed: each layer's part is projected through a Kronecker block
+//! ([`super::projection`]).
+
+use std::collections::BTreeMap;
+use std::ops::{ControlFlow, Range};
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::beta_file::{BetaShape, BetaWriter};
+use super::projection::{ParameterShape, Projection};
+use super::subsample::BuildProgress;
+use crate::data::Dataset;
+use crate::ensemble::EnsembleResults;
+use crate::error::{MlError, Result};
+use crate::model::{Model, ModelSpec};
+use crate::recipe::Recipe;
+use crate::seed;
+use crate::train::train;
+
+/// Examples featurised at once.
+const SHARD: i64 = 512;
+/// Rows of β computed at once.
+const ROW_BLOCK: i64 = 256;
+
+/// How to build a TRAK index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrakConfig {
+    pub model: ModelSpec,
+    pub recipe: Recipe,
+    pub checkpoints: usize,
+    pub projection_dim: i64,
+    pub seed: u64,
+    /// Ridge term of X + λI, relative to the mean of X's diagonal.
+    pub relative_damping: f64,
+}
+
+/// One checkpoint's weights as `(in × out, out)` per layer.
+struct MlpWeights {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl MlpWeights {
+    fn of_member(model: &Model, member: i64) -> Result<Self> {
+        let state: BTreeMap<String, Tensor> = model.member_state(member).into_iter().collect();
+        let mut layers = Vec::new();
+        while let (Some(weight), Some(bias)) = (
+            state.get(&format!("layers.{}.weight", layers.len())),
+            state.get(&format!("layers.{}.bias", layers.len())),
+        ) {
+            layers.push((weight.transpose(0, 1).contiguous(), bias.shallow_clone()));
+        }
+        if layers.is_empty() {
+            return Err(MlError::spec(
+                "TRAK",
+                "only the zoo's MLPs can be featurised",
+            ));
+        }
+        Ok(MlpWeights { layers })
+    }
+
+    fn parameter_shapes(&self) -> Vec<ParameterShape> {
+        let mut shapes = Vec::new();
+        for (weight, bias) in &self.layers {
+            let size = weight.size();
+            shapes.push(ParameterShape::Matrix {
+                rows: size[0],
+                cols: size[1],
+            });
+            shapes.push(ParameterShape::Vector {
+                len: bias.size()[0],
+            });
+        }
+        shapes
+    }
+
+    /// The inputs of every layer and the logits, for `x` (`B × D`).
+    fn forward(&self, x: &Tensor) -> (Vec<Tensor>, Tensor) {
+        let mut inputs = vec![x.shallow_clone()];
+        let last = self.layers.len() - 1;
+        let mut logits = Tensor::empty([0], (Kind::Float, Device::Cpu));
+        for (index, (weight, bias)) in self.layers.iter().enumerate() {
+            let h = inputs[index].matmul(weight) + bias;
+            if index < last {
+                inputs.push(h.relu());
+            } else {
+                logits = h;
+            }
+        }
+        (inputs, logits)
+    }
+
+    /// The projected gradients (`B × k`) of Σ_c w_c·z_c for output weights `w` (`B × C`).
+    fn projected_gradients(
+        &self,
+        projection: &Projection,
+        inputs: &[Tensor],
+        output_weights: &Tensor,
+    ) -> Tensor {
+        let batch = output_weights.size()[0];
+        let mut features = Tensor::zeros([batch, projection.dim], (Kind::Float, Device::Cpu));
+        let mut delta = output_weights.shallow_clone();
+        for index in (0..self.layers.len()).rev() {
+            features += projection.project_outer(2 * index, &inputs[index], &delta);
+            features += projection.project_flat(2 * index + 1, &delta);
+            if index > 0 {
+                let mask = inputs[index].gt(0.0).to_kind(Kind::Float);
+                delta = delta.matmul(&self.layers[index].0.transpose(0, 1)) * mask;
+            }
+        }
+        features / (projection.dim as f64).sqrt()
+    }
+}
+
+/// Train-side features of one checkpoint (margin gradients, `n × k`) and out-to-loss weights.
+fn train_features(
+    weights: &MlpWeights,
+    projection: &Projection,
+    data: &Dataset,
+) -> Result<(Tensor, Tensor)> {
+    let mut features = Vec::new();
+    let mut out_to_loss = Vec::new();
+    for start in (0..data.num_train).step_by(SHARD as usize) {
+        let len = SHARD.min(data.num_train - start);
+        let x = data.x.narrow(0, start, len).view([len, -1]);
+        let y = data.y.narrow(0, start, len).unsqueeze(1);
+        let (inputs, logits) = weights.forward(&x);
+        // ∂margin/∂z = e_y − softmax over the other classes.
+        let others = logits
+            .scatter_value(1, &y, f64::NEG_INFINITY)
+            .softmax(1, Kind::Float);
+        let output_weights = -others.scatter_value(1, &y, -1.0);
+        features.push(weights.projected_gradients(projection, &inputs, &output_weights));
+        out_to_loss.push(
+            1.0 - logits
+                .softmax(1, Kind::Float)
+                .gather(1, &y, false)
+                .squeeze_dim(1),
+        );
+    }
+    Ok((Tensor::cat(&features, 0), Tensor::cat(&out_to_loss, 0)))
+}
+
+/// Target-side features of one checkpoint: per-logit gradients, `T × C × k`.
+fn target_features(weights: &MlpWeights, projection: &Projection, data: &Dataset) -> Tensor {
+    let classes = data.num_classes;
+    let mut features = Vec::new();
+    for start in (0..data.num_targets()).step_by(SHARD as usize) {
+        let len = SHARD.min(data.num_targets() - start);
+        let x = data.x.narrow(0, start, len).view([len, -1]);
+        let (inputs, _) = weights.forward(&x);
+        // Each (example, class) pair is one row: repeat the activations C times.
+        let repeated: Vec<Tensor> = inputs
+            .iter()
+            .map(|input| input.repeat_interleave_self_int(classes, 0, None))
+            .collect();
+        let output_weights = Tensor::eye(classes, (Kind::Float, Device::Cpu)).repeat([len, 1]);
+        let projected = weights.projected_gradients(projection, &repeated, &output_weights);
+        features.push(projected.view([len, classes, projection.dim]));
+    }
+    Tensor::cat(&features, 0)
+}
+
+/// What a TRAK build did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrakBuild {
+    pub complete: bool,
+    /// The multiplier that puts raw scores in logit units.
+    pub scale: f64,
+    pub checkpoints: usize,
+}
+
+/// Builds a TRAK index for `data` and writes it to `out`, calibrated on the members
+/// `calibration` of `ensemble` (subset retrains of the same data and model).
+pub fn build_trak_index(
+    data: &Dataset,
+    config: &TrakConfig,
+    ensemble: &EnsembleResults,
+    calibration: Range<usize>,
+    out: &Path,
+    progress: &mut dyn FnMut(BuildProgress) -> ControlFlow<()>,
+) -> Result<TrakBuild> {
+    if !matches!(config.model, ModelSpec::Mlp { .. }) {
+        return Err(MlError::spec(
+            "TRAK",
+            format!("only MLPs are supported, not {}", config.model),
+        ));
+    }
+    if config.checkpoints == 0 || calibration.len() < 2 || calibration.end > ensemble.seeds.len() {
+        return Err(MlError::spec(
+            "TRAK",
+            format!(
+                "needs at least one checkpoint and two calibration members inside 0..{}",
+                ensemble.seeds.len()
+            ),
+        ));
+    }
+    if ensemble.manifest.dataset_hash != data.content_hash {
+        return Err(MlError::spec(
+            "TRAK",
+            "the ensemble was trained on other data",
+        ));
+    }
+    let data = data.to_device(Device::Cpu);
+    let seeds: Vec<u64> = (0..config.checkpoints)
+        .map(|index| seed::member_seed(config.seed, index as u64))
+        .collect();
+    let mut model = Model::new(
+        &config.model,
+        &seeds,
+        &data.sample_shape,
+        data.num_classes,
+        Device::Cpu,
+    )?;
+    let everything = vec![data.train_indices(); seeds.len()];
+    train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
+
+    let mut scorers = Vec::new();
+    let mut targets = Vec::new();
+    let mut out_to_loss = Tensor::zeros([data.num_train], (Kind::Float, Device::Cpu));
+    for member in 0..config.checkpoints as i64 {
+        let weights = MlpWeights::of_member(&model, member)?;
+        let projection = Projection::new(
+            seed::mix_seed(config.seed, 0x7a4b),
+            config.projection_dim,
+            &weights.parameter_shapes(),
+        )?;
+        let (features, q) = train_features(&weights, &projection, &data)?;
+        // X = Σ over shards of ΦᵀΦ: the partials a sharded featurisation would send.
+        let mut gram = Tensor::zeros(
+            [config.projection_dim, config.projection_dim],
+            (Kind::Double, Device::Cpu),
+        );
+        for start in (0..data.num_train).step_by(SHARD as usize) {
+            let shard = features
+                .narrow(0, start, SHARD.min(data.num_train - start))
+                .to_kind(Kind::Double);
+            gram += shard.transpose(0, 1).matmul(&shard);
+        }
+        let damping =
+            config.relative_damping * gram.diagonal(0, 0, 1).mean(Kind::Double).double_value(&[]);
+        let inverse = Tensor::f_linalg_inv(
+            &(gram + Tensor::eye(config.projection_dim, (Kind::Double, Device::Cpu)) * damping),
+        )?;
+        scorers.push(
+            features
+                .to_kind(Kind::Double)
+                .matmul(&inverse)
+                .to_kind(Kind::Float),
+        );
+        // Kept as float32 `k × (T·C)`: every block of rows of β multiplies by all of it.
+        targets.push(
+            target_features(&weights, &projection, &data)
+                .view([-1, config.projection_dim])
+                .to_kind(Kind::Float)
+                .transpose(0, 1)
+                .contiguous(),
+        );
+        out_to_loss += q;
+    }
+    let out_to_loss = out_to_loss / config.checkpoints as f64;
+    let raw_rows = |start: i64, len: i64| -> Tensor {
+        let mut block = Tensor::zeros(
+            [len, data.num_targets() * data.num_classes],
+            (Kind::Float, Device::Cpu),
+        );
+        for (scorer, target) in scorers.iter().zip(&targets) {
+            block += scorer.narrow(0, start, len).matmul(target);
+        }
+        block * out_to_loss.narrow(0, start, len).unsqueeze(1) / config.checkpoints as f64
+    };
+
+    // Calibration: least squares of the actual change of the calibration retrains' logits on
+    // the change the raw scores predict.
+    let (cal_start, cal_len) = (calibration.start as i64, calibration.len() as i64);
+    let masks = ensemble
+        .masks
+        .narrow(0, cal_start, cal_len)
+        .to_kind(Kind::Float);
+    let centred = &masks - masks.mean_dim(0, true, Kind::Float);
+    let logits = ensemble
+        .logits
+        .narrow(0, cal_start, cal_len)
+        .to_kind(Kind::Float)
+        .reshape([cal_len, -1]);
+    let actual = &logits - logits.mean_dim(0, true, Kind::Float);
+    let mut predicted = Tensor::zeros_like(&actual);
+    for start in (0..data.num_train).step_by(ROW_BLOCK as usize) {
+        let len = ROW_BLOCK.min(data.num_train - start);
+        predicted += centred.narrow(1, start, len).matmul(&raw_rows(start, len));
+    }
+    let scale = (&predicted * &actual).sum(Kind::Double).double_value(&[])
+        / predicted
+            .square()
+            .sum(Kind::Double)
+            .double_value(&[])
+            .max(f64::MIN_POSITIVE);
+
+    let mut metadata = BTreeMap::new();
+    metadata.insert("method".to_owned(), "trak".to_owned());
+    metadata.insert(
+        "ensemble_fingerprint".to_owned(),
+        ensemble.manifest.fingerprint.clone(),
+    );
+    metadata.insert("dataset_hash".to_owned(), data.content_hash.clone());
+    metadata.insert(
+        "estimation_members".to_owned(),
+        format!("{}..{}", calibration.start, calibration.end),
+    );
+    metadata.insert("num_train".to_owned(), data.num_train.to_string());
+    metadata.insert(
+        "trak_checkpoints".to_owned(),
+        config.checkpoints.to_string(),
+    );
+    metadata.insert(
+        "trak_projection_dim".to_owned(),
+        config.projection_dim.to_string(),
+    );
+    metadata.insert("trak_seed".to_owned(), config.seed.to_string());
+    // The calibrated values are far below float16's normal range: store the raw scores and let
+    // the reader apply the scale.
+    metadata.insert("scale".to_owned(), scale.to_string());
+    let shape = BetaShape {
+        sources: data.num_train,
+        targets: data.num_targets(),
+        classes: data.num_classes,
+    };
+    let mut writer = BetaWriter::create_or_resume(out, shape, &metadata)?;
+    while writer.rows_written() < shape.sources {
+        let start = writer.rows_written();
+        let len = ROW_BLOCK.min(shape.sources - start);
+        writer.append_rows(&(raw_rows(start, len) * scale).view([
+            len,
+            shape.targets,
+            shape.classes,
+        ]))?;
+        let reported = BuildProgress {
+            rows_done: writer.rows_written(),
+            rows_total: shape.sources,
+        };
+        if progress(reported).is_break() && writer.rows_written() < shape.sources {
+            return Ok(TrakBuild {
+                complete: false,
+                scale,
+                checkpoints: config.checkpoints,
+            });
+        }
+    }
+    writer.finish()?;
+    Ok(TrakBuild {
+        complete: true,
+        scale,
+        checkpoints: config.checkpoints,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The factored, projected gradients equal autograd's per-example gradients of the margin,
+    /// flattened in parameter order and projected as plain vectors.
+    #[test]
+    fn projected_gradients_match_autograd() {
+        let spec = ModelSpec::Mlp {
+            hidden: vec![12, 7],
+        };
+        let model = Model::new(&spec, &[5], &[1, 3, 3], 4, Device::Cpu).unwrap();
+        let weights = MlpWeights::of_member(&model, 0).unwrap();
+        let projection = Projection::new(9, 64, &weights.parameter_shapes()).unwrap();
+        tch::manual_seed(2);
+        let x = Tensor::randn([6, 9], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 3, 1, 2, 2, 0]);
+        let (inputs, logits) = weights.forward(&x);
+        let others = logits
+            .scatter_value(1, &y.unsqueeze(1), f64::NEG_INFINITY)
+            .softmax(1, Kind::Float);
+        let output_weights = -others.scatter_value(1, &y.unsqueeze(1), -1.0);
+        let factored = weights.projected_gradients(&projection, &inputs, &output_weights);
+
+        let mut flat = Vec::new();
+        for example in 0..6 {
+            let leaves: Vec<(Tensor, Tensor)> = weights
+                .layers
+                .iter()
+                .map(|(w, b)| {
+                    (
+                        w.detach().set_requires_grad(true),
+                        b.detach().set_requires_grad(true),
+                    )
+                })
+                .collect();
+            let mut h = x.get(example).unsqueeze(0);
+            for (index, (w, b)) in leaves.iter().enumerate() {
+                h = h.matmul(w) + b;
+                if index + 1 < leaves.len() {
+                    h = h.relu();
+                }
+            }
+            let label = y.int64_value(&[example]);
+            let margin = crate::outputs::margins(&h.unsqueeze(0), &Tensor::from_slice(&[label]))
+                .sum(Kind::Float);
+            let parameters: Vec<&Tensor> = leaves.iter().flat_map(|(w, b)| [w, b]).collect();
+            let gradients = Tensor::run_backward(&[margin], &parameters, false, false);
+            flat.push(Tensor::cat(
+                &gradients
+                    .iter()
+                    .map(|g| g.flatten(0, -1))
+                    .collect::<Vec<_>>(),
+                0,
+            ));
+        }
+        let autograd = projection.project(&Tensor::stack(&flat, 0)).unwrap();
+        let difference = (&factored - &autograd).abs().max().double_value(&[]);
+        assert!(
+            difference < 1e-4,
+            "projected gradients differ by {difference}"
+        );
+    }
+}
