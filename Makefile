@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test demo bench-ensemble clean
+.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution clean
 
 setup:
 	@scripts/setup.sh
@@ -31,6 +31,9 @@ demo: build
 
 bench-ensemble: setup
 	cargo run --release -p lethe-ml --example bench_ensemble -- --out bench/results/ensemble.json
+
+bench-attribution: setup
+	cargo run --release -p lethe-ml --example bench_attribution -- --out bench/results/attribution.json
 
 clean:
 	cargo clean

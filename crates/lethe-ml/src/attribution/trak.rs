@@ -49,6 +49,9 @@ pub struct TrakConfig {
     pub seed: u64,
     /// Ridge term of X + λI, relative to the mean of X's diagonal.
     pub relative_damping: f64,
+    /// Where to save the checkpoints as Lethe checkpoints (`checkpoint-K.safetensors`), so that
+    /// another tool can be run on the very same models.
+    pub save_checkpoints: Option<std::path::PathBuf>,
 }
 
 /// One checkpoint's weights as `(in × out, out)` per layer.
@@ -184,6 +187,9 @@ pub struct TrakBuild {
     /// The multiplier that puts raw scores in logit units.
     pub scale: f64,
     pub checkpoints: usize,
+    /// Training examples featurised per second (margin gradients, projected), over all
+    /// checkpoints.
+    pub featurize_examples_per_s: f64,
 }
 
 /// Builds a TRAK index for `data` and writes it to `out`, calibrated on the members
@@ -231,6 +237,25 @@ pub fn build_trak_index(
     let everything = vec![data.train_indices(); seeds.len()];
     train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
 
+    if let Some(dir) = &config.save_checkpoints {
+        for member in 0..config.checkpoints {
+            let info = crate::checkpoint::CheckpointInfo {
+                model: config.model.clone(),
+                sample_shape: data.sample_shape.clone(),
+                num_classes: data.num_classes,
+                seed: seeds[member],
+                dataset_hash: Some(data.content_hash.clone()),
+                recipe: Some(config.recipe.clone()),
+            };
+            crate::checkpoint::save_member(
+                &model,
+                member as i64,
+                &info,
+                &dir.join(format!("checkpoint-{member}.safetensors")),
+            )?;
+        }
+    }
+    let mut featurize_seconds = 0.0;
     let mut scorers = Vec::new();
     let mut targets = Vec::new();
     let mut out_to_loss = Tensor::zeros([data.num_train], (Kind::Float, Device::Cpu));
@@ -241,7 +266,9 @@ pub fn build_trak_index(
             config.projection_dim,
             &weights.parameter_shapes(),
         )?;
+        let featurize_started = std::time::Instant::now();
         let (features, q) = train_features(&weights, &projection, &data)?;
+        featurize_seconds += featurize_started.elapsed().as_secs_f64();
         // X = Σ over shards of ΦᵀΦ: the partials a sharded featurisation would send.
         let mut gram = Tensor::zeros(
             [config.projection_dim, config.projection_dim],
@@ -275,6 +302,8 @@ pub fn build_trak_index(
         out_to_loss += q;
     }
     let out_to_loss = out_to_loss / config.checkpoints as f64;
+    let featurize_examples_per_s = (data.num_train as f64 * config.checkpoints as f64)
+        / featurize_seconds.max(f64::MIN_POSITIVE);
     let raw_rows = |start: i64, len: i64| -> Tensor {
         let mut block = Tensor::zeros(
             [len, data.num_targets() * data.num_classes],
@@ -356,6 +385,7 @@ pub fn build_trak_index(
         };
         if progress(reported).is_break() && writer.rows_written() < shape.sources {
             return Ok(TrakBuild {
+                featurize_examples_per_s,
                 complete: false,
                 scale,
                 checkpoints: config.checkpoints,
@@ -364,6 +394,7 @@ pub fn build_trak_index(
     }
     writer.finish()?;
     Ok(TrakBuild {
+        featurize_examples_per_s,
         complete: true,
         scale,
         checkpoints: config.checkpoints,

@@ -378,6 +378,7 @@ fn trak_lds_on_fmnist_tiny_is_clearly_above_zero() {
         projection_dim: 512,
         seed: 3,
         relative_damping: 1e-3,
+        save_checkpoints: Some(dir.path().to_owned()),
     };
     let index = dir.path().join("trak.safetensors");
     let build = build_trak_index(&data, &config, &ensemble, 0..96, &index, &mut |_| {
@@ -387,6 +388,13 @@ fn trak_lds_on_fmnist_tiny_is_clearly_above_zero() {
     assert!(
         build.complete && build.scale.is_finite() && build.scale > 0.0,
         "{build:?}"
+    );
+    let (_, info) =
+        lethe_ml::checkpoint::load(&dir.path().join("checkpoint-1.safetensors"), Device::Cpu)
+            .unwrap();
+    assert_eq!(
+        info.model, spec.model,
+        "the checkpoints are saved for other tools"
     );
     let reader = BetaReader::open(&index).unwrap();
     assert_eq!(reader.metadata["method"], "trak");

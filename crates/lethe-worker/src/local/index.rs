@@ -179,6 +179,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
                 projection_dim: args.projection_dim,
                 seed: args.trak_seed,
                 relative_damping: args.damping,
+                save_checkpoints: None,
             };
             bar.set_message(format!(
                 "trak: training {} checkpoints, featurising, scoring",
