@@ -238,12 +238,12 @@ pub fn build_trak_index(
     train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
 
     if let Some(dir) = &config.save_checkpoints {
-        for member in 0..config.checkpoints {
+        for (member, member_seed) in seeds.iter().enumerate() {
             let info = crate::checkpoint::CheckpointInfo {
                 model: config.model.clone(),
                 sample_shape: data.sample_shape.clone(),
                 num_classes: data.num_classes,
-                seed: seeds[member],
+                seed: *member_seed,
                 dataset_hash: Some(data.content_hash.clone()),
                 recipe: Some(config.recipe.clone()),
             };
