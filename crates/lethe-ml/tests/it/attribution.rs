@@ -72,6 +72,26 @@ fn build(
     .unwrap()
 }
 
+/// 128 subset models of a small MLP on fmnist-tiny (members 0..96 estimate, 96..128 are held out).
+fn tiny_subset_ensemble(dir: &Path) -> (lethe_ml::data::Dataset, EnsembleSpec, EnsembleResults) {
+    let data = fmnist_tiny();
+    let spec = EnsembleSpec {
+        model: "mlp:64".parse().unwrap(),
+        recipe: Recipe {
+            epochs: 8,
+            batch_size: 64,
+            ..Recipe::fmnist_mlp()
+        },
+        members: 128,
+        alpha: 0.5,
+        base_seed: 21,
+        group_size: 16,
+    };
+    run_ensemble(&spec, &data, dir, Device::Cpu, &mut |_| {}).unwrap();
+    let ensemble = EnsembleResults::load(dir).unwrap();
+    (data, spec, ensemble)
+}
+
 #[test]
 fn subsample_beta_matches_a_dense_computation_and_the_row_reader_matches_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,21 +226,7 @@ fn malformed_index_files_are_rejected_with_the_file_named() {
 #[test]
 fn subsample_and_ridge_lds_on_fmnist_tiny_are_clearly_above_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fmnist_tiny();
-    let spec = EnsembleSpec {
-        model: "mlp:64".parse().unwrap(),
-        recipe: Recipe {
-            epochs: 8,
-            batch_size: 64,
-            ..Recipe::fmnist_mlp()
-        },
-        members: 128,
-        alpha: 0.5,
-        base_seed: 21,
-        group_size: 16,
-    };
-    run_ensemble(&spec, &data, dir.path(), Device::Cpu, &mut |_| {}).unwrap();
-    let ensemble = EnsembleResults::load(dir.path()).unwrap();
+    let (data, _, ensemble) = tiny_subset_ensemble(dir.path());
     let val_targets = data.num_train..data.num_targets();
     let lds = |reader: &BetaReader, held_out: std::ops::Range<usize>| {
         linear_datamodeling_score(
@@ -355,25 +361,10 @@ fn the_jl_projection_is_seeded_and_preserves_inner_products() {
 fn trak_lds_on_fmnist_tiny_is_clearly_above_zero() {
     use lethe_ml::attribution::trak::{build_trak_index, TrakConfig};
     let dir = tempfile::tempdir().unwrap();
-    let data = fmnist_tiny();
-    let recipe = Recipe {
-        epochs: 8,
-        batch_size: 64,
-        ..Recipe::fmnist_mlp()
-    };
-    let spec = EnsembleSpec {
-        model: "mlp:64".parse().unwrap(),
-        recipe: recipe.clone(),
-        members: 128,
-        alpha: 0.5,
-        base_seed: 21,
-        group_size: 16,
-    };
-    run_ensemble(&spec, &data, dir.path(), Device::Cpu, &mut |_| {}).unwrap();
-    let ensemble = EnsembleResults::load(dir.path()).unwrap();
+    let (data, spec, ensemble) = tiny_subset_ensemble(dir.path());
     let config = TrakConfig {
         model: spec.model.clone(),
-        recipe,
+        recipe: spec.recipe.clone(),
         checkpoints: 2,
         projection_dim: 512,
         seed: 3,
