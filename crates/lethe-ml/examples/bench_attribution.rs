@@ -8,8 +8,10 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
+
+#[path = "common/peer.rs"]
+mod peer;
 
 use lethe_ml::attribution::beta_file::BetaReader;
 use lethe_ml::attribution::lds::linear_datamodeling_score;
@@ -124,30 +126,22 @@ fn main() {
         scores["trak"], seconds["trak"], trak.featurize_examples_per_s
     );
 
-    let peer_script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/traker_lds.py");
-    let python_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python");
-    let output = Command::new("python")
-        .arg(&peer_script)
-        .arg(checkpoints.join("checkpoint-0.safetensors"))
-        .arg(&ensemble_dir)
-        .args(["--held-out", &held.start.to_string(), &held.end.to_string()])
-        .args([
-            "--estimation",
-            &estimation.start.to_string(),
-            &estimation.end.to_string(),
-        ])
-        .args(["--proj-dim", &proj_dim.to_string()])
-        .env("PYTHONPATH", python_path)
-        .output()
-        .expect("the virtualenv's python runs (make setup)");
-    assert!(
-        output.status.success(),
-        "peer failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let checkpoint = checkpoints.join("checkpoint-0.safetensors");
+    let peer = peer::run_peer(
+        "traker_lds.py",
+        [
+            checkpoint.display().to_string(),
+            ensemble_dir.display().to_string(),
+            "--held-out".into(),
+            held.start.to_string(),
+            held.end.to_string(),
+            "--estimation".into(),
+            estimation.start.to_string(),
+            estimation.end.to_string(),
+            "--proj-dim".into(),
+            proj_dim.to_string(),
+        ],
     );
-    let peer: serde_json::Value =
-        serde_json::from_slice(output.stdout.trim_ascii()).expect("the peer prints JSON");
     eprintln!("traker: {peer}");
     scores.insert("traker".into(), peer["lds"].clone());
     let peer_rate = peer["featurize_examples_per_s"]

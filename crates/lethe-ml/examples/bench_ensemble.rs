@@ -6,8 +6,10 @@
 //!                       [--out bench/results/ensemble.json]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
+
+#[path = "common/peer.rs"]
+mod peer;
 
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::ensemble::{
@@ -99,26 +101,16 @@ fn main() {
     .expect("the MLP fits Fashion-MNIST")
     .parameters_per_member() as f64;
 
-    let peer_script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../bench/peers/pytorch_one_at_a_time.py");
     // The peer runs first, while this process has no libtorch threads that could compete.
-    let output = Command::new("python")
-        .arg(peer_script)
-        .args([
-            "--members",
-            &args.peer.to_string(),
-            "--epochs",
-            &args.epochs.to_string(),
-        ])
-        .output()
-        .expect("the virtualenv's python runs (make setup)");
-    assert!(
-        output.status.success(),
-        "peer failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let peer = peer::run_peer(
+        "pytorch_one_at_a_time.py",
+        [
+            "--members".to_owned(),
+            args.peer.to_string(),
+            "--epochs".to_owned(),
+            args.epochs.to_string(),
+        ],
     );
-    let peer: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the peer prints JSON");
     let peer_rate = peer["examples_per_s"].as_f64().expect("peer rate");
     eprintln!("pytorch peer: {peer_rate:.0} examples/s");
 

@@ -153,9 +153,22 @@ pub fn run_member_range(
         ));
     }
     let fingerprint = claim_directory(spec, data, out_dir)?;
+    train_group(spec, data, out_dir, members, device, &fingerprint, events)
+}
+
+/// Trains one group into a directory already claimed for `spec` (see [`claim_directory`]).
+fn train_group(
+    spec: &EnsembleSpec,
+    data: &Dataset,
+    out_dir: &Path,
+    members: Range<usize>,
+    device: Device,
+    fingerprint: &str,
+    events: &mut dyn FnMut(EnsembleEvent),
+) -> Result<bool> {
     let path = group_path(out_dir, &members);
     if path.is_file() {
-        check_group_file(&path, &fingerprint)?;
+        check_fingerprint(&path, &tensorio::read_safetensors(&path)?, fingerprint)?;
         events(EnsembleEvent::GroupSkipped { members });
         return Ok(false);
     }
@@ -206,7 +219,7 @@ pub fn run_member_range(
         ("labels".to_owned(), outputs.labels.shallow_clone()),
     ];
     let mut metadata = BTreeMap::new();
-    metadata.insert("fingerprint".to_owned(), fingerprint);
+    metadata.insert("fingerprint".to_owned(), fingerprint.to_owned());
     metadata.insert(
         "members".to_owned(),
         format!("{}..{}", members.start, members.end),
@@ -236,7 +249,8 @@ pub fn run_ensemble(
     events: &mut dyn FnMut(EnsembleEvent),
 ) -> Result<()> {
     spec.validate(data.num_train)?;
-    claim_directory(spec, data, out_dir)?;
+    let fingerprint = claim_directory(spec, data, out_dir)?;
+    let fingerprint = fingerprint.as_str();
     let groups = spec.groups();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = if device == Device::Cpu {
@@ -246,7 +260,7 @@ pub fn run_ensemble(
     };
     if workers <= 1 {
         for members in groups {
-            run_member_range(spec, data, out_dir, members, device, events)?;
+            train_group(spec, data, out_dir, members, device, fingerprint, events)?;
         }
         return Ok(());
     }
@@ -266,9 +280,15 @@ pub fn run_ensemble(
                 let mut forward = |event| {
                     let _ = sender.send(Ok(event));
                 };
-                if let Err(error) =
-                    run_member_range(spec, &data, out_dir, members, device, &mut forward)
-                {
+                if let Err(error) = train_group(
+                    spec,
+                    &data,
+                    out_dir,
+                    members,
+                    device,
+                    fingerprint,
+                    &mut forward,
+                ) {
                     queue
                         .lock()
                         .expect("no worker panics holding the queue")
@@ -320,8 +340,8 @@ fn claim_directory(spec: &EnsembleSpec, data: &Dataset, out_dir: &Path) -> Resul
     Ok(fingerprint)
 }
 
-fn check_group_file(path: &Path, fingerprint: &str) -> Result<()> {
-    let file = tensorio::read_safetensors(path)?;
+/// Checks that a group file (read from `path`) belongs to the ensemble with `fingerprint`.
+fn check_fingerprint(path: &Path, file: &tensorio::NamedTensors, fingerprint: &str) -> Result<()> {
     match file.metadata.get("fingerprint") {
         Some(found) if found == fingerprint => Ok(()),
         _ => Err(MlError::Conflict {
@@ -386,8 +406,8 @@ impl EnsembleResults {
                     ),
                 ));
             }
-            check_group_file(&path, &manifest.fingerprint)?;
             let file = tensorio::read_safetensors(&path)?;
+            check_fingerprint(&path, &file, &manifest.fingerprint)?;
             let get = |name: &str| {
                 file.get(name)
                     .map(Tensor::shallow_clone)

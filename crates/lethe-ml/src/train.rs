@@ -63,16 +63,19 @@ pub fn train(
     let subset_len = subsets[0].len();
     let batch_size = recipe.batch_size.min(subset_len);
     let steps_per_epoch = subset_len.div_ceil(batch_size);
-    let manual = model.manual_backward().is_some();
-    let parameters = match model.manual_backward() {
-        Some(manual) => manual.parameters(),
-        None => model.vars.trainable_variables(),
+    // Networks with a hand-written backward pass skip autograd; the others need their
+    // gradients cleared between steps.
+    let (parameters, mut gradient_reset) = match model.manual_backward() {
+        Some(network) => (network.parameters(), None),
+        None => (
+            model.vars.trainable_variables(),
+            Some(GradientReset::new(&model.vars)?),
+        ),
     };
     let mut optimizer = BatchedOptimizer::new(
         parameters.iter().map(Tensor::shallow_clone).collect(),
         recipe,
     );
-    let mut gradient_reset = GradientReset::new(&model.vars)?;
     // One buffer for the gathered inputs of every step: a fresh multi-megabyte tensor per step
     // costs page faults comparable to the step's arithmetic on a CPU.
     let mut buffer_shape = vec![(members * batch_size) as i64];
@@ -109,13 +112,16 @@ pub fn train(
                 .view(shape.as_slice());
             let y = y_all.index_select(0, &index);
             let lr = recipe.lr_at(epoch, step, steps_per_epoch);
-            let member_loss = match (manual, model.manual_backward()) {
-                (true, Some(network)) => {
+            let member_loss = match gradient_reset.as_mut() {
+                None => {
+                    let network = model
+                        .manual_backward()
+                        .expect("only networks with a manual backward pass skip autograd");
                     let (member_loss, gradients) = network.loss_and_gradients(&x, &y)?;
                     optimizer.step(lr, &gradients)?;
                     member_loss
                 }
-                _ => {
+                Some(gradient_reset) => {
                     let logits = model.forward(&x, true)?;
                     let per_example = logits
                         .view([-1, model.num_classes])

@@ -186,7 +186,6 @@ pub struct TrakBuild {
     pub complete: bool,
     /// The multiplier that puts raw scores in logit units.
     pub scale: f64,
-    pub checkpoints: usize,
     /// Training examples featurised per second (margin gradients, projected), over all
     /// checkpoints.
     pub featurize_examples_per_s: f64,
@@ -388,7 +387,6 @@ pub fn build_trak_index(
                 featurize_examples_per_s,
                 complete: false,
                 scale,
-                checkpoints: config.checkpoints,
             });
         }
     }
@@ -397,7 +395,6 @@ pub fn build_trak_index(
         featurize_examples_per_s,
         complete: true,
         scale,
-        checkpoints: config.checkpoints,
     })
 }
 
