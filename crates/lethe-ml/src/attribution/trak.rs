@@ -315,7 +315,9 @@ pub fn build_trak_index(
     };
 
     // Calibration: least squares of the actual change of the calibration retrains' logits on
-    // the change the raw scores predict.
+    // the change the raw scores predict. It takes a pass over all rows of β before the one that
+    // writes them: the scale goes in the file header, which is written first and identifies a
+    // build when it resumes.
     let (cal_start, cal_len) = (calibration.start as i64, calibration.len() as i64);
     let masks = ensemble
         .masks
