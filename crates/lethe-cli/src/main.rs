@@ -1,7 +1,7 @@
 //! `lethe`: the command line of Lethe.
 //!
 //! Architecture invariant: this binary does not link libtorch. Subcommands that run the ML
-//! engine locally (`train`, `ensemble`, `evaluate`, `index`) are carried out by `lethe-worker`, which
+//! engine locally (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`) are carried out by `lethe-worker`, which
 //! this command finds (see [`locate_worker`]) and replaces itself with, passing the arguments
 //! through untouched.
 
@@ -33,6 +33,12 @@ enum Verb {
     /// Build, evaluate or inspect an attribution index (run by lethe-worker; `lethe index --help`).
     #[command(disable_help_flag = true)]
     Index(Forwarded),
+    /// Forget training examples of a checkpoint (run by lethe-worker; `lethe unlearn --help`).
+    #[command(disable_help_flag = true)]
+    Unlearn(Forwarded),
+    /// Audit an unlearning method with KLoM against oracles (run by lethe-worker; `lethe audit --help`).
+    #[command(disable_help_flag = true)]
+    Audit(Forwarded),
 }
 
 #[derive(clap::Args)]
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),
         Verb::Index(forwarded) => ("index", forwarded),
+        Verb::Unlearn(forwarded) => ("unlearn", forwarded),
+        Verb::Audit(forwarded) => ("audit", forwarded),
     };
     let own_exe = std::env::current_exe().ok();
     let own_dir = own_exe.as_deref().and_then(Path::parent);

@@ -50,6 +50,8 @@ fn main() {
         alpha: 0.5,
         base_seed: 0,
         group_size: 8,
+        exclude: Vec::new(),
+        keep_weights: false,
     };
     let ensemble_dir = work.join("ensemble");
     let started = Instant::now();

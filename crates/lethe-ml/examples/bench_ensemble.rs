@@ -90,6 +90,8 @@ fn main() {
         alpha: 0.5,
         base_seed: 0,
         group_size: args.group,
+        exclude: Vec::new(),
+        keep_weights: false,
     };
     let parameters = Model::new(
         &spec.model,
@@ -146,7 +148,7 @@ fn main() {
     let start = Instant::now();
     for index in 0..args.single.min(args.members) {
         let seed = spec.member_seed(index);
-        let subset = member_subset(seed, data.num_train, spec.alpha);
+        let subset = member_subset(seed, data.num_train, spec.alpha, &[]);
         let mut model = Model::new(
             &spec.model,
             &[seed],

@@ -25,8 +25,10 @@ use std::path::Path;
 
 use crate::ensemble::EnsembleResults;
 use crate::error::{MlError, Result};
+use crate::unlearn::targets::IndexNoise;
 use ridge::{PenaltySelection, RidgeWeights};
 use subsample::{write_linear_index, BuildProgress, EstimatorWeights, SubsampleWeights};
+use tch::{Kind, Tensor};
 
 /// How β is estimated from subset retrains.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -121,9 +123,39 @@ pub fn build_index(
         }
     };
     let complete = write_linear_index(weights.as_ref(), &logits, out, &metadata, None, progress)?;
+    if complete {
+        linear_noise(weights.as_ref(), &logits)?.write(out, &metadata)?;
+    }
     Ok(IndexBuild {
         complete,
         penalty,
         penalty_selection,
+    })
+}
+
+/// The noise model of β = W·Z ([`IndexNoise`]): each logit's spread across the estimation
+/// models and each source's ‖W_i‖².
+fn linear_noise(weights: &dyn EstimatorWeights, logits: &Tensor) -> Result<IndexNoise> {
+    const BLOCK: i64 = 1024;
+    let sources = weights.sources();
+    let mut source_weight_sq = Vec::new();
+    for start in (0..sources).step_by(BLOCK as usize) {
+        let rows = weights.rows(start, BLOCK.min(sources - start))?;
+        source_weight_sq.push(
+            rows.square()
+                .sum_dim_intlist([1].as_slice(), false, Kind::Float),
+        );
+    }
+    let targets = logits.size()[1];
+    let mut target_std = Vec::new();
+    for start in (0..targets).step_by(BLOCK as usize) {
+        let chunk = logits
+            .narrow(1, start, BLOCK.min(targets - start))
+            .to_kind(Kind::Float);
+        target_std.push(chunk.std_correction([0].as_slice(), 1, false));
+    }
+    Ok(IndexNoise {
+        target_std: Tensor::cat(&target_std, 0),
+        source_weight_sq: Tensor::cat(&source_weight_sq, 0),
     })
 }

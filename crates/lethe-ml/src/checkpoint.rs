@@ -12,6 +12,7 @@ use crate::error::{MlError, Result};
 use crate::model::{Model, ModelSpec};
 use crate::recipe::Recipe;
 use crate::tensorio;
+use crate::unlearn::lineage::Lineage;
 
 pub const CHECKPOINT_FORMAT: &str = "lethe-checkpoint/1";
 
@@ -26,6 +27,9 @@ pub struct CheckpointInfo {
     pub dataset_hash: Option<String>,
     #[serde(default)]
     pub recipe: Option<Recipe>,
+    /// Requests applied since the first version; absent on a model that forgot nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
 }
 
 /// Saves member `member` of `model`.

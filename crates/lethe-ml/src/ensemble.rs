@@ -31,6 +31,8 @@ use crate::tensorio;
 use crate::train::{train, TrainProgress};
 
 const MANIFEST: &str = "ensemble.json";
+/// Group-file prefix of the member-batched variables of ensembles that keep their weights.
+const WEIGHTS_PREFIX: &str = "weights.";
 
 /// An ensemble of subset models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,14 @@ pub struct EnsembleSpec {
     pub base_seed: u64,
     /// Members trained together in one batched network and written to one file.
     pub group_size: usize,
+    /// Training examples no member trains on: oracles are ensembles retrained without a
+    /// forget set. Subsets are α-fractions of what remains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<i64>,
+    /// Also store the members' weights, so that they can be loaded as models later
+    /// ([`load_members`]); the originals of an unlearning audit need them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_weights: bool,
 }
 
 impl EnsembleSpec {
@@ -60,7 +70,18 @@ impl EnsembleSpec {
                 format!("alpha {} must lie in (0, 1]", self.alpha),
             ));
         }
-        if subset_size(num_train, self.alpha) == 0 {
+        if let Some(bad) = self
+            .exclude
+            .iter()
+            .find(|index| !(0..num_train).contains(*index))
+        {
+            return Err(MlError::spec(
+                "ensemble",
+                format!("excluded example {bad} is outside the training split 0..{num_train}"),
+            ));
+        }
+        let remaining = num_train - distinct(&self.exclude).len() as i64;
+        if subset_size(remaining, self.alpha) == 0 {
             return Err(MlError::spec(
                 "ensemble",
                 format!(
@@ -105,11 +126,23 @@ pub fn subset_size(num_train: i64, alpha: f64) -> usize {
     (alpha * num_train as f64).round() as usize
 }
 
-/// The sorted α-subset of `0..num_train` of the member with seed `member_seed`.
-pub fn member_subset(member_seed: u64, num_train: i64, alpha: f64) -> Vec<i64> {
-    let mut all: Vec<i64> = (0..num_train).collect();
+/// Sorted, without repeats.
+fn distinct(indices: &[i64]) -> Vec<i64> {
+    let mut sorted = indices.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
+}
+
+/// The sorted α-subset of `0..num_train` minus `exclude` of the member with seed
+/// `member_seed`.
+pub fn member_subset(member_seed: u64, num_train: i64, alpha: f64, exclude: &[i64]) -> Vec<i64> {
+    let excluded = distinct(exclude);
+    let mut all: Vec<i64> = (0..num_train)
+        .filter(|index| excluded.binary_search(index).is_err())
+        .collect();
     all.shuffle(&mut seed::rng(member_seed, Stream::Subset));
-    let mut subset = all[..subset_size(num_train, alpha)].to_vec();
+    let mut subset = all[..subset_size(all.len() as i64, alpha)].to_vec();
     subset.sort_unstable();
     subset
 }
@@ -182,7 +215,7 @@ fn train_group(
         .collect();
     let subsets: Vec<Vec<i64>> = seeds
         .iter()
-        .map(|member_seed| member_subset(*member_seed, data.num_train, spec.alpha))
+        .map(|member_seed| member_subset(*member_seed, data.num_train, spec.alpha, &spec.exclude))
         .collect();
     let mut model = Model::new(
         &spec.model,
@@ -210,7 +243,7 @@ fn train_group(
             .index_fill_(0, &Tensor::from_slice(subset), 1);
     }
     let seed_bits: Vec<i64> = seeds.iter().map(|seed| *seed as i64).collect();
-    let tensors = vec![
+    let mut tensors = vec![
         ("masks".to_owned(), masks),
         ("seeds".to_owned(), Tensor::from_slice(&seed_bits)),
         ("logits".to_owned(), outputs.logits.to_kind(Kind::Half)),
@@ -218,6 +251,14 @@ fn train_group(
         ("targets".to_owned(), Tensor::from_slice(&targets)),
         ("labels".to_owned(), outputs.labels.shallow_clone()),
     ];
+    if spec.keep_weights {
+        for (name, value) in model.vars.variables() {
+            tensors.push((
+                format!("{WEIGHTS_PREFIX}{name}"),
+                value.detach().to_device(Device::Cpu),
+            ));
+        }
+    }
     let mut metadata = BTreeMap::new();
     metadata.insert("fingerprint".to_owned(), fingerprint.to_owned());
     metadata.insert(
@@ -445,4 +486,65 @@ impl EnsembleResults {
         }
         .accuracy()
     }
+}
+
+/// The members of a finished ensemble that kept its weights, as one member-batched model.
+pub fn load_members(out_dir: &Path, data: &Dataset, device: Device) -> Result<Model> {
+    let manifest = read_manifest(out_dir)?;
+    if !manifest.spec.keep_weights {
+        return Err(MlError::spec(
+            "ensemble members",
+            format!(
+                "{} was trained without keeping its weights",
+                out_dir.display()
+            ),
+        ));
+    }
+    if manifest.dataset_hash != data.content_hash {
+        return Err(MlError::Conflict {
+            path: out_dir.join(MANIFEST),
+            reason: "this ensemble was trained on a different dataset".into(),
+        });
+    }
+    let seeds: Vec<u64> = (0..manifest.spec.members)
+        .map(|index| manifest.spec.member_seed(index))
+        .collect();
+    let model = Model::new(
+        &manifest.spec.model,
+        &seeds,
+        &data.sample_shape,
+        data.num_classes,
+        device,
+    )?;
+    let variables = model.vars.variables();
+    let mut parts: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    for members in manifest.spec.groups() {
+        let path = group_path(out_dir, &members);
+        let file = tensorio::read_safetensors(&path)?;
+        check_fingerprint(&path, &file, &manifest.fingerprint)?;
+        for name in variables.keys() {
+            let value = file
+                .get(&format!("{WEIGHTS_PREFIX}{name}"))
+                .ok_or_else(|| MlError::malformed(&path, format!("missing weights `{name}`")))?;
+            parts
+                .entry(name.clone())
+                .or_default()
+                .push(value.shallow_clone());
+        }
+    }
+    for (name, variable) in &variables {
+        let value = Tensor::cat(&parts[name], 0);
+        if value.size() != variable.size() {
+            return Err(MlError::malformed(
+                out_dir.join(MANIFEST),
+                format!(
+                    "weights `{name}` have shape {:?}, the model needs {:?}",
+                    value.size(),
+                    variable.size()
+                ),
+            ));
+        }
+        tch::no_grad(|| variable.shallow_clone().copy_(&value.to_device(device)));
+    }
+    Ok(model)
 }

@@ -7,12 +7,15 @@
 //! - [`ensemble`]: subset models trained many at once, streamed to disk per group;
 //! - [`outputs`]: logits and margins on target points;
 //! - [`checkpoint`]: safetensors checkpoints that PyTorch loads;
-//! - [`attribution`]: the attribution index (β), its estimators and its evaluation (LDS).
+//! - [`attribution`]: the attribution index (β), its estimators and its evaluation (LDS);
+//! - [`unlearn`]: DMM, Oracle Matching and the baselines, and sequential requests;
+//! - [`audit`]: KLoM, the audit of unlearned models against oracles.
 //!
 //! Architecture invariants: this is the only library crate that links libtorch; it does no
 //! networking and reads no environment; user data never panics it (errors are [`MlError`]).
 
 pub mod attribution;
+pub mod audit;
 pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
@@ -24,6 +27,7 @@ pub mod recipe;
 pub mod seed;
 pub mod tensorio;
 pub mod train;
+pub mod unlearn;
 
 pub use error::{MlError, Result};
 

@@ -99,6 +99,20 @@ pub trait Network {
     fn manual_backward(&mut self) -> Option<&mut dyn ManualBackward> {
         None
     }
+
+    /// The network cut before its final affine layer: the features of `x` (`M × B × d`) and
+    /// that layer's weight (`M × d × C`) and bias (`M × C`), sharing storage with the
+    /// parameters. `None` for networks whose logits are not an affine map of features.
+    fn linear_head(&mut self, _x: &Tensor) -> Option<Result<LinearHead>> {
+        None
+    }
+}
+
+/// Features and the final affine layer of a network; see [`Network::linear_head`].
+pub struct LinearHead {
+    pub features: Tensor,
+    pub weight: Tensor,
+    pub bias: Tensor,
 }
 
 /// A training step without autograd: the forward pass, the loss and the gradients, written
@@ -231,6 +245,42 @@ impl Model {
         Ok(())
     }
 
+    /// An independent copy: same architecture, seeds and weights.
+    pub fn try_clone(&self) -> Result<Model> {
+        let mut copy = Model::new(
+            &self.spec,
+            &self.member_seeds,
+            &self.sample_shape,
+            self.num_classes,
+            self.device(),
+        )?;
+        copy.vars.copy(&self.vars)?;
+        Ok(copy)
+    }
+
+    /// Member `member` alone, as a one-member model.
+    pub fn select_member(&self, member: i64) -> Result<Model> {
+        if !(0..self.members()).contains(&member) {
+            return Err(MlError::spec(
+                "model",
+                format!("member {member} is outside 0..{}", self.members()),
+            ));
+        }
+        let mut single = Model::new(
+            &self.spec,
+            &[self.member_seeds[member as usize]],
+            &self.sample_shape,
+            self.num_classes,
+            self.device(),
+        )?;
+        single.load_member_state(
+            0,
+            &self.member_state(member),
+            Path::new("<ensemble member>"),
+        )?;
+        Ok(single)
+    }
+
     pub fn members(&self) -> i64 {
         self.member_seeds.len() as i64
     }
@@ -244,6 +294,14 @@ impl Model {
         match &mut self.net {
             Net::Zoo { net, .. } => net.forward(x, train),
             Net::TorchScript { net, .. } => net.forward(x, train),
+        }
+    }
+
+    /// The network cut before its final affine layer, if it has one ([`Network::linear_head`]).
+    pub fn linear_head(&mut self, x: &Tensor) -> Option<Result<LinearHead>> {
+        match &mut self.net {
+            Net::Zoo { net, .. } => net.linear_head(x),
+            Net::TorchScript { .. } => None,
         }
     }
 

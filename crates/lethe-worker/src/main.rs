@@ -1,5 +1,5 @@
 //! `lethe-worker`: the process that links libtorch. Today it runs the ML engine's jobs locally
-//! (`train`, `ensemble`, `evaluate`, `index`); the `lethe` CLI forwards those subcommands here so that
+//! (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`); the `lethe` CLI forwards those subcommands here so that
 //! the CLI itself never links libtorch.
 
 mod local;
@@ -30,6 +30,11 @@ enum Command {
     /// Attribution indexes: build from subset retrains, evaluate (LDS), inspect.
     #[command(subcommand)]
     Index(local::index::IndexCommand),
+    /// Forget training examples: apply an unlearning method to a checkpoint and write the next
+    /// model version.
+    Unlearn(local::unlearn::UnlearnArgs),
+    /// Audit an unlearning method: apply it to N originals and compare with oracles (KLoM).
+    Audit(local::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,8 @@ fn main() -> ExitCode {
         Command::Ensemble(args) => local::ensemble::run(args),
         Command::Evaluate(args) => local::evaluate::run(args),
         Command::Index(command) => local::index::run(command),
+        Command::Unlearn(args) => local::unlearn::run(args),
+        Command::Audit(args) => local::audit::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

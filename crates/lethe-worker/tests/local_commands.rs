@@ -259,3 +259,272 @@ fn an_index_is_built_evaluated_and_inspected_from_an_ensemble() {
     ];
     assert_failures(&failures);
 }
+
+#[test]
+fn unlearn_writes_versions_and_audit_scores_a_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let ensemble = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "ensemble",
+            "--dataset",
+            "fmnist-tiny",
+            "--device",
+            "cpu",
+            "--model",
+            "mlp:32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        stdout(&worker(&args))
+    };
+    std::fs::write(
+        path("forget.txt"),
+        "# ten examples\n3, 14, 15\n92 65 35\n89 79 32 38\n",
+    )
+    .unwrap();
+    ensemble(&path("subsets"), &["--members", "16"]);
+    stdout(&worker(&[
+        "index",
+        "build",
+        "--ensemble",
+        &path("subsets"),
+        "--out",
+        &path("beta.safetensors"),
+    ]));
+    ensemble(
+        &path("originals"),
+        &["--members", "4", "--alpha", "1", "--keep-weights"],
+    );
+    let oracles = ensemble(
+        &path("oracles"),
+        &[
+            "--members",
+            "6",
+            "--alpha",
+            "1",
+            "--exclude-file",
+            &path("forget.txt"),
+        ],
+    );
+    assert!(oracles.contains("trained 6 members"), "{oracles}");
+    stdout(&worker(&[
+        "train",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--model",
+        "mlp:32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--out",
+        &path("v0.safetensors"),
+    ]));
+
+    let first = stdout(&worker(&[
+        "unlearn",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--model",
+        &path("v0.safetensors"),
+        "--method",
+        "dmm",
+        "--index",
+        &path("beta.safetensors"),
+        "--forget-file",
+        &path("forget.txt"),
+        "--out",
+        &path("v1.safetensors"),
+    ]));
+    assert!(
+        first.contains("dmm: version 1") && first.contains("(10 forgotten"),
+        "{first}"
+    );
+    let second = stdout(&worker(&[
+        "unlearn",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--model",
+        &path("v1.safetensors"),
+        "--base",
+        &path("v0.safetensors"),
+        "--method",
+        "ga",
+        "--forget",
+        "5,6",
+        "--out",
+        &path("v2.safetensors"),
+    ]));
+    assert!(
+        second.contains("ga: version 2") && second.contains("(12 forgotten"),
+        "{second}"
+    );
+
+    let audited = stdout(&worker(&[
+        "audit",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--originals",
+        &path("originals"),
+        "--oracles",
+        &path("oracles"),
+        "--held-out",
+        "2",
+        "--method",
+        "dmm",
+        "--index",
+        &path("beta.safetensors"),
+        "--out",
+        &path("audit.json"),
+    ]));
+    assert!(
+        audited.contains("KLoM of dmm on 4 models against 4 oracles (10 forgotten)"),
+        "{audited}"
+    );
+    assert!(audited.contains("gap closure"), "{audited}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("audit.json")).unwrap()).unwrap();
+    assert!(
+        report["result"]["forget"]["klom"]["p95"].as_f64().is_some(),
+        "{report}"
+    );
+    assert!(std::fs::read_to_string(path("audit.md"))
+        .unwrap()
+        .contains("| dmm |"));
+
+    let v1 = path("v1.safetensors");
+    let v0 = path("v0.safetensors");
+    let failures: [(&[&str], &str); 7] = [
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v1,
+                "--method",
+                "ga",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "pass the first version with --base",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v1,
+                "--base",
+                &v1,
+                "--method",
+                "ga",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "is not the first version",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "dmm",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "DMM needs --index",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "ga",
+                "--forget",
+                "5,5",
+                "--out",
+                &path("x"),
+            ],
+            "appears more than once",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "gd",
+                "--denoise",
+                "hard:2",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "--denoise do(es) not apply",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "ga",
+                "--forget",
+                "9999",
+                "--out",
+                &path("x"),
+            ],
+            "outside the training split 0..512",
+        ),
+        (
+            &[
+                "audit",
+                "--dataset",
+                "fmnist-tiny",
+                "--originals",
+                &path("originals"),
+                "--oracles",
+                &path("oracles"),
+                "--forget",
+                "1,2",
+                "--method",
+                "ga",
+            ],
+            "were retrained without 10 examples",
+        ),
+    ];
+    assert_failures(&failures);
+}

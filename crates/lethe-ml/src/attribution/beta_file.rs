@@ -260,6 +260,11 @@ impl BetaReader {
     /// The rows of `sources` (`|F| × T × C`, float32, with the file's scale applied), in the
     /// order given.
     pub fn rows(&self, sources: &[i64]) -> Result<Tensor> {
+        Ok(self.stored_rows(sources)?.to_kind(Kind::Float) * self.scale)
+    }
+
+    /// The rows of `sources` as stored: float16, without the scale.
+    pub fn stored_rows(&self, sources: &[i64]) -> Result<Tensor> {
         if let Some(bad) = sources
             .iter()
             .find(|index| **index < 0 || **index >= self.shape.sources)

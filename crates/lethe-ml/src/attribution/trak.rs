@@ -245,6 +245,7 @@ pub fn build_trak_index(
                 seed: *member_seed,
                 dataset_hash: Some(data.content_hash.clone()),
                 recipe: Some(config.recipe.clone()),
+                lineage: None,
             };
             crate::checkpoint::save_member(
                 &model,
@@ -375,11 +376,7 @@ pub fn build_trak_index(
     while writer.rows_written() < shape.sources {
         let start = writer.rows_written();
         let len = ROW_BLOCK.min(shape.sources - start);
-        writer.append_rows(&(raw_rows(start, len) * scale).view([
-            len,
-            shape.targets,
-            shape.classes,
-        ]))?;
+        writer.append_rows(&raw_rows(start, len).view([len, shape.targets, shape.classes]))?;
         let reported = BuildProgress {
             rows_done: writer.rows_written(),
             rows_total: shape.sources,

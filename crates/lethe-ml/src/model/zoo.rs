@@ -55,6 +55,27 @@ impl Network for Mlp {
     fn manual_backward(&mut self) -> Option<&mut dyn super::ManualBackward> {
         Some(self)
     }
+
+    fn linear_head(&mut self, x: &Tensor) -> Option<Result<super::LinearHead>> {
+        let (last, hidden) = self.layers.split_last()?;
+        let features = (|| {
+            let mut h = x.f_flatten(2, -1)?;
+            for layer in hidden {
+                h = layer.forward(&h)?.f_relu()?;
+            }
+            Ok(h)
+        })();
+        Some(features.and_then(|features| {
+            let bias = last.bias().ok_or_else(|| {
+                crate::error::MlError::spec("model", "the MLP's last layer has no bias")
+            })?;
+            Ok(super::LinearHead {
+                features,
+                weight: last.weight().shallow_clone(),
+                bias: bias.shallow_clone(),
+            })
+        }))
+    }
 }
 
 /// A small CNN: two 3×3 conv + ReLU + 2×2 max-pool stages (32 and 64 channels), then a

@@ -73,7 +73,9 @@ fn build(
 }
 
 /// 128 subset models of a small MLP on fmnist-tiny (members 0..96 estimate, 96..128 are held out).
-fn tiny_subset_ensemble(dir: &Path) -> (lethe_ml::data::Dataset, EnsembleSpec, EnsembleResults) {
+pub(crate) fn tiny_subset_ensemble(
+    dir: &Path,
+) -> (lethe_ml::data::Dataset, EnsembleSpec, EnsembleResults) {
     let data = fmnist_tiny();
     let spec = EnsembleSpec {
         model: "mlp:64".parse().unwrap(),
@@ -86,6 +88,8 @@ fn tiny_subset_ensemble(dir: &Path) -> (lethe_ml::data::Dataset, EnsembleSpec, E
         alpha: 0.5,
         base_seed: 21,
         group_size: 16,
+        exclude: Vec::new(),
+        keep_weights: false,
     };
     run_ensemble(&spec, &data, dir, Device::Cpu, &mut |_| {}).unwrap();
     let ensemble = EnsembleResults::load(dir).unwrap();

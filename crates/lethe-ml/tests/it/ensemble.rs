@@ -20,6 +20,8 @@ fn spec() -> EnsembleSpec {
         alpha: 0.5,
         base_seed: 3,
         group_size: 2,
+        exclude: Vec::new(),
+        keep_weights: false,
     }
 }
 

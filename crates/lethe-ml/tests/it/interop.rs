@@ -70,6 +70,7 @@ fn pytorch_loads_lethe_checkpoints_and_gets_the_same_logits() {
             seed: 4,
             dataset_hash: Some(data.content_hash.clone()),
             recipe: Some(recipe.clone()),
+            lineage: None,
         };
         let path = dir
             .path()
@@ -196,6 +197,7 @@ fn torchscript_modules_train_and_export_their_weights() {
         seed: 0,
         dataset_hash: None,
         recipe: None,
+        lineage: None,
     };
     let checkpoint_path = dir.path().join("trained.safetensors");
     checkpoint::save_member(&model, 0, &info, &checkpoint_path).unwrap();
@@ -254,6 +256,7 @@ fn malformed_checkpoints_are_rejected_with_the_file_named() {
         seed: 1,
         dataset_hash: None,
         recipe: None,
+        lineage: None,
     };
     let good = dir.path().join("good.safetensors");
     checkpoint::save_member(&model, 0, &info, &good).unwrap();

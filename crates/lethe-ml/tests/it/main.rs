@@ -7,3 +7,4 @@ mod interop;
 mod model;
 mod support;
 mod training;
+mod unlearning;

@@ -96,7 +96,7 @@ fn assert_member_equivalence(spec: &str, recipe: &Recipe, tolerance: f64) {
     let seeds = [11, 12, 13];
     let subsets: Vec<Vec<i64>> = seeds
         .iter()
-        .map(|seed| lethe_ml::ensemble::member_subset(*seed, data.num_train, 0.5))
+        .map(|seed| lethe_ml::ensemble::member_subset(*seed, data.num_train, 0.5, &[]))
         .collect();
     let mut ensemble = train_members(spec, &seeds, &subsets, recipe, &data);
     let mut alone = train_members(spec, &seeds[1..2], &subsets[1..2], recipe, &data);

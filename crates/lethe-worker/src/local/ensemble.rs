@@ -12,6 +12,7 @@ use lethe_ml::model::ModelSpec;
 
 use super::options::{DataArgs, RecipeArgs};
 use super::progress;
+use super::unlearn::ForgetArgs;
 
 #[derive(Args, Debug)]
 pub(crate) struct EnsembleArgs {
@@ -35,6 +36,16 @@ pub(crate) struct EnsembleArgs {
     /// Base seed; member i's seed is derived from it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Training examples no member trains on, comma-separated: oracles for an unlearning
+    /// audit are an ensemble with --alpha 1 and the forget set excluded.
+    #[arg(long, conflicts_with = "exclude_file")]
+    exclude: Option<String>,
+    /// A file of training examples to exclude (commas or whitespace; `#` comments).
+    #[arg(long)]
+    exclude_file: Option<PathBuf>,
+    /// Also store the members' weights (the originals of an unlearning audit need them).
+    #[arg(long)]
+    keep_weights: bool,
     /// Output directory (resumable: finished groups are skipped).
     #[arg(long)]
     out: PathBuf,
@@ -51,10 +62,17 @@ pub(crate) fn run(args: EnsembleArgs) -> anyhow::Result<()> {
         group_size: args
             .group_size
             .unwrap_or(if device.is_cuda() { 64 } else { 8 }),
+        exclude: ForgetArgs {
+            forget: args.exclude.clone(),
+            forget_file: args.exclude_file.clone(),
+        }
+        .indices()?
+        .unwrap_or_default(),
+        keep_weights: args.keep_weights,
     };
     let data = args.data.load()?;
     spec.validate(data.num_train)?;
-    let subset = subset_size(data.num_train, spec.alpha);
+    let subset = subset_size(data.num_train - spec.exclude.len() as i64, spec.alpha);
     let steps_per_member = spec.recipe.epochs * subset.div_ceil(spec.recipe.batch_size.min(subset));
     let bar = progress::bar((spec.members * steps_per_member) as u64, "member-steps");
     bar.set_message(format!(

@@ -44,7 +44,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     let data = args.data.load()?;
     let subset = match args.alpha {
         Some(alpha) if alpha > 0.0 && alpha <= 1.0 => {
-            member_subset(args.seed, data.num_train, alpha)
+            member_subset(args.seed, data.num_train, alpha, &[])
         }
         Some(alpha) => anyhow::bail!("--alpha {alpha} must lie in (0, 1]"),
         None => data.train_indices(),
@@ -90,6 +90,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         dataset_hash: Some(data.content_hash.clone()),
         recipe: Some(recipe.clone()),
+        lineage: None,
     };
     checkpoint::save_member(&model, 0, &info, &args.out)
         .with_context(|| format!("write checkpoint {}", args.out.display()))?;
