@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution clean
+.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution bench-quality clean
 
 setup:
 	@scripts/setup.sh
@@ -34,6 +34,13 @@ bench-ensemble: setup
 
 bench-attribution: setup
 	cargo run --release -p lethe-ml --example bench_attribution -- --out bench/results/attribution.json
+
+# About 15 minutes on 2 cores the first time (2,000 subset retrains, 100 originals, 300
+# oracles); later runs reuse the trained models in bench/work/quality.
+bench-quality: setup
+	cargo run --release -p lethe-ml --example bench_quality -- --out bench/results/quality.json
+	python bench/report_quality.py --json bench/results/quality.json \
+		--per-point bench/work/quality/klom-per-point.safetensors --out-dir bench/results
 
 clean:
 	cargo clean
