@@ -18,6 +18,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
+use crate::data::Dataset;
 use crate::error::{MlError, Result};
 use params::ParamBuilder;
 
@@ -279,6 +280,20 @@ impl Model {
             Path::new("<ensemble member>"),
         )?;
         Ok(single)
+    }
+
+    /// Fails, naming `what`, unless `data`'s samples have the shape this model takes.
+    pub fn check_samples(&self, data: &Dataset, what: &'static str) -> Result<()> {
+        if data.sample_shape == self.sample_shape {
+            return Ok(());
+        }
+        Err(MlError::spec(
+            what,
+            format!(
+                "model expects samples {:?}, dataset has {:?}",
+                self.sample_shape, data.sample_shape
+            ),
+        ))
     }
 
     pub fn members(&self) -> i64 {

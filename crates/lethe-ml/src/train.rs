@@ -48,15 +48,7 @@ pub fn train(
     recipe.validate()?;
     let members = model.members() as usize;
     check_subsets(subsets, members, data.num_train)?;
-    if data.sample_shape != model.sample_shape {
-        return Err(MlError::spec(
-            "training data",
-            format!(
-                "model expects samples {:?}, dataset has {:?}",
-                model.sample_shape, data.sample_shape
-            ),
-        ));
-    }
+    model.check_samples(data, "training data")?;
     let device = model.device();
     let x_all = data.x.to_device(device);
     let y_all = data.y.to_device(device);

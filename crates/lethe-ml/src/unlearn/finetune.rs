@@ -271,15 +271,7 @@ pub(crate) struct FineTuner<'a> {
 
 impl<'a> FineTuner<'a> {
     fn new(model: &'a mut Model, data: &Dataset, optimizer: &Recipe, seed: u64) -> Result<Self> {
-        if data.sample_shape != model.sample_shape {
-            return Err(MlError::spec(
-                "fine-tune data",
-                format!(
-                    "model expects samples {:?}, dataset has {:?}",
-                    model.sample_shape, data.sample_shape
-                ),
-            ));
-        }
+        model.check_samples(data, "fine-tune data")?;
         let device = model.device();
         let parameters = model.vars.trainable_variables();
         Ok(FineTuner {

@@ -8,7 +8,7 @@ use lethe_ml::checkpoint;
 use lethe_ml::outputs::Outputs;
 use tch::Kind;
 
-use super::options::DataArgs;
+use super::options::{checkpoint_fits, DataArgs};
 
 #[derive(Args, Debug)]
 pub(crate) struct EvaluateArgs {
@@ -27,22 +27,7 @@ pub(crate) fn run(args: EvaluateArgs) -> anyhow::Result<()> {
     let data = args.data.load()?;
     let (mut model, info) = checkpoint::load(&args.checkpoint, device)
         .with_context(|| format!("load checkpoint {}", args.checkpoint.display()))?;
-    if info.sample_shape != data.sample_shape || info.num_classes != data.num_classes {
-        anyhow::bail!(
-            "checkpoint {} expects samples {:?} and {} classes, dataset {} has {:?} and {}",
-            args.checkpoint.display(),
-            info.sample_shape,
-            info.num_classes,
-            data.spec,
-            data.sample_shape,
-            data.num_classes
-        );
-    }
-    if info
-        .dataset_hash
-        .as_deref()
-        .is_some_and(|hash| hash != data.content_hash)
-    {
+    if !checkpoint_fits(&info, &data, &args.checkpoint)? {
         eprintln!(
             "note: the checkpoint was trained on other data than {} (content hashes differ)",
             data.spec

@@ -1,7 +1,10 @@
 //! Flags shared by the training commands.
 
+use std::path::Path;
+
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use lethe_ml::checkpoint::CheckpointInfo;
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::recipe::{Optimizer, Recipe, Schedule};
 use tch::Device;
@@ -157,4 +160,28 @@ fn parse_schedule(text: &str) -> anyhow::Result<Schedule> {
         ["triangular", peak] => Schedule::Triangular { peak_epoch: number(peak)? },
         _ => bail!("unknown schedule `{text}`: expected constant, step:EVERY_EPOCHS:GAMMA or triangular:PEAK_EPOCH"),
     })
+}
+
+/// Fails unless the checkpoint's model takes `data`'s samples and classes; returns whether it
+/// was trained on this very data (content hashes equal, or unrecorded).
+pub(crate) fn checkpoint_fits(
+    info: &CheckpointInfo,
+    data: &Dataset,
+    path: &Path,
+) -> anyhow::Result<bool> {
+    if info.sample_shape != data.sample_shape || info.num_classes != data.num_classes {
+        bail!(
+            "checkpoint {} expects samples {:?} and {} classes, dataset {} has {:?} and {}",
+            path.display(),
+            info.sample_shape,
+            info.num_classes,
+            data.spec,
+            data.sample_shape,
+            data.num_classes
+        );
+    }
+    Ok(info
+        .dataset_hash
+        .as_deref()
+        .is_none_or(|hash| hash == data.content_hash))
 }

@@ -15,7 +15,7 @@ use lethe_ml::unlearn::targets::{AttributionIndex, Denoise};
 use lethe_ml::unlearn::{parse_indices, ForgetSet, Method, MethodConfig, Resources};
 use tch::{Kind, Tensor};
 
-use super::options::DataArgs;
+use super::options::{checkpoint_fits, DataArgs};
 
 /// The forget set, as a list or a file.
 #[derive(Args, Debug, Clone)]
@@ -284,23 +284,10 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
+/// A model version may only be unlearned on the data it was trained on: β and the retained
+/// sample are indexed by that dataset's examples.
 fn check_fits(info: &CheckpointInfo, data: &Dataset, path: &Path) -> anyhow::Result<()> {
-    if info.sample_shape != data.sample_shape || info.num_classes != data.num_classes {
-        bail!(
-            "checkpoint {} expects samples {:?} and {} classes, dataset {} has {:?} and {}",
-            path.display(),
-            info.sample_shape,
-            info.num_classes,
-            data.spec,
-            data.sample_shape,
-            data.num_classes
-        );
-    }
-    if info
-        .dataset_hash
-        .as_deref()
-        .is_some_and(|hash| hash != data.content_hash)
-    {
+    if !checkpoint_fits(info, data, path)? {
         bail!(
             "checkpoint {} was trained on other data than {} (content hashes differ)",
             path.display(),
