@@ -364,12 +364,18 @@ fn unlearn_writes_versions_and_audit_scores_a_method() {
         "ga",
         "--forget",
         "5,6",
+        "--retrain-threshold",
+        "0.02",
         "--out",
         &path("v2.safetensors"),
     ]));
     assert!(
         second.contains("ga: version 2") && second.contains("(12 forgotten"),
         "{second}"
+    );
+    assert!(
+        second.contains("retrain on what remains"),
+        "12 of 512 is past 2%: {second}"
     );
 
     let audited = stdout(&worker(&[

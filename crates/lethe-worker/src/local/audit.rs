@@ -39,6 +39,10 @@ pub(crate) struct AuditArgs {
     out: Option<PathBuf>,
 }
 
+/// Below this many models or oracles, per-point margin distributions are too coarse for a
+/// reported KLoM figure (DESIGN.md §1.7).
+const STABLE_SAMPLE: i64 = 80;
+
 fn row(name: &str, audited: &Audit) -> String {
     format!(
         "| {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
@@ -129,6 +133,12 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
         oracle_logits: om_targets.as_ref(),
         ..Resources::new(&data)
     };
+    if models.members() < STABLE_SAMPLE || compared < STABLE_SAMPLE {
+        eprintln!(
+            "note: {} models against {compared} oracles: KLoM needs at least {STABLE_SAMPLE} of each for figures that do not move with the sample",
+            models.members()
+        );
+    }
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
         "{method} on {} originals for {} forgotten examples",

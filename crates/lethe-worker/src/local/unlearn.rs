@@ -276,6 +276,11 @@ pub(crate) struct UnlearnArgs {
     /// Where to write the new version.
     #[arg(long)]
     out: PathBuf,
+    /// Fraction of the training set forgotten since the first version past which a full
+    /// retrain and a fresh index are recommended (the linear predictions behind DMM hold for
+    /// small removals).
+    #[arg(long, default_value_t = 0.05)]
+    retrain_threshold: f64,
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
@@ -385,5 +390,11 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
             .map(|loss| format!(", final loss {loss:.4}"))
             .unwrap_or_default()
     );
+    if next.forgotten_fraction(data.num_train) > args.retrain_threshold {
+        println!(
+            "  note: more than {:.1}% of the training set is forgotten: retrain on what remains and build a fresh index",
+            100.0 * args.retrain_threshold
+        );
+    }
     Ok(())
 }
