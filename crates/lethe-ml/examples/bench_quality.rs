@@ -10,7 +10,7 @@
 //! full retrain, both timed here (medians of repeats).
 //!
 //! Usage: bench_quality [--estimation-models 2000] [--models 100] [--oracles 100] [--held-out 50]
-//!                      [--forget-size 100] [--methods ga,gd,…] [--explore]
+//!                      [--forget-size 100] [--methods ga,gd,…] [--explore] [--index PATH]
 //!                      [--work bench/work/quality] [--out bench/results/quality.json]
 //! `--explore` prints DM-direct diagnostics (targets before any fine-tune) for tuning. Trained
 //! models are kept in the work directory and reused by later runs.
@@ -48,6 +48,8 @@ struct Options {
     explore: bool,
     work: PathBuf,
     out: PathBuf,
+    /// An index to use instead of the one built from all estimation models.
+    index: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -61,6 +63,7 @@ fn options() -> Options {
         explore: false,
         work: PathBuf::from("bench/work/quality"),
         out: PathBuf::from("bench/results/quality.json"),
+        index: None,
     };
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
@@ -87,6 +90,7 @@ fn options() -> Options {
                     .collect()
             }
             "--work" => options.work = PathBuf::from(&value),
+            "--index" => options.index = Some(PathBuf::from(&value)),
             "--out" => options.out = PathBuf::from(&value),
             other => panic!("unknown flag {other}"),
         }
@@ -346,7 +350,8 @@ fn main() {
         eprintln!("index built in {:.0} s", started.elapsed().as_secs_f64());
     }
     drop(subsets);
-    let index = AttributionIndex::open(&index_path).expect("the index opens");
+    let index = AttributionIndex::open(options.index.as_ref().unwrap_or(&index_path))
+        .expect("the index opens");
 
     let originals_dir = work.join("originals");
     let original_logits = train(

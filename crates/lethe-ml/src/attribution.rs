@@ -124,7 +124,9 @@ pub fn build_index(
     };
     let complete = write_linear_index(weights.as_ref(), &logits, out, &metadata, None, progress)?;
     if complete {
-        linear_noise(weights.as_ref(), &logits)?.write(out, &metadata)?;
+        let mut noise = linear_noise(weights.as_ref(), &logits)?;
+        noise.target_labels = Some(ensemble.labels.shallow_clone());
+        noise.write(out, &metadata)?;
     }
     Ok(IndexBuild {
         complete,
@@ -157,5 +159,6 @@ fn linear_noise(weights: &dyn EstimatorWeights, logits: &Tensor) -> Result<Index
     Ok(IndexNoise {
         target_std: Tensor::cat(&target_std, 0),
         source_weight_sq: Tensor::cat(&source_weight_sq, 0),
+        target_labels: None,
     })
 }

@@ -25,6 +25,8 @@ use crate::unlearn::ForgetSet;
 pub struct IndexNoise {
     pub target_std: Tensor,
     pub source_weight_sq: Tensor,
+    /// Each target's label (`T`, int64), which the shared component of the noise depends on.
+    pub target_labels: Option<Tensor>,
 }
 
 impl IndexNoise {
@@ -34,7 +36,7 @@ impl IndexNoise {
     }
 
     pub(crate) fn write(&self, index: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
-        let tensors = vec![
+        let mut tensors = vec![
             (
                 "target_std".to_owned(),
                 self.target_std.to_kind(Kind::Float),
@@ -44,6 +46,9 @@ impl IndexNoise {
                 self.source_weight_sq.to_kind(Kind::Float),
             ),
         ];
+        if let Some(labels) = &self.target_labels {
+            tensors.push(("target_labels".to_owned(), labels.to_kind(Kind::Int64)));
+        }
         tensorio::write_safetensors(&Self::path_for(index), &tensors, metadata)
     }
 
@@ -59,9 +64,18 @@ impl IndexNoise {
                 .map(|tensor| tensor.to_kind(Kind::Float))
                 .ok_or_else(|| MlError::malformed(&path, format!("missing tensor `{name}`")))
         };
+        let target_labels = file
+            .get("target_labels")
+            .map(|labels| labels.to_kind(Kind::Int64));
+        if let Some(labels) = &target_labels {
+            if labels.numel() > 0 && labels.min().int64_value(&[]) < 0 {
+                return Err(MlError::malformed(&path, "negative target label"));
+            }
+        }
         Ok(Some(IndexNoise {
             target_std: get("target_std")?,
             source_weight_sq: get("source_weight_sq")?,
+            target_labels,
         }))
     }
 }
@@ -158,14 +172,40 @@ pub fn predicted_shift(
         &forget_rows,
         0.0,
     );
-    let common = (&shift * outside.unsqueeze(1)).sum_dim_intlist([0].as_slice(), true, Kind::Float)
-        / outside.sum(Kind::Float).clamp_min(1.0);
-    let cross = shift.index_select(0, &forget_rows) - &own - common;
+    let common = common_shift(&shift, &outside, noise.target_labels.as_ref())?;
+    let cross = shift.index_select(0, &forget_rows) - &own - common.index_select(0, &forget_rows);
     let cross_variance = noise.target_std.index_select(0, &forget_rows).square()
         * (total_weight_sq - &weight_sq).clamp_min(0.0).unsqueeze(1);
     let forget_shift = own + pooled_cross_terms(&cross, &cross_variance);
     let _ = denoised.index_copy_(0, &forget_rows, &forget_shift);
     Ok(denoised)
+}
+
+/// Every target's share (`T × C`) of the shift that the estimation models' overall logit
+/// levels put on all targets alike: the mean shift of the targets outside F (`outside`, 1 or 0
+/// per target) with the same label, or of all of them when the labels are not known. Models
+/// differ in how confident they are on each class, so the shared part depends on the label.
+fn common_shift(shift: &Tensor, outside: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+    let targets = shift.size()[0];
+    let Some(labels) = labels else {
+        let mean =
+            (shift * outside.unsqueeze(1)).sum_dim_intlist([0].as_slice(), true, Kind::Float)
+                / outside.sum(Kind::Float).clamp_min(1.0);
+        return Ok(mean.expand([targets, -1], false));
+    };
+    if labels.size() != [targets] {
+        return Err(MlError::Shape(format!(
+            "noise model labels are {:?} for {targets} targets",
+            labels.size()
+        )));
+    }
+    let groups = labels.max().int64_value(&[]) + 1;
+    let weighted = shift * outside.unsqueeze(1);
+    let sums = Tensor::zeros([groups, shift.size()[1]], (Kind::Float, tch::Device::Cpu))
+        .index_add(0, labels, &weighted);
+    let counts =
+        Tensor::zeros([groups], (Kind::Float, tch::Device::Cpu)).index_add(0, labels, outside);
+    Ok((sums / counts.clamp_min(1.0).unsqueeze(1)).index_select(0, labels))
 }
 
 /// Σ_{i∈F} β_i (`T × C`) and each forget point's own term β_x[x] (`|F| × C`), in logit units.

@@ -85,6 +85,10 @@ fn synthetic_index(
         &[
             ("target_std".to_owned(), target_std.shallow_clone()),
             ("source_weight_sq".to_owned(), weight_sq.shallow_clone()),
+            (
+                "target_labels".to_owned(),
+                Tensor::arange(targets, (Kind::Int64, Device::Cpu)).remainder(3),
+            ),
         ],
         &BTreeMap::new(),
     )
@@ -126,7 +130,8 @@ fn dmm_targets_match_a_dense_computation() {
 
     // Hard denoising, written out in f64: a target outside F keeps its sum when the RMS
     // z-score passes the threshold; a forget point keeps its own term, plus its cross terms
-    // (less the mean shift outside F) pooled towards their mean over F.
+    // (less the mean shift of the targets outside F with the same label) pooled towards their
+    // mean over F.
     let z = 1.0;
     let value = |tensor: &Tensor, row: i64, class: i64| tensor.double_value(&[row, class]);
     let weights: Vec<f64> = (0..sources)
@@ -166,13 +171,16 @@ fn dmm_targets_match_a_dense_computation() {
         "the case exercises both branches ({kept} kept, {dropped} dropped)"
     );
     let own = |x: i64, c: i64| beta.double_value(&[x, x, c]);
+    // The shared part is measured per label (target t has label t mod 3).
+    let common = |x: i64, c: i64| {
+        let same: Vec<&i64> = outside.iter().filter(|t| *t % 3 == x % 3).collect();
+        same.iter().map(|t| value(&dense, **t, c)).sum::<f64>() / same.len() as f64
+    };
     for c in 0..classes {
-        let common =
-            outside.iter().map(|t| value(&dense, *t, c)).sum::<f64>() / outside.len() as f64;
         let cross: Vec<f64> = forget
             .indices()
             .iter()
-            .map(|x| value(&dense, *x, c) - own(*x, c) - common)
+            .map(|x| value(&dense, *x, c) - own(*x, c) - common(*x, c))
             .collect();
         let variance: Vec<f64> = forget
             .indices()
