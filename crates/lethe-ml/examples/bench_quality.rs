@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use lethe_ml::attribution::{build_index, Estimator};
-use lethe_ml::audit::{audit, Audit, Splits};
+use lethe_ml::audit::{audit, Audit, KlomStats, SplitAudit, Splits};
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::ensemble::{load_members, run_ensemble, EnsembleResults, EnsembleSpec};
 use lethe_ml::model::{Model, ModelSpec};
@@ -35,7 +35,8 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-const REQUEST_SEED: u64 = 42;
+/// Request seeds; the first is the one every method runs with, DMM and OM run with all.
+const REQUEST_SEEDS: [u64; 5] = [42, 0, 1, 2, 3];
 
 struct Options {
     estimation_models: usize,
@@ -158,12 +159,46 @@ fn audit_json(result: &Audit) -> serde_json::Map<String, Value> {
     entry
 }
 
+/// The mean of audits of the same models' requests with different seeds: every statistic,
+/// and every point's KLoM, averaged.
+fn mean_audit(audits: &[Audit]) -> Audit {
+    let count = audits.len() as f64;
+    let mean = |value: &dyn Fn(&Audit) -> f64| audits.iter().map(value).sum::<f64>() / count;
+    let split = |pick: &dyn Fn(&Audit) -> &SplitAudit| SplitAudit {
+        klom: KlomStats {
+            points: pick(&audits[0]).klom.points,
+            p95: mean(&|audit| pick(audit).klom.p95),
+            p99: mean(&|audit| pick(audit).klom.p99),
+            mean: mean(&|audit| pick(audit).klom.mean),
+        },
+        accuracy: mean(&|audit| pick(audit).accuracy),
+    };
+    Audit {
+        models: audits[0].models,
+        oracles: audits[0].oracles,
+        forget: split(&|audit| &audit.forget),
+        retain: split(&|audit| &audit.retain),
+        val: split(&|audit| &audit.val),
+        per_point: (0..audits[0].per_point.len())
+            .map(|point| {
+                audits
+                    .iter()
+                    .map(|audit| audit.per_point[point])
+                    .sum::<f64>()
+                    / count
+            })
+            .collect(),
+    }
+}
+
 /// One method setting run on one forget set.
 struct Candidate {
     set: &'static str,
     config: MethodConfig,
     result: Audit,
     closure: f64,
+    /// Closure of each request seed's audit (one seed for the baselines).
+    closure_by_seed: Vec<f64>,
     harmless: bool,
     examples_per_model: f64,
 }
@@ -314,7 +349,8 @@ fn time_request(
         .map(|_| {
             let mut copy = model.try_clone().expect("clone");
             let started = Instant::now();
-            unlearn(&mut copy, config, forget, resources, REQUEST_SEED).expect("unlearning runs");
+            unlearn(&mut copy, config, forget, resources, REQUEST_SEEDS[0])
+                .expect("unlearning runs");
             started.elapsed().as_secs_f64()
         })
         .collect();
@@ -438,17 +474,26 @@ fn main() {
             oracle_logits: Some(&held_out_mean),
             ..Resources::new(&data)
         };
+        // DMM and OM cost seconds, so they are run with several request seeds (retained sample
+        // and shuffles) and reported as the mean; the baselines' grids take minutes per seed.
         let run = |config: &MethodConfig| {
-            let mut model = originals.try_clone().expect("clone");
-            let summary = unlearn(&mut model, config, &forget, &resources, REQUEST_SEED)
-                .expect("unlearning runs");
-            let logits = Outputs::compute(&mut model, &data, &all_targets)
-                .expect("outputs")
-                .logits;
-            (
-                audit_of(&logits),
-                summary.examples as f64 / options.models as f64,
-            )
+            let seeds = match config.method() {
+                Method::Dmm | Method::Om => REQUEST_SEEDS.as_slice(),
+                _ => &REQUEST_SEEDS[..1],
+            };
+            let mut audits = Vec::new();
+            let mut examples = 0;
+            for seed in seeds {
+                let mut model = originals.try_clone().expect("clone");
+                let summary = unlearn(&mut model, config, &forget, &resources, *seed)
+                    .expect("unlearning runs");
+                let logits = Outputs::compute(&mut model, &data, &all_targets)
+                    .expect("outputs")
+                    .logits;
+                audits.push(audit_of(&logits));
+                examples = summary.examples;
+            }
+            (audits, examples as f64 / options.models as f64)
         };
 
         let mut methods = serde_json::Map::new();
@@ -483,14 +528,16 @@ fn main() {
             }
             for config in candidate_configs(method) {
                 let started = Instant::now();
-                let (result, examples_per_model) = run(&config);
+                let (audits, examples_per_model) = run(&config);
+                let by_seed: Vec<f64> = audits.iter().map(&gap).collect();
+                let result = mean_audit(&audits);
                 let closure = gap(&result);
                 // A setting is harmless when retain and validation P95 stay within 0.1 of
                 // doing nothing.
                 let harmless = result.retain.klom.p95 <= do_nothing.retain.klom.p95 + 0.1
                     && result.val.klom.p95 <= do_nothing.val.klom.p95 + 0.1;
                 eprintln!(
-                    "{name:>7} {:<6} closure {closure:+.3}  forget {:.3} retain {:.3} val {:.3}  ({:.1} s)  {}",
+                    "{name:>7} {:<6} closure {closure:+.3} {by_seed:.3?}  forget {:.3} retain {:.3} val {:.3}  ({:.1} s)  {}",
                     method.name(), result.forget.klom.p95, result.retain.klom.p95, result.val.klom.p95,
                     started.elapsed().as_secs_f64(), serde_json::to_string(&config).expect("config serialises")
                 );
@@ -499,6 +546,7 @@ fn main() {
                     config,
                     result,
                     closure,
+                    closure_by_seed: by_seed,
                     harmless,
                     examples_per_model,
                 });
@@ -510,7 +558,8 @@ fn main() {
         if options.methods.is_empty() || options.methods.contains(&Method::Dmm) {
             let mut ablation = serde_json::Map::new();
             for (variant, config) in dmm_ablation() {
-                let (result, _) = run(&config);
+                let (audits, _) = run(&config);
+                let result = mean_audit(&audits);
                 eprintln!("{name:>7} dmm ablation {variant:<16} closure {:+.3}  forget {:.3} retain {:.3} val {:.3}",
                     gap(&result), result.forget.klom.p95, result.retain.klom.p95, result.val.klom.p95);
                 ablation.insert(variant.to_owned(), json!({"gap_closure": gap(&result), "forget_p95": result.forget.klom.p95,
@@ -541,6 +590,11 @@ fn main() {
             let run = &runs[set_index * settings + chosen];
             let mut entry = audit_json(&run.result);
             entry.insert("gap_closure".into(), json!(run.closure));
+            entry.insert("gap_closure_by_seed".into(), json!(run.closure_by_seed));
+            entry.insert(
+                "request_seeds".into(),
+                json!(&REQUEST_SEEDS[..run.closure_by_seed.len()]),
+            );
             entry.insert(
                 "cost_vs_retrain".into(),
                 json!(run.examples_per_model / retrain_examples as f64),

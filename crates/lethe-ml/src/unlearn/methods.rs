@@ -201,71 +201,16 @@ fn unlearn_on_current_threads(
                 final_loss: trained.final_loss.iter().sum::<f64>() / seeds.len() as f64,
             })
         }
-        MethodConfig::Dmm {
-            matching,
-            denoise,
-            multiplier,
-        } => {
-            let index = resources.index.ok_or_else(|| {
-                MlError::spec(
-                    "DMM",
-                    "needs an attribution index (build one with `lethe index build`)",
-                )
-            })?;
-            if index.beta.shape.sources != data.num_train
-                || index.beta.shape.targets != data.num_targets()
-            {
-                return Err(MlError::spec(
-                    "DMM",
-                    format!(
-                        "the index covers {} sources × {} targets, the dataset has {} × {}",
-                        index.beta.shape.sources,
-                        index.beta.shape.targets,
-                        data.num_train,
-                        data.num_targets()
-                    ),
-                ));
-            }
+        MethodConfig::Dmm { matching, .. } | MethodConfig::Om { matching } => {
             let examples = matching_examples(forget.indices(), &retained, matching, seed);
-            let anchor = match resources.anchor_logits {
-                Some(anchor) => {
-                    check_member_logits(anchor, model, data, "anchor logits")?;
-                    let rows = Tensor::from_slice(&examples).to_device(anchor.device());
-                    anchor.index_select(1, &rows)
-                }
-                None => Outputs::compute(model, data, &examples)?.logits,
+            let targets = match config {
+                MethodConfig::Dmm {
+                    denoise,
+                    multiplier,
+                    ..
+                } => predicted_targets(model, resources, forget, &examples, *denoise, *multiplier)?,
+                _ => oracle_targets(model, resources, &examples)?,
             };
-            let shift = predicted_shift(index, forget, *denoise)?;
-            let targets = dmm_targets(&anchor, &shift, *multiplier, &examples)?;
-            Some(match_targets(
-                model,
-                data,
-                &examples,
-                forget.indices(),
-                &targets,
-                matching,
-                seed,
-            )?)
-        }
-        MethodConfig::Om { matching } => {
-            let oracle = resources.oracle_logits.ok_or_else(|| {
-                MlError::spec("Oracle Matching", "needs the mean logits of oracle models")
-            })?;
-            if oracle.size() != [data.num_targets(), model.num_classes] {
-                return Err(MlError::Shape(format!(
-                    "oracle logits are {:?}, expected [{}, {}]",
-                    oracle.size(),
-                    data.num_targets(),
-                    model.num_classes
-                )));
-            }
-            let examples = matching_examples(forget.indices(), &retained, matching, seed);
-            let rows = Tensor::from_slice(&examples).to_device(oracle.device());
-            let targets = oracle
-                .to_kind(Kind::Float)
-                .index_select(0, &rows)
-                .unsqueeze(0)
-                .expand([model.members(), -1, -1], false);
             Some(match_targets(
                 model,
                 data,
@@ -300,6 +245,70 @@ fn unlearn_on_current_threads(
         }
     };
     Ok(finished(summary))
+}
+
+/// DMM's targets for `examples` (`M × L × C`): the anchor's logits minus the predicted shift.
+fn predicted_targets(
+    model: &mut Model,
+    resources: &Resources,
+    forget: &ForgetSet,
+    examples: &[i64],
+    denoise: Denoise,
+    multiplier: f64,
+) -> Result<Tensor> {
+    let data = resources.data;
+    let index = resources.index.ok_or_else(|| {
+        MlError::spec(
+            "DMM",
+            "needs an attribution index (build one with `lethe index build`)",
+        )
+    })?;
+    if index.beta.shape.sources != data.num_train || index.beta.shape.targets != data.num_targets()
+    {
+        return Err(MlError::spec(
+            "DMM",
+            format!(
+                "the index covers {} sources × {} targets, the dataset has {} × {}",
+                index.beta.shape.sources,
+                index.beta.shape.targets,
+                data.num_train,
+                data.num_targets()
+            ),
+        ));
+    }
+    let anchor = match resources.anchor_logits {
+        Some(anchor) => {
+            check_member_logits(anchor, model, data, "anchor logits")?;
+            let rows = Tensor::from_slice(examples).to_device(anchor.device());
+            anchor.index_select(1, &rows)
+        }
+        None => Outputs::compute(model, data, examples)?.logits,
+    };
+    let shift = predicted_shift(index, forget, denoise)?;
+    dmm_targets(&anchor, &shift, multiplier, examples)
+}
+
+/// Oracle Matching's targets for `examples` (`M × L × C`): the oracles' mean logits, the same
+/// for every member.
+fn oracle_targets(model: &Model, resources: &Resources, examples: &[i64]) -> Result<Tensor> {
+    let data = resources.data;
+    let oracle = resources.oracle_logits.ok_or_else(|| {
+        MlError::spec("Oracle Matching", "needs the mean logits of oracle models")
+    })?;
+    if oracle.size() != [data.num_targets(), model.num_classes] {
+        return Err(MlError::Shape(format!(
+            "oracle logits are {:?}, expected [{}, {}]",
+            oracle.size(),
+            data.num_targets(),
+            model.num_classes
+        )));
+    }
+    let rows = Tensor::from_slice(examples).to_device(oracle.device());
+    Ok(oracle
+        .to_kind(Kind::Float)
+        .index_select(0, &rows)
+        .unsqueeze(0)
+        .expand([model.members(), -1, -1], false))
 }
 
 fn check_member_logits(logits: &Tensor, model: &Model, data: &Dataset, what: &str) -> Result<()> {
