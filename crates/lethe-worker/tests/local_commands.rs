@@ -343,6 +343,10 @@ fn unlearn_writes_versions_and_audit_scores_a_method() {
         &path("beta.safetensors"),
         "--forget-file",
         &path("forget.txt"),
+        "--forget-weight",
+        "3",
+        "--head-penalty",
+        "none",
         "--out",
         &path("v1.safetensors"),
     ]));
@@ -413,8 +417,29 @@ fn unlearn_writes_versions_and_audit_scores_a_method() {
         .contains("| dmm |"));
 
     let v1 = path("v1.safetensors");
+    let beta = path("beta.safetensors");
     let v0 = path("v0.safetensors");
-    let failures: [(&[&str], &str); 7] = [
+    let failures: [(&[&str], &str); 8] = [
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "dmm",
+                "--index",
+                &beta,
+                "--head-penalty",
+                "lots",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "neither a number nor `none`",
+        ),
         (
             &[
                 "unlearn",

@@ -73,6 +73,12 @@ pub(crate) struct MethodArgs {
     /// Retained points per forget point in the matching set (DMM, OM).
     #[arg(long)]
     pub(crate) retain_per_forget: Option<usize>,
+    /// Weight of a forget point's error relative to a retained point's (DMM, OM).
+    #[arg(long)]
+    pub(crate) forget_weight: Option<f64>,
+    /// Ridge penalty of the closed-form refit of the final layer, or `none` (DMM, OM).
+    #[arg(long)]
+    pub(crate) head_penalty: Option<String>,
     /// Learning-rate factor per epoch (DMM, OM).
     #[arg(long)]
     pub(crate) lr_decay: Option<f64>,
@@ -116,12 +122,21 @@ impl MethodArgs {
             ("--forget-repeats", self.forget_repeats.is_some()),
             ("--retain-per-forget", self.retain_per_forget.is_some()),
             ("--lr-decay", self.lr_decay.is_some()),
+            ("--forget-weight", self.forget_weight.is_some()),
+            ("--head-penalty", self.head_penalty.is_some()),
         ];
         let dmm_only = [
             ("--denoise", self.denoise.is_some()),
             ("--multiplier", self.multiplier.is_some()),
         ];
         let mut unused: Vec<&str> = Vec::new();
+        let head_penalty = match self.head_penalty.as_deref() {
+            None => None,
+            Some("none") => Some(None),
+            Some(text) => Some(Some(text.parse::<f64>().with_context(|| {
+                format!("--head-penalty `{text}` is neither a number nor `none`")
+            })?)),
+        };
         let apply_matching = |matching: &mut MatchingConfig| {
             matching.lr = self.lr.unwrap_or(matching.lr);
             matching.epochs = self.epochs.unwrap_or(matching.epochs);
@@ -130,6 +145,8 @@ impl MethodArgs {
             matching.retain_per_forget =
                 self.retain_per_forget.unwrap_or(matching.retain_per_forget);
             matching.lr_decay = self.lr_decay.unwrap_or(matching.lr_decay);
+            matching.forget_weight = self.forget_weight.unwrap_or(matching.forget_weight);
+            matching.head_penalty = head_penalty.unwrap_or(matching.head_penalty);
         };
         match &mut config {
             MethodConfig::Dmm {
