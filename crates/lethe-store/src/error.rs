@@ -1,0 +1,62 @@
+use uuid::Uuid;
+
+use crate::types::TaskState;
+
+/// Everything the store can refuse or fail with. Callers map these to gRPC codes in one place
+/// (the coordinator); the variants carry what a message needs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The caller's claim on a task is no longer the current one: its lease expired and the task
+    /// was leased again, or it already ended. Nothing was changed.
+    #[error(
+        "task {task} attempt {attempt} is not the current lease (task is {state} at attempt \
+         {current_attempt})"
+    )]
+    Fenced {
+        task: Uuid,
+        attempt: i32,
+        state: TaskState,
+        current_attempt: i32,
+    },
+    /// The task's job is being cancelled; the attempt was recorded as cancelled.
+    #[error("task {task} was cancelled")]
+    TaskCancelled { task: Uuid },
+    /// An idempotency key was reused for a request that differs from the first one.
+    #[error("request_id {request_id:?} was already used for a different request")]
+    IdempotencyConflict { request_id: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("local PostgreSQL cluster: {0}")]
+    Cluster(String),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if tried again (the database was unreachable or a
+    /// connection dropped), as opposed to a refusal that will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                ) || e
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    // Serialization failure, deadlock, admin shutdown, cannot connect now.
+                    .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "57P01" | "57P03"))
+            }
+            _ => false,
+        }
+    }
+}

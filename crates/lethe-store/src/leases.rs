@@ -1,0 +1,472 @@
+//! Claims, heartbeats and the ends of attempts. Every statement that changes a leased task
+//! names the task, the attempt and the worker it expects, so a worker whose lease was taken
+//! over changes nothing (fencing).
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::jobs::{fail_job, lock_job, settle_cancelling};
+use crate::types::{
+    ArtifactRef, Capabilities, Completion, FailureClass, FailureOutcome, JobState, LeaseRenewal,
+    LeasedTask, TaskState,
+};
+use crate::{seconds, Store, StoreError};
+
+/// How an attempt that did not succeed ended, as recorded in `task_attempts.outcome`.
+#[derive(Clone, Copy, Debug)]
+enum AttemptEnd {
+    Reported(FailureClass),
+    LeaseExpired,
+}
+
+impl Store {
+    /// Leases up to `limit` available tasks that `worker` can run, most urgent first. One
+    /// statement: the CTE locks candidates with `SKIP LOCKED` (so concurrent claimers never
+    /// wait on or share a row), bumps each attempt, records it, and marks jobs running.
+    pub async fn claim(
+        &self,
+        worker: Uuid,
+        capabilities: Capabilities,
+        limit: i64,
+    ) -> Result<Vec<LeasedTask>, StoreError> {
+        let rows = sqlx::query(
+            "WITH candidates AS ( \
+                 SELECT id FROM tasks \
+                 WHERE state = 'available' AND run_at <= now() \
+                   AND (requires_device IS NULL OR requires_device = $2) \
+                   AND min_memory_bytes <= $3 \
+                 ORDER BY priority DESC, run_at, id \
+                 LIMIT $4 FOR UPDATE SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_owner = $1, \
+                     lease_expires_at = now() + make_interval(secs => $5), progress = NULL \
+                 FROM candidates c WHERE t.id = c.id \
+                 RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
+             ), attempts AS ( \
+                 INSERT INTO task_attempts (task_id, attempt, worker_id) \
+                 SELECT id, attempt, $1 FROM claimed \
+             ), started AS ( \
+                 UPDATE jobs SET state = 'running', updated_at = now() \
+                 WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' \
+                              AND id IN (SELECT job_id FROM claimed) FOR UPDATE SKIP LOCKED) \
+             ) \
+             SELECT c.*, j.tenant FROM claimed c JOIN jobs j ON j.id = c.job_id",
+        )
+        .bind(worker)
+        .bind(capabilities.device.as_str())
+        .bind(capabilities.memory_bytes)
+        .bind(limit.max(1))
+        .bind(seconds(self.config.lease))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LeasedTask {
+                    id: row.try_get("id")?,
+                    job_id: row.try_get("job_id")?,
+                    tenant: row.try_get("tenant")?,
+                    kind: row.try_get("kind")?,
+                    spec: row.try_get("spec")?,
+                    attempt: row.try_get("attempt")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends a lease and records progress. The answer says whether the job is being
+    /// cancelled, which is how cancellation reaches a running task.
+    pub async fn heartbeat(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+        progress: Option<&Value>,
+    ) -> Result<LeaseRenewal, StoreError> {
+        let row = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4), \
+                 progress = COALESCE($5, progress) \
+             WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
+             RETURNING lease_expires_at, cancel_requested",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(worker)
+        .bind(seconds(self.config.lease))
+        .bind(progress)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(LeaseRenewal {
+                lease_expires_at: row.try_get("lease_expires_at")?,
+                cancel_requested: row.try_get("cancel_requested")?,
+            }),
+            None => Err(self.fenced(task, attempt).await),
+        }
+    }
+
+    /// Commits an attempt's result: the task succeeds, its artifacts are recorded (once per
+    /// name), dependents whose last dependency this was become available, and the job
+    /// succeeds with its last task. One statement, so nothing is half done. Like every
+    /// transition that touches several rows, it locks the job row before the task's (the
+    /// `job_lock` InitPlan runs before the task row is locked), so transitions never deadlock.
+    pub async fn complete(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+        artifacts: &[ArtifactRef],
+        result: Option<&Value>,
+    ) -> Result<Completion, StoreError> {
+        let ids: Vec<Uuid> = artifacts.iter().map(|_| Uuid::now_v7()).collect();
+        let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+        let uris: Vec<&str> = artifacts.iter().map(|a| a.uri.as_str()).collect();
+        let hashes: Vec<&[u8]> = artifacts.iter().map(|a| &a.sha256[..]).collect();
+        let sizes: Vec<i64> = artifacts.iter().map(|a| a.size_bytes).collect();
+        let row = sqlx::query(
+            "WITH job_lock AS MATERIALIZED ( \
+                 SELECT id FROM jobs WHERE id = (SELECT job_id FROM tasks WHERE id = $1) FOR UPDATE \
+             ), done AS ( \
+                 UPDATE tasks SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
+                     finished_at = now(), progress = COALESCE($4, progress) \
+                 WHERE id = $1 AND job_id = (SELECT id FROM job_lock) AND attempt = $2 \
+                   AND lease_owner = $3 AND state = 'leased' AND NOT cancel_requested \
+                 RETURNING id, job_id, attempt \
+             ), ended AS ( \
+                 UPDATE task_attempts a SET ended_at = now(), outcome = 'succeeded' \
+                 FROM done WHERE a.task_id = done.id AND a.attempt = done.attempt \
+             ), stored AS ( \
+                 INSERT INTO artifacts (id, task_id, attempt, name, uri, sha256, size_bytes) \
+                 SELECT u.id, done.id, done.attempt, u.name, u.uri, u.sha256, u.size \
+                 FROM done, UNNEST($5::uuid[], $6::text[], $7::text[], $8::bytea[], $9::bigint[]) \
+                      AS u(id, name, uri, sha256, size) \
+             ), released AS ( \
+                 UPDATE tasks t SET unmet_deps = t.unmet_deps - 1, \
+                     state = CASE WHEN t.unmet_deps = 1 THEN 'available' ELSE 'blocked' END, \
+                     run_at = CASE WHEN t.unmet_deps = 1 THEN now() ELSE t.run_at END \
+                 FROM task_deps d, done WHERE d.depends_on = done.id AND t.id = d.task_id \
+                   AND t.state = 'blocked' \
+                 RETURNING t.id, t.state \
+             ), job AS ( \
+                 UPDATE jobs j SET tasks_remaining = j.tasks_remaining - 1, updated_at = now(), \
+                     state = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
+                             THEN 'succeeded' WHEN j.state = 'queued' THEN 'running' ELSE j.state END, \
+                     finished_at = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
+                             THEN now() ELSE j.finished_at END, \
+                     result = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
+                             THEN $10 ELSE j.result END \
+                 FROM done WHERE j.id = done.job_id \
+                 RETURNING j.id, j.state \
+             ) \
+             SELECT job.id, job.state, (SELECT count(*) FROM released WHERE state = 'available') AS released FROM job",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(worker)
+        .bind(result)
+        .bind(&ids)
+        .bind(&names)
+        .bind(&uris)
+        .bind(&hashes)
+        .bind(&sizes)
+        .bind(result)
+        .fetch_optional(&self.pool)
+        .await;
+        let row = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(self.refuse_completion(task, attempt, worker).await),
+            // Two artifacts with one name: the caller's mistake, and nothing was written.
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "artifact names must be unique within a task: {names:?}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Completion {
+            job_id: row.try_get("id")?,
+            job_state: JobState::parse(row.try_get("state")?)?,
+            tasks_released: row.try_get("released")?,
+        })
+    }
+
+    /// Ends an attempt that did not succeed. Retryable failures requeue the task after a
+    /// jittered backoff until `max_attempts`; interruptions requeue it at once until
+    /// `max_interruptions`; a fatal failure, or one past those limits, fails the task and its
+    /// job.
+    pub async fn fail(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+        class: FailureClass,
+        error: &Value,
+    ) -> Result<FailureOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(job_id) = lock_lease(
+            &mut tx,
+            task,
+            LeaseGuard {
+                holder: Some((attempt, worker)),
+                ..Default::default()
+            },
+        )
+        .await?
+        else {
+            drop(tx);
+            return Err(self.fenced(task, attempt).await);
+        };
+        let outcome = self
+            .end_attempt(&mut tx, task, job_id, AttemptEnd::Reported(class), error)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Takes back tasks whose lease expired (their worker died or lost its network): each is
+    /// requeued with its attempt counted as an interruption, or ends if it was being cancelled
+    /// or ran out of interruptions. Safe from every replica at once. Returns how many it took.
+    pub async fn reap_expired_leases(&self, limit: i64) -> Result<u64, StoreError> {
+        let expired: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tasks WHERE state = 'leased' AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let error =
+            json!({"class": "lease_expired", "message": "no heartbeat before the lease expired"});
+        let mut reaped = 0;
+        for task in expired {
+            // Each in its own short transaction; a lease renewed or taken meanwhile is skipped.
+            let mut tx = self.pool.begin().await?;
+            let guard = LeaseGuard {
+                expired: true,
+                ..Default::default()
+            };
+            if let Some(job_id) = lock_lease(&mut tx, task, guard).await? {
+                self.end_attempt(&mut tx, task, job_id, AttemptEnd::LeaseExpired, &error)
+                    .await?;
+                tx.commit().await?;
+                reaped += 1;
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// The transition shared by failures and expiries. The task row is locked by the caller.
+    async fn end_attempt(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        task: Uuid,
+        job_id: Uuid,
+        end: AttemptEnd,
+        error: &Value,
+    ) -> Result<FailureOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT attempt, interruptions, max_attempts, max_interruptions, cancel_requested \
+             FROM tasks WHERE id = $1",
+        )
+        .bind(task)
+        .fetch_one(&mut **tx)
+        .await?;
+        let attempt: i32 = row.try_get("attempt")?;
+        let interruptions: i32 = row.try_get("interruptions")?;
+        let max_attempts: i32 = row.try_get("max_attempts")?;
+        let max_interruptions: i32 = row.try_get("max_interruptions")?;
+        let cancel_requested: bool = row.try_get("cancel_requested")?;
+
+        let interrupted = matches!(
+            end,
+            AttemptEnd::LeaseExpired | AttemptEnd::Reported(FailureClass::Interrupted)
+        );
+        let interruptions = interruptions + i32::from(interrupted);
+        let failures = attempt - interruptions;
+        let (next, outcome) = match end {
+            _ if cancel_requested => (TaskState::Cancelled, "cancelled"),
+            AttemptEnd::Reported(FailureClass::Cancelled) => (TaskState::Cancelled, "cancelled"),
+            AttemptEnd::Reported(FailureClass::Fatal) => (TaskState::Failed, "fatal"),
+            AttemptEnd::Reported(FailureClass::Retryable) if failures < max_attempts => {
+                (TaskState::Available, "retryable")
+            }
+            AttemptEnd::Reported(FailureClass::Retryable) => (TaskState::Failed, "retryable"),
+            AttemptEnd::Reported(FailureClass::Interrupted) | AttemptEnd::LeaseExpired => {
+                let outcome = if matches!(end, AttemptEnd::LeaseExpired) {
+                    "lease_expired"
+                } else {
+                    "interrupted"
+                };
+                if interruptions <= max_interruptions {
+                    (TaskState::Available, outcome)
+                } else {
+                    (TaskState::Failed, outcome)
+                }
+            }
+        };
+        let retry_at: Option<DateTime<Utc>> = match (next, outcome) {
+            (TaskState::Available, "retryable") => {
+                let wait = self
+                    .config
+                    .retry
+                    .backoff(failures.max(1) as u32, &mut rand::rng());
+                Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+            }
+            (TaskState::Available, _) => Some(Utc::now()),
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE tasks SET state = $2, interruptions = $3, lease_owner = NULL, \
+                 lease_expires_at = NULL, last_error = $4, run_at = COALESCE($5, run_at), \
+                 finished_at = CASE WHEN $2 IN ('failed', 'cancelled') THEN now() END \
+             WHERE id = $1",
+        )
+        .bind(task)
+        .bind(next.as_str())
+        .bind(interruptions)
+        .bind(error)
+        .bind(retry_at)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_attempts SET ended_at = now(), outcome = $3, error = $4 \
+             WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(outcome)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+
+        let job_state = lock_job(tx, job_id, None).await?;
+        let job_state = match next {
+            TaskState::Failed => {
+                let why = json!({
+                    "code": "TASK_FAILED",
+                    "task": task,
+                    "attempt": attempt,
+                    "outcome": outcome,
+                    "error": error,
+                });
+                fail_job(tx, job_id, &why).await?;
+                lock_job(tx, job_id, None).await?
+            }
+            TaskState::Cancelled => settle_cancelling(tx, job_id, Some(job_state)).await?,
+            _ => job_state,
+        };
+        Ok(FailureOutcome {
+            task_state: next,
+            job_state,
+            retry_at,
+        })
+    }
+
+    /// A completion that matched no leased attempt. If the attempt is still the current lease
+    /// but its job is being cancelled, the attempt ends as cancelled; otherwise the caller was
+    /// fenced out.
+    async fn refuse_completion(&self, task: Uuid, attempt: i32, worker: Uuid) -> StoreError {
+        let cancelled = async {
+            let mut tx = self.pool.begin().await?;
+            let guard = LeaseGuard {
+                holder: Some((attempt, worker)),
+                cancel_requested: true,
+                expired: false,
+            };
+            let job_id = lock_lease(&mut tx, task, guard).await?;
+            let Some(job_id) = job_id else {
+                return Ok::<bool, StoreError>(false);
+            };
+            let error = json!({"class": "cancelled", "message": "completed after cancellation was requested"});
+            self.end_attempt(
+                &mut tx,
+                task,
+                job_id,
+                AttemptEnd::Reported(FailureClass::Cancelled),
+                &error,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        match cancelled.await {
+            Ok(true) => StoreError::TaskCancelled { task },
+            Ok(false) => self.fenced(task, attempt).await,
+            Err(e) => e,
+        }
+    }
+
+    /// Why a call quoting `(task, attempt)` matched nothing.
+    async fn fenced(&self, task: Uuid, attempt: i32) -> StoreError {
+        let row = sqlx::query("SELECT state, attempt FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await;
+        match row {
+            Ok(None) => StoreError::NotFound {
+                what: "task",
+                id: task.to_string(),
+            },
+            Ok(Some(row)) => {
+                let state = row.try_get::<String, _>("state").map_err(StoreError::from);
+                let current: Result<i32, StoreError> =
+                    row.try_get("attempt").map_err(StoreError::from);
+                match (state.and_then(|s| TaskState::parse(&s)), current) {
+                    (Ok(TaskState::Cancelled), _) => StoreError::TaskCancelled { task },
+                    (Ok(state), Ok(current_attempt)) => StoreError::Fenced {
+                        task,
+                        attempt,
+                        state,
+                        current_attempt,
+                    },
+                    (Err(e), _) | (_, Err(e)) => e,
+                }
+            }
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// Which leased task a transition may act on.
+#[derive(Clone, Copy, Debug, Default)]
+struct LeaseGuard {
+    /// The fencing token and holder the caller quotes (`None` for the reaper, which acts on
+    /// any holder).
+    holder: Option<(i32, Uuid)>,
+    /// Only if its job asked it to stop.
+    cancel_requested: bool,
+    /// Only if its lease has run out.
+    expired: bool,
+}
+
+/// Locks a leased task for a transition, its job first (the order every multi-row transition
+/// uses). Returns the task's job, or `None` when the task no longer matches the guard.
+async fn lock_lease(
+    tx: &mut Transaction<'_, Postgres>,
+    task: Uuid,
+    guard: LeaseGuard,
+) -> Result<Option<Uuid>, StoreError> {
+    let job_id: Option<Uuid> = sqlx::query_scalar("SELECT job_id FROM tasks WHERE id = $1")
+        .bind(task)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(job_id) = job_id else {
+        return Ok(None);
+    };
+    lock_job(tx, job_id, None).await?;
+    let locked: Option<Uuid> = sqlx::query_scalar(
+        "SELECT job_id FROM tasks WHERE id = $1 AND state = 'leased' \
+           AND ($2::int IS NULL OR attempt = $2) AND ($3::uuid IS NULL OR lease_owner = $3) \
+           AND (NOT $4 OR cancel_requested) AND (NOT $5 OR lease_expires_at < now()) \
+         FOR UPDATE",
+    )
+    .bind(task)
+    .bind(guard.holder.map(|h| h.0))
+    .bind(guard.holder.map(|h| h.1))
+    .bind(guard.cancel_requested)
+    .bind(guard.expired)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(locked)
+}

@@ -1,0 +1,103 @@
+//! Worker incarnations: registration, liveness and draining.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::types::{FailureClass, NewWorker};
+use crate::{Store, StoreError};
+
+impl Store {
+    /// Records a new worker incarnation and returns its id. A restarted process registers
+    /// again and gets a new id, so leases of its previous life are never mistaken for its own.
+    pub async fn register_worker(&self, worker: &NewWorker) -> Result<Uuid, StoreError> {
+        if worker.name.is_empty() || worker.name.len() > 200 {
+            return Err(StoreError::InvalidArgument(
+                "worker name must be 1 to 200 bytes".into(),
+            ));
+        }
+        if worker.memory_bytes < 0 || !(1..=1024).contains(&worker.slots) {
+            return Err(StoreError::InvalidArgument(
+                "memory_bytes must be ≥ 0 and slots between 1 and 1024".into(),
+            ));
+        }
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO workers (id, name, device, memory_bytes, slots, version) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(&worker.name)
+        .bind(worker.device.as_str())
+        .bind(worker.memory_bytes)
+        .bind(worker.slots)
+        .bind(&worker.version)
+        .execute(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Notes that a worker is alive. Returns whether it is still allowed to take work (it is
+    /// not once it drains or was declared gone).
+    pub async fn touch_worker(&self, worker: Uuid) -> Result<bool, StoreError> {
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE workers SET last_seen_at = now() WHERE id = $1 RETURNING state",
+        )
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        match state {
+            Some(state) => Ok(state == "active"),
+            None => Err(StoreError::NotFound {
+                what: "worker",
+                id: worker.to_string(),
+            }),
+        }
+    }
+
+    /// Stops a worker from taking new work. With `hand_back`, its leased tasks are requeued
+    /// at once (counted as interruptions) instead of waiting for their leases to expire.
+    /// Returns how many tasks were handed back.
+    pub async fn drain_worker(&self, worker: Uuid, hand_back: bool) -> Result<u64, StoreError> {
+        let updated =
+            sqlx::query("UPDATE workers SET state = 'draining' WHERE id = $1 AND state = 'active'")
+                .bind(worker)
+                .execute(&self.pool)
+                .await?;
+        if updated.rows_affected() == 0 {
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT state FROM workers WHERE id = $1")
+                    .bind(worker)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound {
+                    what: "worker",
+                    id: worker.to_string(),
+                });
+            }
+        }
+        if !hand_back {
+            return Ok(0);
+        }
+        let leases: Vec<(Uuid, i32)> = sqlx::query_as(
+            "SELECT id, attempt FROM tasks WHERE lease_owner = $1 AND state = 'leased'",
+        )
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await?;
+        let error = json!({"class": "interrupted", "message": "the worker drained"});
+        let mut handed_back = 0;
+        for (task, attempt) in leases {
+            match self
+                .fail(task, attempt, worker, FailureClass::Interrupted, &error)
+                .await
+            {
+                Ok(_) => handed_back += 1,
+                // Completed or reaped meanwhile: nothing to hand back.
+                Err(StoreError::Fenced { .. } | StoreError::TaskCancelled { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(handed_back)
+    }
+}

@@ -1,0 +1,718 @@
+//! The store against a real PostgreSQL cluster that the test starts (initdb + pg_ctl): claims,
+//! leases, fencing, retries, cancellation, idempotency, pagination and the task graph.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lethe_store::{
+    ArtifactRef, Capabilities, Device, Durability, FailureClass, JobFilter, JobKind, JobState,
+    LocalCluster, NewJob, NewTask, NewWorker, RetryPolicy, Store, StoreConfig, StoreError,
+    TaskState,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
+        cluster
+            .stop_when_process_exits(std::process::id())
+            .expect("watchdog");
+        cluster
+    })
+}
+
+/// A store on a fresh database of the shared cluster.
+async fn store_with(config: StoreConfig) -> Store {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("t{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
+        .await
+        .unwrap()
+        .expect("create database");
+    Store::connect(&url, config).await.expect("connect")
+}
+
+async fn store() -> Store {
+    store_with(StoreConfig::default()).await
+}
+
+const CPU: Capabilities = Capabilities {
+    device: Device::Cpu,
+    memory_bytes: 1 << 34,
+};
+
+async fn worker(store: &Store, name: &str) -> Uuid {
+    let new = NewWorker {
+        name: name.into(),
+        device: Device::Cpu,
+        memory_bytes: 1 << 34,
+        slots: 1,
+        version: "test".into(),
+    };
+    store.register_worker(&new).await.unwrap()
+}
+
+fn job(tenant: &str, tasks: Vec<NewTask>) -> NewJob {
+    NewJob {
+        tenant: tenant.into(),
+        kind: JobKind::Noop,
+        request_id: None,
+        spec: json!({"tasks": tasks.len()}),
+        priority: 0,
+        deadline: None,
+        tasks,
+    }
+}
+
+fn noop_tasks(n: usize) -> Vec<NewTask> {
+    (0..n)
+        .map(|i| NewTask::new("noop", json!({ "i": i })))
+        .collect()
+}
+
+fn artifact(name: &str) -> ArtifactRef {
+    ArtifactRef {
+        name: name.into(),
+        uri: format!("file:///tmp/{name}"),
+        sha256: [7; 32],
+        size_bytes: 3,
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_task() {
+    let store = store().await;
+    for _ in 0..4 {
+        store
+            .create_job(&job("acme", noop_tasks(100)))
+            .await
+            .unwrap();
+    }
+    let mut claimers = Vec::new();
+    for c in 0..8 {
+        let store = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let me = worker(&store, &format!("w{c}")).await;
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim(me, CPU, 1 + (c % 3) as i64).await.unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                for task in batch {
+                    assert_eq!(task.attempt, 1);
+                    store
+                        .complete(task.id, task.attempt, me, &[], None)
+                        .await
+                        .unwrap();
+                    mine.push(task.id);
+                }
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for claimer in claimers {
+        for id in claimer.await.unwrap() {
+            total += 1;
+            assert!(seen.insert(id), "task {id} was claimed twice");
+        }
+    }
+    assert_eq!(total, 400);
+    let page = store
+        .list_jobs("acme", &JobFilter::default(), 10, None)
+        .await
+        .unwrap();
+    assert!(page
+        .items
+        .iter()
+        .all(|j| j.state == JobState::Succeeded && j.tasks_remaining == 0));
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
+    let config = StoreConfig {
+        lease: Duration::from_millis(300),
+        ..StoreConfig::default()
+    };
+    let store = store_with(config).await;
+    let (job, _) = store.create_job(&job("acme", noop_tasks(1))).await.unwrap();
+    let (stale, fresh) = (worker(&store, "stale").await, worker(&store, "fresh").await);
+    let first = store.claim(stale, CPU, 1).await.unwrap().remove(0);
+    assert_eq!(first.attempt, 1);
+    // A heartbeat renews the lease; without one it runs out and the reaper takes it back.
+    store
+        .heartbeat(first.id, 1, stale, Some(&json!({"done": 0.5})))
+        .await
+        .unwrap();
+    assert_eq!(store.reap_expired_leases(100).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.reap_expired_leases(100).await.unwrap(), 1);
+
+    let second = store.claim(fresh, CPU, 1).await.unwrap().remove(0);
+    assert_eq!((second.id, second.attempt), (first.id, 2));
+
+    let refused = store
+        .complete(first.id, 1, stale, &[artifact("model")], None)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Fenced {
+                attempt: 1,
+                current_attempt: 2,
+                state: TaskState::Leased,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store.heartbeat(first.id, 1, stale, None).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let fail = store
+        .fail(first.id, 1, stale, FailureClass::Fatal, &json!({}))
+        .await;
+    assert!(matches!(fail, Err(StoreError::Fenced { .. })), "{fail:?}");
+    // The same attempt number from another worker is fenced out too.
+    assert!(matches!(
+        store.complete(first.id, 2, stale, &[], None).await,
+        Err(StoreError::Fenced { .. })
+    ));
+
+    let done = store
+        .complete(
+            second.id,
+            2,
+            fresh,
+            &[artifact("model")],
+            Some(&json!({"ok": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.job_state, JobState::Succeeded);
+    let tasks = store.job_tasks("acme", job.id).await.unwrap();
+    assert_eq!(tasks[0].state, TaskState::Succeeded);
+    assert_eq!(
+        tasks[0].interruptions, 1,
+        "an expired lease is an interruption, not a failure"
+    );
+    // A completion repeated after success is fenced, and commits nothing twice.
+    assert!(matches!(
+        store.complete(second.id, 2, fresh, &[], None).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let artifacts: i64 = sqlx::query_scalar("SELECT count(*) FROM artifacts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(artifacts, 1);
+    let outcomes: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT attempt, outcome FROM task_attempts WHERE task_id = $1 ORDER BY attempt",
+    )
+    .bind(first.id)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, Some("lease_expired".into())),
+            (2, Some("succeeded".into()))
+        ]
+    );
+    assert_eq!(
+        store.get_job("acme", job.id).await.unwrap().result,
+        Some(json!({"ok": true}))
+    );
+}
+
+#[tokio::test]
+async fn retryable_failures_back_off_then_fail_the_job() {
+    let retry = RetryPolicy {
+        initial: Duration::from_millis(200),
+        multiplier: 2.0,
+        max: Duration::from_secs(5),
+    };
+    let store = store_with(StoreConfig {
+        retry,
+        ..StoreConfig::default()
+    })
+    .await;
+    let mut task = NewTask::new("flaky", json!({}));
+    task.max_attempts = 2;
+    let (job, _) = store
+        .create_job(&job("acme", vec![task, NewTask::new("noop", json!({}))]))
+        .await
+        .unwrap();
+    let me = worker(&store, "w").await;
+    // Claim the flaky task (the other is claimed and left leased).
+    let claimed = store.claim(me, CPU, 2).await.unwrap();
+    let flaky = claimed.iter().find(|t| t.kind == "flaky").unwrap().clone();
+    let other = claimed.iter().find(|t| t.kind == "noop").unwrap().clone();
+
+    let before = chrono::Utc::now();
+    let outcome = store
+        .fail(
+            flaky.id,
+            1,
+            me,
+            FailureClass::Retryable,
+            &json!({"message": "disk full"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.task_state, TaskState::Available);
+    assert_eq!(outcome.job_state, JobState::Running);
+    let wait = (outcome.retry_at.unwrap() - before).to_std().unwrap();
+    assert!(
+        wait >= Duration::from_millis(100) && wait <= Duration::from_millis(300),
+        "{wait:?}"
+    );
+    // Not claimable during the backoff, claimable after it, with the next attempt.
+    assert!(store.claim(me, CPU, 1).await.unwrap().is_empty());
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    let again = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    assert_eq!((again.id, again.attempt), (flaky.id, 2));
+
+    // The second failure spends the last attempt: the task and its job fail, and the job's
+    // other running task is asked to stop.
+    let outcome = store
+        .fail(
+            flaky.id,
+            2,
+            me,
+            FailureClass::Retryable,
+            &json!({"message": "disk full"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.task_state, outcome.job_state),
+        (TaskState::Failed, JobState::Failed)
+    );
+    let failed = store.get_job("acme", job.id).await.unwrap();
+    assert_eq!(failed.error.as_ref().unwrap()["code"], "TASK_FAILED");
+    assert!(
+        store
+            .heartbeat(other.id, 1, me, None)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+}
+
+#[tokio::test]
+async fn interruptions_do_not_spend_attempts_but_are_capped() {
+    let store = store().await;
+    let mut task = NewTask::new("noop", json!({}));
+    task.max_attempts = 1;
+    task.max_interruptions = 2;
+    let (job, _) = store.create_job(&job("acme", vec![task])).await.unwrap();
+    let me = worker(&store, "w").await;
+    for attempt in 1..=3 {
+        let leased = store.claim(me, CPU, 1).await.unwrap().remove(0);
+        assert_eq!(leased.attempt, attempt);
+        let outcome = store
+            .fail(
+                leased.id,
+                attempt,
+                me,
+                FailureClass::Interrupted,
+                &json!({}),
+            )
+            .await
+            .unwrap();
+        let expected = if attempt <= 2 {
+            TaskState::Available
+        } else {
+            TaskState::Failed
+        };
+        assert_eq!(outcome.task_state, expected, "attempt {attempt}");
+    }
+    assert_eq!(
+        store.get_job("acme", job.id).await.unwrap().state,
+        JobState::Failed
+    );
+}
+
+#[tokio::test]
+async fn cancellation_ends_queued_tasks_now_and_running_ones_through_the_heartbeat() {
+    let store = store().await;
+    // A job nobody claimed yet is cancelled at once.
+    let (queued, _) = store.create_job(&job("acme", noop_tasks(3))).await.unwrap();
+    let me = worker(&store, "w").await;
+    let cancelled = store.cancel_job("acme", queued.id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert!(
+        store.claim(me, CPU, 10).await.unwrap().is_empty(),
+        "cancelled tasks are not claimable"
+    );
+
+    // A running job waits for its leased tasks to stop.
+    let (running, _) = store.create_job(&job("acme", noop_tasks(3))).await.unwrap();
+    let leased = store.claim(me, CPU, 2).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    let cancelling = store.cancel_job("acme", running.id).await.unwrap();
+    assert_eq!(cancelling.state, JobState::Cancelling);
+    let counts = store.task_counts(running.id).await.unwrap();
+    assert_eq!((counts.cancelled, counts.leased), (1, 2));
+    let renewal = store.heartbeat(leased[0].id, 1, me, None).await.unwrap();
+    assert!(renewal.cancel_requested);
+    // One worker acknowledges; the other tries to complete anyway and is told it was cancelled.
+    let first = store
+        .fail(leased[0].id, 1, me, FailureClass::Cancelled, &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.task_state, first.job_state),
+        (TaskState::Cancelled, JobState::Cancelling)
+    );
+    let refused = store
+        .complete(leased[1].id, 1, me, &[artifact("x")], None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TaskCancelled { .. })),
+        "{refused:?}"
+    );
+    let job = store.get_job("acme", running.id).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    // Cancelling again is a no-op, and another tenant cannot cancel or see the job.
+    assert_eq!(
+        store.cancel_job("acme", running.id).await.unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(matches!(
+        store.cancel_job("other", running.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_job("other", running.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn create_is_idempotent_per_tenant_request_id() {
+    let store = store().await;
+    let mut request = job("acme", noop_tasks(2));
+    request.request_id = Some("delete-42".into());
+    let (first, created) = store.create_job(&request).await.unwrap();
+    assert!(created);
+    let (again, created) = store.create_job(&request).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        store.task_counts(first.id).await.unwrap().available,
+        2,
+        "no second set of tasks"
+    );
+
+    let mut different = request.clone();
+    different.spec = json!({"forget": [1, 2, 3]});
+    assert!(matches!(
+        store.create_job(&different).await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+
+    let mut other_tenant = request.clone();
+    other_tenant.tenant = "globex".into();
+    let (theirs, created) = store.create_job(&other_tenant).await.unwrap();
+    assert!(created && theirs.id != first.id);
+
+    // Racing creates with one key make one job.
+    request.request_id = Some("race".into());
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, request) = (store.clone(), request.clone());
+            tokio::spawn(async move { store.create_job(&request).await.unwrap() })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut creations = 0;
+    for racer in racers {
+        let (job, created) = racer.await.unwrap();
+        ids.insert(job.id);
+        creations += usize::from(created);
+    }
+    assert_eq!((ids.len(), creations), (1, 1));
+}
+
+#[tokio::test]
+async fn listing_pages_through_every_job_once_newest_first() {
+    let store = store().await;
+    let mut created = Vec::new();
+    for _ in 0..25 {
+        created.push(
+            store
+                .create_job(&job("acme", noop_tasks(1)))
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    store
+        .create_job(&job("globex", noop_tasks(1)))
+        .await
+        .unwrap();
+    store.cancel_job("acme", created[3]).await.unwrap();
+
+    let mut listed = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_jobs("acme", &JobFilter::default(), 10, after)
+            .await
+            .unwrap();
+        pages += 1;
+        listed.extend(page.items.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    created.reverse();
+    assert_eq!(
+        listed, created,
+        "every job once, newest first, none of another tenant's"
+    );
+
+    let filter = JobFilter {
+        state: Some(JobState::Cancelled),
+        ..JobFilter::default()
+    };
+    let cancelled = store.list_jobs("acme", &filter, 10, None).await.unwrap();
+    assert_eq!(cancelled.items.len(), 1);
+    assert!(cancelled.next.is_none());
+}
+
+#[tokio::test]
+async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_task() {
+    let store = store().await;
+    // Two shards fan in to a reduce, then a final step.
+    let tasks = vec![
+        NewTask::new("shard", json!({})),
+        NewTask::new("shard", json!({})),
+        NewTask::new("reduce", json!({})).after([0, 1]),
+        NewTask::new("final", json!({})).after([2]),
+    ];
+    let (job, _) = store.create_job(&job("acme", tasks)).await.unwrap();
+    let me = worker(&store, "w").await;
+    let shards = store.claim(me, CPU, 10).await.unwrap();
+    assert_eq!(
+        shards.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>(),
+        ["shard", "shard"]
+    );
+    let first = store
+        .complete(shards[0].id, 1, me, &[artifact("part")], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.tasks_released, first.job_state),
+        (0, JobState::Running)
+    );
+    assert!(
+        store.claim(me, CPU, 10).await.unwrap().is_empty(),
+        "reduce waits for both shards"
+    );
+    let second = store
+        .complete(shards[1].id, 1, me, &[artifact("part")], None)
+        .await
+        .unwrap();
+    assert_eq!(second.tasks_released, 1);
+    let reduce = store.claim(me, CPU, 10).await.unwrap().remove(0);
+    assert_eq!(reduce.kind, "reduce");
+    store.complete(reduce.id, 1, me, &[], None).await.unwrap();
+    let last = store.claim(me, CPU, 10).await.unwrap().remove(0);
+    let done = store
+        .complete(
+            last.id,
+            1,
+            me,
+            &[artifact("model")],
+            Some(&json!({"version": 2})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.job_state, JobState::Succeeded);
+    let job = store.get_job("acme", job.id).await.unwrap();
+    assert_eq!(
+        (job.tasks_remaining, job.result),
+        (0, Some(json!({"version": 2})))
+    );
+    let tasks = store.job_tasks("acme", job.id).await.unwrap();
+    assert_eq!(tasks[2].depends_on.len(), 2);
+}
+
+#[tokio::test]
+async fn claims_respect_capabilities_and_priority() {
+    let store = store().await;
+    let mut gpu = NewTask::new("gpu", json!({}));
+    gpu.requires_device = Some(Device::Cuda);
+    let mut big = NewTask::new("big", json!({}));
+    big.min_memory_bytes = 1 << 40;
+    store
+        .create_job(&job("acme", vec![gpu, big]))
+        .await
+        .unwrap();
+    let mut low = job("acme", noop_tasks(1));
+    low.priority = -5;
+    let mut high = job("acme", noop_tasks(1));
+    high.priority = 50;
+    let (low, _) = store.create_job(&low).await.unwrap();
+    let (high, _) = store.create_job(&high).await.unwrap();
+    let me = worker(&store, "w").await;
+    let first = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    assert_eq!(first.job_id, high.id, "the most urgent job first");
+    let second = store.claim(me, CPU, 10).await.unwrap();
+    assert_eq!(
+        second.iter().map(|t| t.job_id).collect::<Vec<_>>(),
+        vec![low.id],
+        "no GPU or 1 TiB task on this CPU worker"
+    );
+    let cuda = Capabilities {
+        device: Device::Cuda,
+        memory_bytes: 1 << 41,
+    };
+    let rest = store.claim(me, cuda, 10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+}
+
+#[tokio::test]
+async fn a_fatal_failure_fails_the_job_and_stops_its_other_tasks() {
+    let store = store().await;
+    let tasks = vec![
+        NewTask::new("a", json!({})),
+        NewTask::new("b", json!({})),
+        NewTask::new("c", json!({})).after([0, 1]),
+    ];
+    let (job, _) = store.create_job(&job("acme", tasks)).await.unwrap();
+    let me = worker(&store, "w").await;
+    let leased = store.claim(me, CPU, 2).await.unwrap();
+    let outcome = store
+        .fail(
+            leased[0].id,
+            1,
+            me,
+            FailureClass::Fatal,
+            &json!({"message": "bad checkpoint"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.task_state, outcome.job_state),
+        (TaskState::Failed, JobState::Failed)
+    );
+    let counts = store.task_counts(job.id).await.unwrap();
+    assert_eq!((counts.failed, counts.leased, counts.cancelled), (1, 1, 1));
+    assert!(
+        store
+            .heartbeat(leased[1].id, 1, me, None)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    // The straggler's late completion does not revive the job.
+    assert!(store
+        .complete(leased[1].id, 1, me, &[], None)
+        .await
+        .is_err());
+    assert_eq!(
+        store.get_job("acme", job.id).await.unwrap().state,
+        JobState::Failed
+    );
+}
+
+#[tokio::test]
+async fn deadlines_fail_unfinished_jobs() {
+    let store = store().await;
+    let mut late = job("acme", noop_tasks(2));
+    late.deadline = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    let (late, _) = store.create_job(&late).await.unwrap();
+    let mut on_time = job("acme", noop_tasks(1));
+    on_time.deadline = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let (on_time, _) = store.create_job(&on_time).await.unwrap();
+    assert_eq!(store.expire_deadlines(100).await.unwrap(), 1);
+    let late = store.get_job("acme", late.id).await.unwrap();
+    assert_eq!(late.state, JobState::Failed);
+    assert_eq!(late.error.unwrap()["code"], "DEADLINE_EXCEEDED");
+    assert_eq!(
+        store.get_job("acme", on_time.id).await.unwrap().state,
+        JobState::Queued
+    );
+}
+
+#[tokio::test]
+async fn a_draining_worker_hands_its_tasks_back() {
+    let store = store().await;
+    store.create_job(&job("acme", noop_tasks(2))).await.unwrap();
+    let (leaving, staying) = (
+        worker(&store, "leaving").await,
+        worker(&store, "staying").await,
+    );
+    assert_eq!(store.claim(leaving, CPU, 2).await.unwrap().len(), 2);
+    assert_eq!(store.drain_worker(leaving, true).await.unwrap(), 2);
+    assert!(
+        !store.touch_worker(leaving).await.unwrap(),
+        "a draining worker takes no new work"
+    );
+    let retaken = store.claim(staying, CPU, 2).await.unwrap();
+    assert!(retaken.iter().all(|t| t.attempt == 2));
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_without_writing_anything() {
+    let store = store().await;
+    let bad = [
+        job("acme", vec![]),
+        job("", noop_tasks(1)),
+        job("acme", vec![NewTask::new("a", json!({})).after([0])]),
+        job(
+            "acme",
+            vec![
+                NewTask::new("a", json!({})),
+                NewTask::new("b", json!({})).after([5]),
+            ],
+        ),
+        NewJob {
+            priority: 1000,
+            ..job("acme", noop_tasks(1))
+        },
+    ];
+    for request in &bad {
+        assert!(matches!(
+            store.create_job(request).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+    let me = worker(&store, "w").await;
+    store.create_job(&job("acme", noop_tasks(1))).await.unwrap();
+    let task = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    let duplicate_names = store
+        .complete(task.id, 1, me, &[artifact("x"), artifact("x")], None)
+        .await;
+    assert!(
+        matches!(duplicate_names, Err(StoreError::InvalidArgument(_))),
+        "{duplicate_names:?}"
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+    // The refused completion left the lease in place, and a correct one still commits.
+    store
+        .complete(task.id, 1, me, &[artifact("x")], None)
+        .await
+        .unwrap();
+}
