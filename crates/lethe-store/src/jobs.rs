@@ -123,19 +123,27 @@ impl Store {
         rows.iter().map(rows::task).collect()
     }
 
+    /// How far a job has got: its tasks by state, and the summed progress that running
+    /// tasks last reported.
     pub async fn task_counts(&self, job_id: Uuid) -> Result<TaskCounts, StoreError> {
-        let rows =
-            sqlx::query("SELECT state, count(*) AS n FROM tasks WHERE job_id = $1 GROUP BY state")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n, \
+                    COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
+             FROM tasks WHERE job_id = $1 GROUP BY state",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         let mut counts = TaskCounts::default();
         for row in rows {
             let n: i64 = row.try_get("n")?;
             match TaskState::parse(row.try_get("state")?)? {
                 TaskState::Blocked => counts.blocked = n,
                 TaskState::Available => counts.available = n,
-                TaskState::Leased => counts.leased = n,
+                TaskState::Leased => {
+                    counts.leased = n;
+                    counts.running_progress = row.try_get("fraction")?;
+                }
                 TaskState::Succeeded => counts.succeeded = n,
                 TaskState::Failed => counts.failed = n,
                 TaskState::Cancelled => counts.cancelled = n,

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::jobs::{fail_job, lock_job, settle_cancelling};
 use crate::types::{
-    ArtifactRef, Capabilities, Completion, FailureClass, FailureOutcome, JobState, LeaseRenewal,
-    LeasedTask, TaskState,
+    ArtifactRef, Completion, FailureClass, FailureOutcome, JobState, LeaseRenewal, LeasedTask,
+    TaskState,
 };
 use crate::{seconds, Store, StoreError};
 
@@ -22,26 +22,26 @@ enum AttemptEnd {
 }
 
 impl Store {
-    /// Leases up to `limit` available tasks that `worker` can run, most urgent first. One
-    /// statement: the CTE locks candidates with `SKIP LOCKED` (so concurrent claimers never
-    /// wait on or share a row), bumps each attempt, records it, and marks jobs running.
-    pub async fn claim(
-        &self,
-        worker: Uuid,
-        capabilities: Capabilities,
-        limit: i64,
-    ) -> Result<Vec<LeasedTask>, StoreError> {
+    /// Leases up to `limit` available tasks that `worker` can run (its device and memory as
+    /// registered), most urgent first, and notes that the worker is alive. A draining worker
+    /// gets nothing. One statement: the CTE locks candidates with `SKIP LOCKED` (so concurrent
+    /// claimers never wait on or share a row), bumps each attempt, records it, and marks jobs
+    /// running.
+    pub async fn claim(&self, worker: Uuid, limit: i64) -> Result<Vec<LeasedTask>, StoreError> {
         let rows = sqlx::query(
-            "WITH candidates AS ( \
-                 SELECT id FROM tasks \
-                 WHERE state = 'available' AND run_at <= now() \
-                   AND (requires_device IS NULL OR requires_device = $2) \
-                   AND min_memory_bytes <= $3 \
-                 ORDER BY priority DESC, run_at, id \
-                 LIMIT $4 FOR UPDATE SKIP LOCKED \
+            "WITH me AS ( \
+                 UPDATE workers SET last_seen_at = now() WHERE id = $1 AND state = 'active' \
+                 RETURNING device, memory_bytes \
+             ), candidates AS ( \
+                 SELECT t.id FROM tasks t, me \
+                 WHERE t.state = 'available' AND t.run_at <= now() \
+                   AND (t.requires_device IS NULL OR t.requires_device = me.device) \
+                   AND t.min_memory_bytes <= me.memory_bytes \
+                 ORDER BY t.priority DESC, t.run_at, t.id \
+                 LIMIT $2 FOR UPDATE OF t SKIP LOCKED \
              ), claimed AS ( \
                  UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_owner = $1, \
-                     lease_expires_at = now() + make_interval(secs => $5), progress = NULL \
+                     lease_expires_at = now() + make_interval(secs => $3), progress = NULL \
                  FROM candidates c WHERE t.id = c.id \
                  RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
              ), attempts AS ( \
@@ -55,8 +55,6 @@ impl Store {
              SELECT c.*, j.tenant FROM claimed c JOIN jobs j ON j.id = c.job_id",
         )
         .bind(worker)
-        .bind(capabilities.device.as_str())
-        .bind(capabilities.memory_bytes)
         .bind(limit.max(1))
         .bind(seconds(self.config.lease))
         .fetch_all(&self.pool)

@@ -209,13 +209,6 @@ pub struct LeasedTask {
     pub lease_expires_at: DateTime<Utc>,
 }
 
-/// What a worker can run.
-#[derive(Clone, Copy, Debug)]
-pub struct Capabilities {
-    pub device: Device,
-    pub memory_bytes: i64,
-}
-
 #[derive(Clone, Debug)]
 pub struct NewWorker {
     pub name: String,
@@ -260,7 +253,7 @@ pub struct FailureOutcome {
 }
 
 /// Tasks of a job by state: the job's progress.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct TaskCounts {
     pub blocked: i64,
     pub available: i64,
@@ -268,6 +261,24 @@ pub struct TaskCounts {
     pub succeeded: i64,
     pub failed: i64,
     pub cancelled: i64,
+    /// Sum over leased tasks of the fraction each last reported (0 to 1 each).
+    pub running_progress: f64,
+}
+
+impl TaskCounts {
+    pub fn total(&self) -> i64 {
+        self.blocked + self.available + self.leased + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// Fraction of the job done: finished tasks and the reported share of running ones.
+    pub fn fraction_done(&self) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return 1.0;
+        }
+        ((self.succeeded + self.failed + self.cancelled) as f64 + self.running_progress)
+            / total as f64
+    }
 }
 
 #[derive(Clone, Debug, Default)]

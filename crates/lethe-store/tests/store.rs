@@ -7,9 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use lethe_store::{
-    ArtifactRef, Capabilities, Device, Durability, FailureClass, JobFilter, JobKind, JobState,
-    LocalCluster, NewJob, NewTask, NewWorker, RetryPolicy, Store, StoreConfig, StoreError,
-    TaskState,
+    ArtifactRef, Device, Durability, FailureClass, JobFilter, JobKind, JobState, LocalCluster,
+    NewJob, NewTask, NewWorker, RetryPolicy, Store, StoreConfig, StoreError, TaskState,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -40,16 +39,15 @@ async fn store() -> Store {
     store_with(StoreConfig::default()).await
 }
 
-const CPU: Capabilities = Capabilities {
-    device: Device::Cpu,
-    memory_bytes: 1 << 34,
-};
-
 async fn worker(store: &Store, name: &str) -> Uuid {
+    worker_with(store, name, Device::Cpu, 1 << 34).await
+}
+
+async fn worker_with(store: &Store, name: &str, device: Device, memory_bytes: i64) -> Uuid {
     let new = NewWorker {
         name: name.into(),
-        device: Device::Cpu,
-        memory_bytes: 1 << 34,
+        device,
+        memory_bytes,
         slots: 1,
         version: "test".into(),
     };
@@ -99,7 +97,7 @@ async fn concurrent_claimers_never_share_a_task() {
             let me = worker(&store, &format!("w{c}")).await;
             let mut mine = Vec::new();
             loop {
-                let batch = store.claim(me, CPU, 1 + (c % 3) as i64).await.unwrap();
+                let batch = store.claim(me, 1 + (c % 3) as i64).await.unwrap();
                 if batch.is_empty() {
                     break;
                 }
@@ -143,7 +141,7 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
     let store = store_with(config).await;
     let (job, _) = store.create_job(&job("acme", noop_tasks(1))).await.unwrap();
     let (stale, fresh) = (worker(&store, "stale").await, worker(&store, "fresh").await);
-    let first = store.claim(stale, CPU, 1).await.unwrap().remove(0);
+    let first = store.claim(stale, 1).await.unwrap().remove(0);
     assert_eq!(first.attempt, 1);
     // A heartbeat renews the lease; without one it runs out and the reaper takes it back.
     store
@@ -154,7 +152,7 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(store.reap_expired_leases(100).await.unwrap(), 1);
 
-    let second = store.claim(fresh, CPU, 1).await.unwrap().remove(0);
+    let second = store.claim(fresh, 1).await.unwrap().remove(0);
     assert_eq!((second.id, second.attempt), (first.id, 2));
 
     let refused = store
@@ -253,7 +251,7 @@ async fn retryable_failures_back_off_then_fail_the_job() {
         .unwrap();
     let me = worker(&store, "w").await;
     // Claim the flaky task (the other is claimed and left leased).
-    let claimed = store.claim(me, CPU, 2).await.unwrap();
+    let claimed = store.claim(me, 2).await.unwrap();
     let flaky = claimed.iter().find(|t| t.kind == "flaky").unwrap().clone();
     let other = claimed.iter().find(|t| t.kind == "noop").unwrap().clone();
 
@@ -276,9 +274,9 @@ async fn retryable_failures_back_off_then_fail_the_job() {
         "{wait:?}"
     );
     // Not claimable during the backoff, claimable after it, with the next attempt.
-    assert!(store.claim(me, CPU, 1).await.unwrap().is_empty());
+    assert!(store.claim(me, 1).await.unwrap().is_empty());
     tokio::time::sleep(wait + Duration::from_millis(50)).await;
-    let again = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    let again = store.claim(me, 1).await.unwrap().remove(0);
     assert_eq!((again.id, again.attempt), (flaky.id, 2));
 
     // The second failure spends the last attempt: the task and its job fail, and the job's
@@ -317,7 +315,7 @@ async fn interruptions_do_not_spend_attempts_but_are_capped() {
     let (job, _) = store.create_job(&job("acme", vec![task])).await.unwrap();
     let me = worker(&store, "w").await;
     for attempt in 1..=3 {
-        let leased = store.claim(me, CPU, 1).await.unwrap().remove(0);
+        let leased = store.claim(me, 1).await.unwrap().remove(0);
         assert_eq!(leased.attempt, attempt);
         let outcome = store
             .fail(
@@ -352,13 +350,13 @@ async fn cancellation_ends_queued_tasks_now_and_running_ones_through_the_heartbe
     assert_eq!(cancelled.state, JobState::Cancelled);
     assert!(cancelled.finished_at.is_some());
     assert!(
-        store.claim(me, CPU, 10).await.unwrap().is_empty(),
+        store.claim(me, 10).await.unwrap().is_empty(),
         "cancelled tasks are not claimable"
     );
 
     // A running job waits for its leased tasks to stop.
     let (running, _) = store.create_job(&job("acme", noop_tasks(3))).await.unwrap();
-    let leased = store.claim(me, CPU, 2).await.unwrap();
+    let leased = store.claim(me, 2).await.unwrap();
     assert_eq!(leased.len(), 2);
     let cancelling = store.cancel_job("acme", running.id).await.unwrap();
     assert_eq!(cancelling.state, JobState::Cancelling);
@@ -508,7 +506,7 @@ async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_ta
     ];
     let (job, _) = store.create_job(&job("acme", tasks)).await.unwrap();
     let me = worker(&store, "w").await;
-    let shards = store.claim(me, CPU, 10).await.unwrap();
+    let shards = store.claim(me, 10).await.unwrap();
     assert_eq!(
         shards.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>(),
         ["shard", "shard"]
@@ -522,7 +520,7 @@ async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_ta
         (0, JobState::Running)
     );
     assert!(
-        store.claim(me, CPU, 10).await.unwrap().is_empty(),
+        store.claim(me, 10).await.unwrap().is_empty(),
         "reduce waits for both shards"
     );
     let second = store
@@ -530,10 +528,10 @@ async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_ta
         .await
         .unwrap();
     assert_eq!(second.tasks_released, 1);
-    let reduce = store.claim(me, CPU, 10).await.unwrap().remove(0);
+    let reduce = store.claim(me, 10).await.unwrap().remove(0);
     assert_eq!(reduce.kind, "reduce");
     store.complete(reduce.id, 1, me, &[], None).await.unwrap();
-    let last = store.claim(me, CPU, 10).await.unwrap().remove(0);
+    let last = store.claim(me, 10).await.unwrap().remove(0);
     let done = store
         .complete(
             last.id,
@@ -572,19 +570,16 @@ async fn claims_respect_capabilities_and_priority() {
     let (low, _) = store.create_job(&low).await.unwrap();
     let (high, _) = store.create_job(&high).await.unwrap();
     let me = worker(&store, "w").await;
-    let first = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    let first = store.claim(me, 1).await.unwrap().remove(0);
     assert_eq!(first.job_id, high.id, "the most urgent job first");
-    let second = store.claim(me, CPU, 10).await.unwrap();
+    let second = store.claim(me, 10).await.unwrap();
     assert_eq!(
         second.iter().map(|t| t.job_id).collect::<Vec<_>>(),
         vec![low.id],
         "no GPU or 1 TiB task on this CPU worker"
     );
-    let cuda = Capabilities {
-        device: Device::Cuda,
-        memory_bytes: 1 << 41,
-    };
-    let rest = store.claim(me, cuda, 10).await.unwrap();
+    let gpu_worker = worker_with(&store, "gpu", Device::Cuda, 1 << 41).await;
+    let rest = store.claim(gpu_worker, 10).await.unwrap();
     assert_eq!(rest.len(), 2);
 }
 
@@ -598,7 +593,7 @@ async fn a_fatal_failure_fails_the_job_and_stops_its_other_tasks() {
     ];
     let (job, _) = store.create_job(&job("acme", tasks)).await.unwrap();
     let me = worker(&store, "w").await;
-    let leased = store.claim(me, CPU, 2).await.unwrap();
+    let leased = store.claim(me, 2).await.unwrap();
     let outcome = store
         .fail(
             leased[0].id,
@@ -660,13 +655,13 @@ async fn a_draining_worker_hands_its_tasks_back() {
         worker(&store, "leaving").await,
         worker(&store, "staying").await,
     );
-    assert_eq!(store.claim(leaving, CPU, 2).await.unwrap().len(), 2);
+    assert_eq!(store.claim(leaving, 2).await.unwrap().len(), 2);
     assert_eq!(store.drain_worker(leaving, true).await.unwrap(), 2);
     assert!(
         !store.touch_worker(leaving).await.unwrap(),
         "a draining worker takes no new work"
     );
-    let retaken = store.claim(staying, CPU, 2).await.unwrap();
+    let retaken = store.claim(staying, 2).await.unwrap();
     assert!(retaken.iter().all(|t| t.attempt == 2));
 }
 
@@ -697,7 +692,7 @@ async fn invalid_jobs_are_refused_without_writing_anything() {
     }
     let me = worker(&store, "w").await;
     store.create_job(&job("acme", noop_tasks(1))).await.unwrap();
-    let task = store.claim(me, CPU, 1).await.unwrap().remove(0);
+    let task = store.claim(me, 1).await.unwrap().remove(0);
     let duplicate_names = store
         .complete(task.id, 1, me, &[artifact("x"), artifact("x")], None)
         .await;

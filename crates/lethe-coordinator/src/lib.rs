@@ -1,0 +1,15 @@
+//! Lethe's coordinator: the public API (operations over jobs) and the worker API, served over
+//! gRPC on top of the PostgreSQL store. It keeps no authority in memory: in-process wake-ups
+//! only shorten waits, and every decision is a guarded update in the store.
+
+mod operations;
+mod server;
+mod status;
+mod tenant;
+mod wake;
+mod worker_api;
+
+pub use operations::operation_name;
+pub use server::{Coordinator, CoordinatorConfig, RunningCoordinator};
+pub use tenant::{DEFAULT_TENANT, TENANT_HEADER};
+pub use worker_api::MAX_LONG_POLL;

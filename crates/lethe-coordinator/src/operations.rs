@@ -1,0 +1,458 @@
+//! Jobs as long-running operations (AIP-151): Get, List, Cancel, Wait, and Watch.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lethe_proto::google::longrunning::{
+    operation, operations_server::Operations, CancelOperationRequest, GetOperationRequest,
+    ListOperationsRequest, ListOperationsResponse, Operation, WaitOperationRequest,
+};
+use lethe_proto::google::rpc;
+use lethe_proto::lethe::v1::{
+    self as pb, lethe_server::Lethe, OperationKind, OperationMetadata, OperationResult,
+    OperationState, WatchOperationRequest,
+};
+use lethe_store::{Job, JobFilter, JobKind, JobState, TaskCounts};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::server::Shared;
+use crate::status::{from_store, invalid, parse_uuid};
+use crate::tenant::tenant_of;
+
+const PREFIX: &str = "operations/";
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_PAGE_SIZE: u32 = 50;
+
+pub(crate) struct OperationsApi {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub fn operation_name(job: Uuid) -> String {
+    format!("{PREFIX}{job}")
+}
+
+fn parse_name(name: &str) -> Result<Uuid, Status> {
+    let id = name.strip_prefix(PREFIX).ok_or_else(|| {
+        invalid(
+            "name",
+            format!("{name:?} is not of the form operations/{{uuid}}"),
+        )
+    })?;
+    parse_uuid("name", id)
+}
+
+impl Shared {
+    async fn operation(&self, tenant: &str, id: Uuid) -> Result<Operation, Status> {
+        let job = self.store.get_job(tenant, id).await.map_err(from_store)?;
+        let counts = self.store.task_counts(id).await.map_err(from_store)?;
+        Ok(to_operation(&job, &counts))
+    }
+
+    /// The operation once it is done, or as it is when `timeout` passes.
+    async fn wait(&self, tenant: &str, id: Uuid, timeout: Duration) -> Result<Operation, Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.wake.watch_jobs();
+        loop {
+            let operation = self.operation(tenant, id).await?;
+            if operation.done || tokio::time::Instant::now() >= deadline {
+                return Ok(operation);
+            }
+            self.next_change(&mut changes, id, deadline).await;
+        }
+    }
+
+    /// Returns when `id` changed through this replica, a poll interval passed (changes made
+    /// through other replicas), or `deadline` came.
+    async fn next_change(
+        &self,
+        changes: &mut tokio::sync::broadcast::Receiver<Uuid>,
+        id: Uuid,
+        deadline: tokio::time::Instant,
+    ) {
+        let poll = tokio::time::Instant::now() + self.config.poll_interval;
+        let until = poll.min(deadline);
+        loop {
+            match tokio::time::timeout_at(until, changes.recv()).await {
+                Ok(Ok(changed)) if changed != id => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Operations for OperationsApi {
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = parse_name(&request.get_ref().name)?;
+        Ok(Response::new(self.shared.operation(&tenant, id).await?))
+    }
+
+    async fn list_operations(
+        &self,
+        request: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let filter = parse_filter(&request.filter)?;
+        let page_size = match request.page_size {
+            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as u32).min(1000),
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(PageToken::decode(token, &request.filter)?),
+        };
+        let page = self
+            .shared
+            .store
+            .list_jobs(&tenant, &filter, page_size, after)
+            .await
+            .map_err(from_store)?;
+        let mut operations = Vec::with_capacity(page.items.len());
+        for job in &page.items {
+            let counts = self
+                .shared
+                .store
+                .task_counts(job.id)
+                .await
+                .map_err(from_store)?;
+            operations.push(to_operation(job, &counts));
+        }
+        let next_page_token = page
+            .next
+            .map(|after| {
+                PageToken {
+                    after,
+                    filter: request.filter.clone(),
+                }
+                .encode()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(ListOperationsResponse {
+            operations,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = parse_name(&request.get_ref().name)?;
+        self.shared
+            .store
+            .cancel_job(&tenant, id)
+            .await
+            .map_err(from_store)?;
+        self.shared.wake.job_changed(id);
+        Ok(Response::new(()))
+    }
+
+    async fn wait_operation(
+        &self,
+        request: Request<WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let id = parse_name(&request.name)?;
+        let timeout = match request.timeout {
+            None => MAX_WAIT,
+            Some(t) => Duration::try_from(t)
+                .map_err(|_| invalid("timeout", "must not be negative"))?
+                .min(MAX_WAIT),
+        };
+        Ok(Response::new(self.shared.wait(&tenant, id, timeout).await?))
+    }
+}
+
+type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Lethe for OperationsApi {
+    type WatchOperationStream = OperationStream;
+
+    async fn watch_operation(
+        &self,
+        request: Request<WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = parse_name(&request.get_ref().name)?;
+        // Fail now, not in the stream, for an operation that does not exist.
+        let first = self.shared.operation(&tenant, id).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut changes = shared.wake.watch_jobs();
+            let mut last = first;
+            if sender.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !last.done {
+                let far = tokio::time::Instant::now() + MAX_WAIT;
+                shared.next_change(&mut changes, id, far).await;
+                let now = match shared.operation(&tenant, id).await {
+                    Ok(now) => now,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if now != last {
+                    // A closed stream means the client went away.
+                    if sender.send(Ok(now.clone())).await.is_err() {
+                        return;
+                    }
+                    last = now;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+pub(crate) fn to_operation(job: &Job, counts: &TaskCounts) -> Operation {
+    let metadata = OperationMetadata {
+        kind: kind_to_proto(job.kind) as i32,
+        state: state_to_proto(job.state) as i32,
+        create_time: Some(timestamp(job.created_at)),
+        update_time: Some(timestamp(job.updated_at)),
+        end_time: job.finished_at.map(timestamp),
+        request_id: job.request_id.clone().unwrap_or_default(),
+        tasks: Some(pb::TaskCounts {
+            total: counts.total(),
+            blocked: counts.blocked,
+            available: counts.available,
+            running: counts.leased,
+            succeeded: counts.succeeded,
+            failed: counts.failed,
+            cancelled: counts.cancelled,
+        }),
+        progress: if job.state == JobState::Succeeded {
+            1.0
+        } else {
+            counts.fraction_done()
+        },
+        cancel_requested: matches!(job.state, JobState::Cancelling | JobState::Cancelled),
+    };
+    let result = match job.state {
+        JobState::Succeeded => {
+            let result_json = job
+                .result
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            Some(operation::Result::Response(pack(
+                "lethe.v1.OperationResult",
+                &OperationResult { result_json },
+            )))
+        }
+        JobState::Cancelled => Some(operation::Result::Error(rpc::Status {
+            code: Code::Cancelled as i32,
+            message: "the operation was cancelled".into(),
+            details: vec![],
+        })),
+        JobState::Failed => Some(operation::Result::Error(failure_status(job.error.as_ref()))),
+        JobState::Queued | JobState::Running | JobState::Cancelling => None,
+    };
+    Operation {
+        name: operation_name(job.id),
+        metadata: Some(pack("lethe.v1.OperationMetadata", &metadata)),
+        done: job.state.is_terminal(),
+        result,
+    }
+}
+
+/// A failed job's error as a google.rpc.Status: the code says what kind of failure it was,
+/// the message what failed.
+fn failure_status(error: Option<&serde_json::Value>) -> rpc::Status {
+    let field = |key: &str| {
+        error
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    };
+    let code = match (field("code"), field("outcome")) {
+        ("DEADLINE_EXCEEDED", _) => Code::DeadlineExceeded,
+        // The task's input cannot be processed: retrying the same request will fail again.
+        ("TASK_FAILED", "fatal") => Code::FailedPrecondition,
+        ("TASK_FAILED", _) => Code::Aborted,
+        _ => Code::Unknown,
+    };
+    let detail = error
+        .and_then(|e| e.get("error"))
+        .and_then(|e| e.get("message"))
+        .and_then(|m| m.as_str())
+        .or_else(|| {
+            error
+                .and_then(|e| e.get("message"))
+                .and_then(|m| m.as_str())
+        })
+        .unwrap_or("no message");
+    let message = match field("task") {
+        "" => detail.to_string(),
+        task => format!("task {task} failed ({}): {detail}", field("outcome")),
+    };
+    rpc::Status {
+        code: code as i32,
+        message,
+        details: vec![],
+    }
+}
+
+fn pack(type_name: &str, message: &impl Message) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+pub(crate) fn timestamp(time: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn kind_to_proto(kind: JobKind) -> OperationKind {
+    match kind {
+        JobKind::IndexBuild => OperationKind::IndexBuild,
+        JobKind::Deletion => OperationKind::Deletion,
+        JobKind::Noop => OperationKind::Noop,
+    }
+}
+
+fn state_to_proto(state: JobState) -> OperationState {
+    match state {
+        JobState::Queued => OperationState::Queued,
+        JobState::Running => OperationState::Running,
+        JobState::Cancelling => OperationState::Cancelling,
+        JobState::Succeeded => OperationState::Succeeded,
+        JobState::Failed => OperationState::Failed,
+        JobState::Cancelled => OperationState::Cancelled,
+    }
+}
+
+/// `state=SUCCEEDED AND kind=DELETION`: each term at most once; values are the enum names with
+/// or without their prefix, in any case.
+fn parse_filter(filter: &str) -> Result<JobFilter, Status> {
+    let mut parsed = JobFilter::default();
+    if filter.trim().is_empty() {
+        return Ok(parsed);
+    }
+    for term in filter.split(" AND ") {
+        let (key, value) = term
+            .split_once('=')
+            .ok_or_else(|| invalid("filter", format!("{term:?} is not key=value")))?;
+        let value = value.trim().to_ascii_lowercase();
+        match key.trim() {
+            "state" if parsed.state.is_none() => {
+                let name = value.strip_prefix("operation_state_").unwrap_or(&value);
+                parsed.state = Some(
+                    *JobState::ALL
+                        .iter()
+                        .find(|s| s.as_str() == name)
+                        .ok_or_else(|| invalid("filter", format!("unknown state {value:?}")))?,
+                );
+            }
+            "kind" if parsed.kind.is_none() => {
+                let name = value.strip_prefix("operation_kind_").unwrap_or(&value);
+                parsed.kind = Some(
+                    *JobKind::ALL
+                        .iter()
+                        .find(|k| k.as_str() == name)
+                        .ok_or_else(|| invalid("filter", format!("unknown kind {value:?}")))?,
+                );
+            }
+            other => return Err(invalid(
+                "filter",
+                format!(
+                    "{other:?} is not a filterable field, or appears twice (use state and kind)"
+                ),
+            )),
+        }
+    }
+    Ok(parsed)
+}
+
+/// Opaque to clients; binds a page to the filter it was made with (AIP-158).
+#[derive(Serialize, Deserialize)]
+struct PageToken {
+    after: Uuid,
+    filter: String,
+}
+
+impl PageToken {
+    fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(token: &str, filter: &str) -> Result<Uuid, Status> {
+        let token: PageToken = hex::decode(token)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| invalid("page_token", "not a token this API issued"))?;
+        if token.filter != filter {
+            return Err(invalid("page_token", "was issued for a different filter"));
+        }
+        Ok(token.after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_reject_what_they_do_not_know() {
+        let f = parse_filter("state=OPERATION_STATE_SUCCEEDED AND kind=deletion").unwrap();
+        assert_eq!(
+            (f.state, f.kind),
+            (Some(JobState::Succeeded), Some(JobKind::Deletion))
+        );
+        assert!(parse_filter("").unwrap().state.is_none());
+        for bad in [
+            "state",
+            "state=done",
+            "owner=me",
+            "state=queued AND state=running",
+        ] {
+            assert_eq!(
+                parse_filter(bad).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_filter() {
+        let id = Uuid::now_v7();
+        let token = PageToken {
+            after: id,
+            filter: "kind=noop".into(),
+        }
+        .encode();
+        assert_eq!(PageToken::decode(&token, "kind=noop").unwrap(), id);
+        assert_eq!(
+            PageToken::decode(&token, "").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            PageToken::decode("zz", "").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Assembles the coordinator: the public and worker services, health and reflection over one
+//! gRPC server, and the maintenance loop that every replica runs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lethe_proto::google::longrunning::operations_server::OperationsServer;
+use lethe_proto::lethe::v1::lethe_server::LetheServer;
+use lethe_proto::lethe::v1::worker_service_server::WorkerServiceServer;
+use lethe_store::Store;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::operations::OperationsApi;
+use crate::wake::Wakeups;
+use crate::worker_api::{WorkerApi, MAX_LONG_POLL};
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// How often a waiting long-poll or Wait re-reads the database when nothing woke it: the
+    /// bound on how late a change made through another replica is seen.
+    pub poll_interval: Duration,
+    /// How often this replica reaps expired leases and expires deadlines.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+            maintenance_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) wake: Wakeups,
+    pub(crate) config: CoordinatorConfig,
+}
+
+impl Shared {
+    /// The poll interval, ±25 %, so that idle workers do not poll in step.
+    pub(crate) fn jittered_poll_interval(&self) -> Duration {
+        self.config
+            .poll_interval
+            .mul_f64(rand::rng().random_range(0.75..1.25))
+    }
+}
+
+/// One coordinator replica. It holds no authority: any number of them can serve one database.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+}
+
+impl Coordinator {
+    pub fn new(store: Store, config: CoordinatorConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                wake: Wakeups::new(),
+                config,
+            }),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in-flight calls. The health
+    /// service says NOT_SERVING from the moment shutdown begins, so load balancers stop sending.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<WorkerServiceServer<WorkerApi>>().await;
+        health
+            .set_serving::<OperationsServer<OperationsApi>>()
+            .await;
+        health.set_serving::<LetheServer<OperationsApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lethe_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+
+        let maintenance = tokio::spawn(maintain(self.shared.clone()));
+        let shutdown = async move {
+            shutdown.await;
+            health
+                .set_not_serving::<WorkerServiceServer<WorkerApi>>()
+                .await;
+            health
+                .set_not_serving::<OperationsServer<OperationsApi>>()
+                .await;
+            health.set_not_serving::<LetheServer<OperationsApi>>().await;
+        };
+        let result = tonic::transport::Server::builder()
+            // Above the longest long-poll, so the server never cuts one short.
+            .timeout(MAX_LONG_POLL + Duration::from_secs(30))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(WorkerServiceServer::new(WorkerApi {
+                shared: self.shared.clone(),
+            }))
+            .add_service(OperationsServer::new(OperationsApi {
+                shared: self.shared.clone(),
+            }))
+            .add_service(LetheServer::new(OperationsApi {
+                shared: self.shared.clone(),
+            }))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        maintenance.abort();
+        result
+    }
+}
+
+/// A coordinator serving in the background of this process: the all-in-one local stack, tests
+/// and benchmarks.
+pub struct RunningCoordinator {
+    pub address: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Coordinator {
+    /// Binds `address` (port 0 for any free port) and serves in a background task.
+    pub async fn spawn(self, address: std::net::SocketAddr) -> std::io::Result<RunningCoordinator> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningCoordinator {
+            address,
+            stop: Some(stop),
+            task,
+        })
+    }
+}
+
+impl RunningCoordinator {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops accepting calls, lets in-flight ones finish, and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Reaps expired leases and expires deadlines. Every replica runs it; the store's queries
+/// skip rows another replica holds, so they never do the same work twice.
+async fn maintain(shared: Arc<Shared>) {
+    loop {
+        let pause = shared
+            .config
+            .maintenance_interval
+            .mul_f64(rand::rng().random_range(0.75..1.25));
+        tokio::time::sleep(pause).await;
+        match shared.store.reap_expired_leases(1000).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(tasks = n, "requeued tasks whose lease expired");
+                shared.wake.tasks_available(n as usize);
+            }
+            Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+        }
+        match shared.store.expire_deadlines(1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "failed jobs past their deadline"),
+            Err(e) => tracing::warn!(error = %e, "expiring deadlines failed"),
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The one place where errors become gRPC statuses, with google.rpc details a client can act
+//! on: which resource was missing, why a call was fenced, when to retry.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lethe_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The domain of every `ErrorInfo` Lethe sends.
+const DOMAIN: &str = "lethe.dev";
+
+pub(crate) fn from_store(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound { what, id } => Status::with_error_details(
+            Code::NotFound,
+            format!("{what} {id} not found"),
+            ErrorDetails::with_resource_info(what, id, "", ""),
+        ),
+        StoreError::Fenced { task, attempt, state, current_attempt } => Status::with_error_details(
+            Code::Aborted,
+            format!(
+                "task {task} attempt {attempt} is not the current lease (the task is {state} at attempt \
+                 {current_attempt}); drop this attempt's work"
+            ),
+            ErrorDetails::with_error_info(
+                "LEASE_FENCED",
+                DOMAIN,
+                HashMap::from([
+                    ("task".to_string(), task.to_string()),
+                    ("state".to_string(), state.to_string()),
+                    ("current_attempt".to_string(), current_attempt.to_string()),
+                ]),
+            ),
+        ),
+        StoreError::TaskCancelled { task } => Status::with_error_details(
+            Code::FailedPrecondition,
+            format!("task {task} was cancelled; its result is not wanted"),
+            ErrorDetails::with_error_info("TASK_CANCELLED", DOMAIN, HashMap::new()),
+        ),
+        StoreError::IdempotencyConflict { request_id } => Status::with_error_details(
+            Code::AlreadyExists,
+            format!("request_id {request_id:?} was already used for a different request"),
+            ErrorDetails::with_error_info("REQUEST_ID_REUSED", DOMAIN, HashMap::new()),
+        ),
+        StoreError::InvalidArgument(message) => Status::invalid_argument(message),
+        e if e.is_transient() => {
+            tracing::warn!(error = %e, "database unavailable");
+            Status::with_error_details(
+                Code::Unavailable,
+                "the database is unavailable; retry with backoff",
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            )
+        }
+        e => {
+            tracing::error!(error = %e, "internal error");
+            Status::internal("internal error (logged by the coordinator)")
+        }
+    }
+}
+
+pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> Status {
+    let problem = problem.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {problem}"),
+        ErrorDetails::with_bad_request_violation(field, problem),
+    )
+}
+
+/// Parses a UUID given by the caller, naming the field when it is not one.
+pub(crate) fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, Status> {
+    uuid::Uuid::parse_str(text).map_err(|_| invalid(field, format!("{text:?} is not a UUID")))
+}

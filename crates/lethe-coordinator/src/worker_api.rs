@@ -1,0 +1,284 @@
+//! The worker API: registration, long-poll acquisition, heartbeats and the ends of attempts.
+//! Every call that touches a task quotes its attempt; the store rejects stale ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lethe_proto::lethe::v1::{
+    worker_service_server::WorkerService, AcquireTaskRequest, AcquireTaskResponse,
+    CompleteTaskRequest, CompleteTaskResponse, Device as ProtoDevice, DrainWorkerRequest,
+    DrainWorkerResponse, ErrorClass, FailTaskRequest, FailTaskResponse, HeartbeatRequest,
+    HeartbeatResponse, LeasedTask, RegisterWorkerRequest, RegisterWorkerResponse,
+};
+use lethe_store::{ArtifactRef, Device, FailureClass, JobState, NewWorker, TaskState};
+use serde_json::json;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::operations::{operation_name, timestamp};
+use crate::server::Shared;
+use crate::status::{from_store, invalid, parse_uuid};
+
+/// The longest a worker may ask AcquireTask to wait; the server's own timeout is above it.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+const MAX_MESSAGE: usize = 4096;
+
+pub(crate) struct WorkerApi {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn register_worker(
+        &self,
+        request: Request<RegisterWorkerRequest>,
+    ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let device = match ProtoDevice::try_from(request.device) {
+            Ok(ProtoDevice::Cpu) => Device::Cpu,
+            Ok(ProtoDevice::Cuda) => Device::Cuda,
+            _ => return Err(invalid("device", "must be DEVICE_CPU or DEVICE_CUDA")),
+        };
+        let new = NewWorker {
+            name: request.name,
+            device,
+            memory_bytes: i64::try_from(request.memory_bytes)
+                .map_err(|_| invalid("memory_bytes", "too large"))?,
+            slots: i32::try_from(request.slots.max(1))
+                .map_err(|_| invalid("slots", "too large"))?,
+            version: request.version.chars().take(100).collect(),
+        };
+        let id = self
+            .shared
+            .store
+            .register_worker(&new)
+            .await
+            .map_err(from_store)?;
+        tracing::info!(worker = %id, name = %new.name, device = %device, "worker registered");
+        let lease = self.shared.store.config().lease;
+        Ok(Response::new(RegisterWorkerResponse {
+            worker_id: id.to_string(),
+            lease: Some(duration(lease)),
+            heartbeat_interval: Some(duration(lease / 3)),
+        }))
+    }
+
+    async fn acquire_task(
+        &self,
+        request: Request<AcquireTaskRequest>,
+    ) -> Result<Response<AcquireTaskResponse>, Status> {
+        let request = request.into_inner();
+        let worker = parse_uuid("worker_id", &request.worker_id)?;
+        let wait = match request.wait {
+            None => Duration::ZERO,
+            Some(w) => Duration::try_from(w)
+                .map_err(|_| invalid("wait", "must not be negative"))?
+                .min(MAX_LONG_POLL),
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut checked_worker = false;
+        loop {
+            // Claim first, then wait: a long-poll dropped by its client holds no claim.
+            let mut claimed = self
+                .shared
+                .store
+                .claim(worker, 1)
+                .await
+                .map_err(from_store)?;
+            if let Some(task) = claimed.pop() {
+                self.shared.wake.job_changed(task.job_id);
+                return Ok(Response::new(AcquireTaskResponse {
+                    task: Some(LeasedTask {
+                        task_id: task.id.to_string(),
+                        operation: operation_name(task.job_id),
+                        tenant: task.tenant,
+                        kind: task.kind,
+                        spec_json: task.spec.to_string(),
+                        attempt: task.attempt,
+                        lease_expires_at: Some(timestamp(task.lease_expires_at)),
+                    }),
+                }));
+            }
+            if !checked_worker {
+                // Nothing claimed: say so plainly if the worker is unknown or draining.
+                if !self
+                    .shared
+                    .store
+                    .touch_worker(worker)
+                    .await
+                    .map_err(from_store)?
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "worker {worker} is draining or gone; it takes no new tasks"
+                    )));
+                }
+                checked_worker = true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(AcquireTaskResponse { task: None }));
+            }
+            let poll = now + self.shared.jittered_poll_interval();
+            let _ = tokio::time::timeout_at(poll.min(deadline), self.shared.wake.task_wait()).await;
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        let progress = match &request.progress {
+            Some(p) if !(0.0..=1.0).contains(&p.fraction) => {
+                return Err(invalid("progress.fraction", "must be in [0, 1]"))
+            }
+            Some(p) => Some(json!({"fraction": p.fraction, "message": truncate(&p.message)})),
+            None => None,
+        };
+        let renewal = self
+            .shared
+            .store
+            .heartbeat(task, request.attempt, worker, progress.as_ref())
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(HeartbeatResponse {
+            lease_expires_at: Some(timestamp(renewal.lease_expires_at)),
+            cancel_requested: renewal.cancel_requested,
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        let request = request.into_inner();
+        let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        let artifacts = request
+            .artifacts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| artifact(i, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let result = match request.result_json.as_str() {
+            "" => None,
+            text => Some(
+                serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(|e| invalid("result_json", format!("not JSON: {e}")))?,
+            ),
+        };
+        let completion = self
+            .shared
+            .store
+            .complete(task, request.attempt, worker, &artifacts, result.as_ref())
+            .await
+            .map_err(from_store)?;
+        self.shared
+            .wake
+            .tasks_available(completion.tasks_released as usize);
+        self.shared.wake.job_changed(completion.job_id);
+        Ok(Response::new(CompleteTaskResponse {
+            operation_done: completion.job_state.is_terminal(),
+            tasks_released: completion.tasks_released,
+        }))
+    }
+
+    async fn fail_task(
+        &self,
+        request: Request<FailTaskRequest>,
+    ) -> Result<Response<FailTaskResponse>, Status> {
+        let request = request.into_inner();
+        let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        let class = match ErrorClass::try_from(request.class) {
+            Ok(ErrorClass::Retryable) => FailureClass::Retryable,
+            Ok(ErrorClass::Fatal) => FailureClass::Fatal,
+            Ok(ErrorClass::Interrupted) => FailureClass::Interrupted,
+            Ok(ErrorClass::Cancelled) => FailureClass::Cancelled,
+            _ => {
+                return Err(invalid(
+                    "class",
+                    "must be one of the ERROR_CLASS_ values other than UNSPECIFIED",
+                ))
+            }
+        };
+        let error = json!({"class": class.as_str(), "message": truncate(&request.message), "worker": worker});
+        let outcome = self
+            .shared
+            .store
+            .fail(task, request.attempt, worker, class, &error)
+            .await
+            .map_err(from_store)?;
+        let requeued = outcome.task_state == TaskState::Available;
+        if requeued && outcome.retry_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            self.shared.wake.tasks_available(1);
+        }
+        Ok(Response::new(FailTaskResponse {
+            requeued,
+            retry_at: outcome.retry_at.filter(|_| requeued).map(timestamp),
+            operation_failed: outcome.job_state == JobState::Failed,
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<DrainWorkerRequest>,
+    ) -> Result<Response<DrainWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let worker = parse_uuid("worker_id", &request.worker_id)?;
+        let handed_back = self
+            .shared
+            .store
+            .drain_worker(worker, request.hand_back)
+            .await
+            .map_err(from_store)?;
+        self.shared.wake.tasks_available(handed_back as usize);
+        tracing::info!(worker = %worker, handed_back, "worker draining");
+        Ok(Response::new(DrainWorkerResponse {
+            tasks_handed_back: handed_back as u32,
+        }))
+    }
+}
+
+fn ids(task: &str, worker: &str) -> Result<(Uuid, Uuid), Status> {
+    Ok((
+        parse_uuid("task_id", task)?,
+        parse_uuid("worker_id", worker)?,
+    ))
+}
+
+fn artifact(
+    index: usize,
+    artifact: &lethe_proto::lethe::v1::Artifact,
+) -> Result<ArtifactRef, Status> {
+    let field = |name: &str| format!("artifacts[{index}].{name}");
+    let sha256: [u8; 32] = artifact.sha256.as_slice().try_into().map_err(|_| {
+        invalid(
+            &field("sha256"),
+            format!("must be 32 bytes, got {}", artifact.sha256.len()),
+        )
+    })?;
+    if artifact.name.is_empty() || artifact.name.len() > 200 {
+        return Err(invalid(&field("name"), "must be 1 to 200 bytes"));
+    }
+    if artifact.uri.is_empty() || artifact.uri.len() > 2000 {
+        return Err(invalid(&field("uri"), "must be 1 to 2000 bytes"));
+    }
+    Ok(ArtifactRef {
+        name: artifact.name.clone(),
+        uri: artifact.uri.clone(),
+        sha256,
+        size_bytes: i64::try_from(artifact.size_bytes)
+            .map_err(|_| invalid(&field("size_bytes"), "too large"))?,
+    })
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(MAX_MESSAGE).collect()
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}

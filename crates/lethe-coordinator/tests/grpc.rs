@@ -1,0 +1,585 @@
+//! The coordinator over real gRPC on loopback, against a real PostgreSQL cluster: the worker
+//! protocol, operations (Get, List, Cancel, Wait, Watch), errors and their codes, health and
+//! reflection.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lethe_coordinator::{operation_name, Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_proto::google::longrunning::operations_client::OperationsClient;
+use lethe_proto::google::longrunning::{
+    operation, CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
+    WaitOperationRequest,
+};
+use lethe_proto::lethe::v1::lethe_client::LetheClient;
+use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
+use lethe_proto::lethe::v1::{
+    AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
+    FailTaskRequest, HeartbeatRequest, LeasedTask, OperationMetadata, OperationResult,
+    OperationState, Progress, RegisterWorkerRequest, WatchOperationRequest,
+};
+use lethe_store::{Durability, JobKind, LocalCluster, NewJob, NewTask, Store, StoreConfig};
+use prost::Message;
+use serde_json::json;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
+        cluster
+            .stop_when_process_exits(std::process::id())
+            .expect("watchdog");
+        cluster
+    })
+}
+
+struct Stack {
+    store: Store,
+    coordinator: RunningCoordinator,
+    channel: Channel,
+}
+
+async fn stack_with(store_config: StoreConfig) -> Stack {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("g{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
+        .await
+        .unwrap()
+        .unwrap();
+    let store = Store::connect(&url, store_config).await.unwrap();
+    let config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(200),
+    };
+    let coordinator = Coordinator::new(store.clone(), config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(coordinator.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Stack {
+        store,
+        coordinator,
+        channel,
+    }
+}
+
+async fn stack() -> Stack {
+    stack_with(StoreConfig::default()).await
+}
+
+impl Stack {
+    fn workers(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(self.channel.clone())
+    }
+
+    fn operations(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel.clone())
+    }
+
+    async fn register(&self, name: &str) -> String {
+        let request = RegisterWorkerRequest {
+            name: name.into(),
+            device: Device::Cpu as i32,
+            memory_bytes: 1 << 34,
+            slots: 1,
+            version: "test".into(),
+        };
+        self.workers()
+            .register_worker(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id
+    }
+
+    async fn noop_job(&self, tenant: &str, tasks: usize) -> Uuid {
+        let job = NewJob {
+            tenant: tenant.into(),
+            kind: JobKind::Noop,
+            request_id: None,
+            spec: json!({}),
+            priority: 0,
+            deadline: None,
+            tasks: (0..tasks)
+                .map(|i| NewTask::new("noop", json!({ "i": i })))
+                .collect(),
+        };
+        self.store.create_job(&job).await.unwrap().0.id
+    }
+
+    async fn acquire(&self, worker: &str, wait: Duration) -> Option<LeasedTask> {
+        let request = AcquireTaskRequest {
+            worker_id: worker.into(),
+            wait: Some(wait.try_into().unwrap()),
+        };
+        self.workers()
+            .acquire_task(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+    }
+}
+
+fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-lethe-tenant", tenant.parse().unwrap());
+    request
+}
+
+fn metadata(operation: &Operation) -> OperationMetadata {
+    OperationMetadata::decode(operation.metadata.as_ref().unwrap().value.as_slice()).unwrap()
+}
+
+fn complete(worker: &str, task: &LeasedTask, result: &str) -> CompleteTaskRequest {
+    CompleteTaskRequest {
+        worker_id: worker.into(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        artifacts: vec![Artifact {
+            name: "out".into(),
+            uri: format!("file:///artifacts/{}/{}", task.task_id, task.attempt),
+            sha256: vec![1; 32],
+            size_bytes: 10,
+        }],
+        result_json: result.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_long_polls_runs_and_completes_while_a_client_watches() {
+    let stack = stack().await;
+    let worker = stack.register("w1").await;
+    // The long-poll starts before any work exists and is woken when it appears.
+    let poll = {
+        let (workers, worker) = (stack.workers(), worker.clone());
+        tokio::spawn(async move {
+            let mut workers = workers;
+            let request = AcquireTaskRequest {
+                worker_id: worker,
+                wait: Some(Duration::from_secs(20).try_into().unwrap()),
+            };
+            workers
+                .acquire_task(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .task
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = stack.noop_job("acme", 1).await;
+    let name = operation_name(job);
+    let mut watch = LetheClient::new(stack.channel.clone())
+        .watch_operation(as_tenant(
+            "acme",
+            WatchOperationRequest { name: name.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let task = poll.await.unwrap().expect("the long-poll got the task");
+    assert_eq!(
+        (task.operation.as_str(), task.tenant.as_str(), task.attempt),
+        (name.as_str(), "acme", 1)
+    );
+
+    let beat = HeartbeatRequest {
+        worker_id: worker.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        progress: Some(Progress {
+            fraction: 0.5,
+            message: "halfway".into(),
+        }),
+    };
+    let renewal = stack.workers().heartbeat(beat).await.unwrap().into_inner();
+    assert!(!renewal.cancel_requested);
+    let running = stack
+        .operations()
+        .get_operation(as_tenant(
+            "acme",
+            GetOperationRequest { name: name.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!running.done);
+    assert_eq!(metadata(&running).progress, 0.5);
+
+    let done = stack
+        .workers()
+        .complete_task(complete(&worker, &task, r#"{"accuracy": 0.9}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.operation_done);
+
+    let waited = stack
+        .operations()
+        .wait_operation(as_tenant(
+            "acme",
+            WaitOperationRequest {
+                name: name.clone(),
+                timeout: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(waited.done);
+    let Some(operation::Result::Response(response)) = &waited.result else {
+        panic!("{waited:?}")
+    };
+    let result = OperationResult::decode(response.value.as_slice()).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&result.result_json).unwrap(),
+        json!({"accuracy": 0.9})
+    );
+
+    // The watch saw the operation change and ended with it.
+    let mut states = Vec::new();
+    while let Some(update) = watch.next().await {
+        states.push(OperationState::try_from(metadata(&update.unwrap()).state).unwrap());
+    }
+    assert_eq!(states.last(), Some(&OperationState::Succeeded));
+    assert!(states.len() >= 2, "{states:?}");
+}
+
+#[tokio::test]
+async fn a_stale_worker_is_fenced_out_with_aborted() {
+    let stack = stack_with(StoreConfig {
+        lease: Duration::from_millis(400),
+        ..StoreConfig::default()
+    })
+    .await;
+    let (stale, fresh) = (stack.register("stale").await, stack.register("fresh").await);
+    stack.noop_job("acme", 1).await;
+    let first = stack.acquire(&stale, Duration::ZERO).await.unwrap();
+    // No heartbeat: the coordinator's maintenance loop reaps the lease, and the task goes to
+    // the next worker that asks, under a new attempt.
+    let second = stack
+        .acquire(&fresh, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.task_id.as_str(), second.attempt),
+        (first.task_id.as_str(), 2)
+    );
+    let refused = stack
+        .workers()
+        .complete_task(complete(&stale, &first, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    let info = refused.get_details_error_info().expect("ErrorInfo detail");
+    assert_eq!(info.reason, "LEASE_FENCED");
+    assert_eq!(info.metadata["current_attempt"], "2");
+    stack
+        .workers()
+        .complete_task(complete(&fresh, &second, ""))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cancellation_reaches_a_running_task_through_its_heartbeat() {
+    let stack = stack().await;
+    let worker = stack.register("w").await;
+    let job = stack.noop_job("acme", 2).await;
+    let name = operation_name(job);
+    let task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
+    stack
+        .operations()
+        .cancel_operation(as_tenant(
+            "acme",
+            CancelOperationRequest { name: name.clone() },
+        ))
+        .await
+        .unwrap();
+    let get = || as_tenant("acme", GetOperationRequest { name: name.clone() });
+    let cancelling = stack
+        .operations()
+        .get_operation(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        metadata(&cancelling).state,
+        OperationState::Cancelling as i32
+    );
+
+    let beat = HeartbeatRequest {
+        worker_id: worker.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        progress: None,
+    };
+    assert!(
+        stack
+            .workers()
+            .heartbeat(beat)
+            .await
+            .unwrap()
+            .into_inner()
+            .cancel_requested
+    );
+    let stop = FailTaskRequest {
+        worker_id: worker.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        class: ErrorClass::Cancelled as i32,
+        message: "stopped".into(),
+    };
+    stack.workers().fail_task(stop).await.unwrap();
+    let cancelled = stack
+        .operations()
+        .get_operation(get())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cancelled.done);
+    let Some(operation::Result::Error(status)) = cancelled.result else {
+        panic!()
+    };
+    assert_eq!(status.code, Code::Cancelled as i32);
+    assert!(
+        stack.acquire(&worker, Duration::ZERO).await.is_none(),
+        "the queued task was cancelled too"
+    );
+}
+
+#[tokio::test]
+async fn operations_list_in_pages_per_tenant_and_refuse_bad_requests() {
+    let stack = stack().await;
+    for _ in 0..7 {
+        stack.noop_job("acme", 1).await;
+    }
+    let other = stack.noop_job("globex", 1).await;
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let request = ListOperationsRequest {
+            page_size: 3,
+            page_token: token.clone(),
+            filter: "kind=noop".into(),
+            ..Default::default()
+        };
+        let page = stack
+            .operations()
+            .list_operations(as_tenant("acme", request))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        names.extend(page.operations.into_iter().map(|o| o.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((pages, names.len()), (3, 7));
+    assert!(!names.contains(&operation_name(other)));
+
+    let mut ops = stack.operations();
+    let code = |r: Result<tonic::Response<Operation>, tonic::Status>| r.unwrap_err().code();
+    // Another tenant's operation does not exist for this one.
+    assert_eq!(
+        code(
+            ops.get_operation(as_tenant(
+                "acme",
+                GetOperationRequest {
+                    name: operation_name(other)
+                }
+            ))
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            ops.get_operation(as_tenant(
+                "acme",
+                GetOperationRequest {
+                    name: "jobs/1".into()
+                }
+            ))
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            ops.get_operation(as_tenant(
+                "bad tenant!",
+                GetOperationRequest {
+                    name: operation_name(other)
+                }
+            ))
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    let with_token = ListOperationsRequest {
+        page_size: 3,
+        page_token: "00".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ops.list_operations(as_tenant("acme", with_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let filter = ListOperationsRequest {
+        filter: "owner=me".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        ops.list_operations(as_tenant("acme", filter))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let mut workers = stack.workers();
+    let unknown = AcquireTaskRequest {
+        worker_id: Uuid::now_v7().to_string(),
+        wait: None,
+    };
+    assert_eq!(
+        workers.acquire_task(unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let garbage = AcquireTaskRequest {
+        worker_id: "not-a-uuid".into(),
+        wait: None,
+    };
+    assert_eq!(
+        workers.acquire_task(garbage).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let no_device = RegisterWorkerRequest {
+        name: "w".into(),
+        slots: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        workers.register_worker(no_device).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let worker = stack.register("w").await;
+    let task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
+    let mut short_hash = complete(&worker, &task, "");
+    short_hash.artifacts[0].sha256 = vec![0; 5];
+    assert_eq!(
+        workers.complete_task(short_hash).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let not_json = complete(&worker, &task, "{");
+    assert_eq!(
+        workers.complete_task(not_json).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let unspecified = FailTaskRequest {
+        worker_id: worker.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        class: 0,
+        message: String::new(),
+    };
+    assert_eq!(
+        workers.fail_task(unspecified).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // None of that touched the lease.
+    workers
+        .complete_task(complete(&worker, &task, ""))
+        .await
+        .unwrap();
+
+    // A draining worker is told so instead of waiting for work it will never get.
+    workers
+        .drain_worker(DrainWorkerRequest {
+            worker_id: worker.clone(),
+            hand_back: true,
+        })
+        .await
+        .unwrap();
+    let drained = AcquireTaskRequest {
+        worker_id: worker,
+        wait: None,
+    };
+    assert_eq!(
+        workers.acquire_task(drained).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let stack = stack().await;
+    let mut health = HealthClient::new(stack.channel.clone());
+    for service in [
+        "",
+        "lethe.v1.WorkerService",
+        "google.longrunning.Operations",
+        "lethe.v1.Lethe",
+    ] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let mut reflection = ServerReflectionClient::new(stack.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!()
+    };
+    let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "lethe.v1.WorkerService",
+        "google.longrunning.Operations",
+        "lethe.v1.Lethe",
+    ] {
+        assert!(services.iter().any(|s| s == expected), "{services:?}");
+    }
+    stack.coordinator.shutdown().await.unwrap();
+}
