@@ -30,8 +30,7 @@ CREATE TABLE jobs (
     priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN -100 AND 100),
     state           text NOT NULL DEFAULT 'queued'
                     CHECK (state IN ('queued', 'running', 'cancelling', 'succeeded', 'failed', 'cancelled')),
-    tasks_total     integer NOT NULL CHECK (tasks_total >= 0),
-    tasks_remaining integer NOT NULL CHECK (tasks_remaining BETWEEN 0 AND tasks_total),
+    tasks_total     integer NOT NULL CHECK (tasks_total >= 1),
     progress        jsonb NOT NULL DEFAULT '{}',
     error           jsonb,
     result          jsonb,
@@ -41,10 +40,11 @@ CREATE TABLE jobs (
     finished_at     timestamptz,
     UNIQUE (tenant, request_id),
     CHECK ((finished_at IS NOT NULL) = (state IN ('succeeded', 'failed', 'cancelled'))),
-    CHECK ((state = 'failed') = (error IS NOT NULL)),
-    CHECK (state <> 'succeeded' OR tasks_remaining = 0)
+    CHECK ((state = 'failed') = (error IS NOT NULL))
 );
 CREATE INDEX jobs_tenant_listing ON jobs (tenant, id DESC);
+-- Unfinished jobs, for the sweep that finalises a job whose last completion's own check was lost.
+CREATE INDEX jobs_active ON jobs (id) WHERE state IN ('queued', 'running', 'cancelling');
 CREATE INDEX jobs_deadline ON jobs (deadline_at)
     WHERE deadline_at IS NOT NULL AND state IN ('queued', 'running', 'cancelling');
 
@@ -67,17 +67,24 @@ CREATE TABLE tasks (
     -- that runs it cannot loop forever.
     interruptions     integer NOT NULL DEFAULT 0 CHECK (interruptions >= 0),
     max_interruptions integer NOT NULL CHECK (max_interruptions >= 0),
-    lease_owner       uuid REFERENCES workers (id),
+    -- No foreign key: the claim takes the owner from the workers row it just read, and an FK
+    -- check on every claim would cost more than it protects.
+    lease_owner       uuid,
     lease_expires_at  timestamptz,
+    -- When the latest attempt was claimed; kept after it ends, for its attempt record.
+    leased_at         timestamptz,
     cancel_requested  boolean NOT NULL DEFAULT false,
     run_at            timestamptz NOT NULL DEFAULT now(),
     unmet_deps        integer NOT NULL DEFAULT 0 CHECK (unmet_deps >= 0),
     progress          jsonb,
+    -- What the succeeded attempt reported; the job's result is its last task's.
+    result            jsonb,
     last_error        jsonb,
     created_at        timestamptz NOT NULL DEFAULT now(),
     finished_at       timestamptz,
     CHECK ((state = 'leased') = (lease_owner IS NOT NULL)),
     CHECK ((state = 'leased') = (lease_expires_at IS NOT NULL)),
+    CHECK (state <> 'leased' OR leased_at IS NOT NULL),
     CHECK (state <> 'blocked' OR unmet_deps > 0),
     CHECK (state NOT IN ('available', 'leased', 'succeeded') OR unmet_deps = 0),
     CHECK ((finished_at IS NOT NULL) = (state IN ('succeeded', 'failed', 'cancelled'))),
@@ -87,6 +94,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_claimable ON tasks (priority DESC, run_at, id) WHERE state = 'available';
 CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE state = 'leased';
 CREATE INDEX tasks_by_job ON tasks (job_id);
+-- "Has this job anything left?" is one probe of this index, however many tasks the job has.
+CREATE INDEX tasks_unfinished ON tasks (job_id) WHERE state <> 'succeeded';
 
 CREATE TABLE task_deps (
     task_id     uuid NOT NULL REFERENCES tasks (id),
@@ -96,18 +105,18 @@ CREATE TABLE task_deps (
 );
 CREATE INDEX task_deps_parent ON task_deps (depends_on);
 
--- One row per claim. The outcome is written exactly once, by the transition that ends it.
+-- One row per ended claim, written once by the transition that ends it (the claim in progress
+-- is the task row's attempt, lease_owner and leased_at): one write per attempt, not two.
 CREATE TABLE task_attempts (
     task_id     uuid NOT NULL REFERENCES tasks (id),
     attempt     integer NOT NULL CHECK (attempt >= 1),
     worker_id   uuid NOT NULL REFERENCES workers (id),
-    started_at  timestamptz NOT NULL DEFAULT now(),
-    ended_at    timestamptz,
-    outcome     text CHECK (outcome IN ('succeeded', 'retryable', 'fatal', 'interrupted',
-                                        'lease_expired', 'cancelled')),
+    started_at  timestamptz NOT NULL,
+    ended_at    timestamptz NOT NULL DEFAULT now(),
+    outcome     text NOT NULL CHECK (outcome IN ('succeeded', 'retryable', 'fatal', 'interrupted',
+                                                 'lease_expired', 'cancelled')),
     error       jsonb,
-    PRIMARY KEY (task_id, attempt),
-    CHECK ((ended_at IS NULL) = (outcome IS NULL))
+    PRIMARY KEY (task_id, attempt)
 );
 
 -- Committed results only: a worker writes under an attempt-scoped key, and the completion

@@ -13,7 +13,7 @@ use lethe_proto::lethe::v1::{
     self as pb, lethe_server::Lethe, OperationKind, OperationMetadata, OperationResult,
     OperationState, WatchOperationRequest,
 };
-use lethe_store::{Job, JobFilter, JobKind, JobState, TaskCounts};
+use lethe_store::{Job, JobFilter, JobKind, JobState};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
@@ -49,8 +49,7 @@ fn parse_name(name: &str) -> Result<Uuid, Status> {
 impl Shared {
     async fn operation(&self, tenant: &str, id: Uuid) -> Result<Operation, Status> {
         let job = self.store.get_job(tenant, id).await.map_err(from_store)?;
-        let counts = self.store.task_counts(id).await.map_err(from_store)?;
-        Ok(to_operation(&job, &counts))
+        Ok(to_operation(&job))
     }
 
     /// The operation once it is done, or as it is when `timeout` passes.
@@ -118,16 +117,7 @@ impl Operations for OperationsApi {
             .list_jobs(&tenant, &filter, page_size, after)
             .await
             .map_err(from_store)?;
-        let mut operations = Vec::with_capacity(page.items.len());
-        for job in &page.items {
-            let counts = self
-                .shared
-                .store
-                .task_counts(job.id)
-                .await
-                .map_err(from_store)?;
-            operations.push(to_operation(job, &counts));
-        }
+        let operations = page.items.iter().map(to_operation).collect();
         let next_page_token = page
             .next
             .map(|after| {
@@ -223,7 +213,8 @@ impl Lethe for OperationsApi {
     }
 }
 
-pub(crate) fn to_operation(job: &Job, counts: &TaskCounts) -> Operation {
+pub(crate) fn to_operation(job: &Job) -> Operation {
+    let counts = &job.tasks;
     let metadata = OperationMetadata {
         kind: kind_to_proto(job.kind) as i32,
         state: state_to_proto(job.state) as i32,
@@ -376,12 +367,14 @@ fn parse_filter(filter: &str) -> Result<JobFilter, Status> {
                         .ok_or_else(|| invalid("filter", format!("unknown kind {value:?}")))?,
                 );
             }
-            other => return Err(invalid(
-                "filter",
-                format!(
+            other => {
+                return Err(invalid(
+                    "filter",
+                    format!(
                     "{other:?} is not a filterable field, or appears twice (use state and kind)"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(parsed)

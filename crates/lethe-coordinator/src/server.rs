@@ -159,7 +159,7 @@ impl RunningCoordinator {
     }
 }
 
-/// Reaps expired leases and expires deadlines. Every replica runs it; the store's queries
+/// Reaps expired leases, finalises finished jobs and expires deadlines. Every replica runs it; the store's queries
 /// skip rows another replica holds, so they never do the same work twice.
 async fn maintain(shared: Arc<Shared>) {
     loop {
@@ -175,6 +175,11 @@ async fn maintain(shared: Arc<Shared>) {
                 shared.wake.tasks_available(n as usize);
             }
             Err(e) => tracing::warn!(error = %e, "reaping expired leases failed"),
+        }
+        match shared.store.finalize_finished_jobs(1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "finalised jobs whose last completion was not"),
+            Err(e) => tracing::warn!(error = %e, "finalising finished jobs failed"),
         }
         match shared.store.expire_deadlines(1000).await {
             Ok(0) => {}

@@ -178,7 +178,7 @@ impl WorkerService for WorkerApi {
             .tasks_available(completion.tasks_released as usize);
         self.shared.wake.job_changed(completion.job_id);
         Ok(Response::new(CompleteTaskResponse {
-            operation_done: completion.job_state.is_terminal(),
+            operation_done: completion.job_done,
             tasks_released: completion.tasks_released,
         }))
     }

@@ -8,7 +8,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, JOB_COLUMNS, TASK_COLUMNS};
-use crate::types::{Job, JobFilter, JobState, NewJob, Page, Task, TaskCounts, TaskState};
+use crate::types::{Job, JobFilter, JobState, NewJob, Page, Task, TaskCounts};
 use crate::{Store, StoreError};
 
 const MAX_NAME: usize = 200;
@@ -27,8 +27,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
-             deadline_at, tasks_total, tasks_remaining) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             deadline_at, tasks_total) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
         ))
         .bind(job_id)
@@ -61,7 +61,19 @@ impl Store {
         };
         insert_tasks(&mut tx, job_id, new).await?;
         tx.commit().await?;
-        Ok((rows::job(&row)?, true))
+        let mut job = rows::job(&row)?;
+        // RETURNING ran before the tasks existed.
+        let blocked = new
+            .tasks
+            .iter()
+            .filter(|t| !t.depends_on.is_empty())
+            .count() as i64;
+        job.tasks = TaskCounts {
+            blocked,
+            available: new.tasks.len() as i64 - blocked,
+            ..TaskCounts::default()
+        };
+        Ok((job, true))
     }
 
     /// A job of `tenant`; another tenant's job is reported as not found, never as forbidden,
@@ -72,7 +84,7 @@ impl Store {
         ))
         .bind(id)
         .bind(tenant)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reads)
         .await?
         .ok_or_else(|| job_not_found(id))?;
         rows::job(&row)
@@ -98,7 +110,7 @@ impl Store {
         .bind(filter.kind.map(|k| k.as_str()))
         .bind(filter.state.map(|s| s.as_str()))
         .bind(limit + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         let mut items = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
         let more = items.len() as i64 > limit;
@@ -118,7 +130,7 @@ impl Store {
             "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.job_id = $1 ORDER BY t.id"
         ))
         .bind(job_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter().map(rows::task).collect()
     }
@@ -126,30 +138,12 @@ impl Store {
     /// How far a job has got: its tasks by state, and the summed progress that running
     /// tasks last reported.
     pub async fn task_counts(&self, job_id: Uuid) -> Result<TaskCounts, StoreError> {
-        let rows = sqlx::query(
-            "SELECT state, count(*) AS n, \
-                    COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
-             FROM tasks WHERE job_id = $1 GROUP BY state",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut counts = TaskCounts::default();
-        for row in rows {
-            let n: i64 = row.try_get("n")?;
-            match TaskState::parse(row.try_get("state")?)? {
-                TaskState::Blocked => counts.blocked = n,
-                TaskState::Available => counts.available = n,
-                TaskState::Leased => {
-                    counts.leased = n;
-                    counts.running_progress = row.try_get("fraction")?;
-                }
-                TaskState::Succeeded => counts.succeeded = n,
-                TaskState::Failed => counts.failed = n,
-                TaskState::Cancelled => counts.cancelled = n,
-            }
-        }
-        Ok(counts)
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(job_id)
+            .fetch_optional(&self.reads)
+            .await?
+            .ok_or_else(|| job_not_found(job_id))?;
+        Ok(rows::job(&row)?.tasks)
     }
 
     /// Cancels a job: tasks not yet leased end now; leased ones are asked to stop (their
@@ -327,8 +321,14 @@ pub(crate) async fn lock_job(
     JobState::parse(&state.ok_or_else(|| job_not_found(id))?)
 }
 
-/// Ends a job's tasks that have not started and asks leased ones to stop.
+/// Asks a job's leased tasks to stop and ends those that have not started. Leased rows are
+/// locked first, blocked ones after: the order a completion locks its own row and then its
+/// dependents', so the two never wait on each other in a cycle.
 async fn stop_tasks(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE tasks SET cancel_requested = true WHERE job_id = $1 AND state = 'leased'")
+        .bind(job_id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "UPDATE tasks SET state = 'cancelled', finished_at = now() \
          WHERE job_id = $1 AND state IN ('blocked', 'available')",
@@ -336,10 +336,6 @@ async fn stop_tasks(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Result<
     .bind(job_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE tasks SET cancel_requested = true WHERE job_id = $1 AND state = 'leased'")
-        .bind(job_id)
-        .execute(&mut **tx)
-        .await?;
     Ok(())
 }
 

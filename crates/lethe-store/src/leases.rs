@@ -9,8 +9,7 @@ use uuid::Uuid;
 
 use crate::jobs::{fail_job, lock_job, settle_cancelling};
 use crate::types::{
-    ArtifactRef, Completion, FailureClass, FailureOutcome, JobState, LeaseRenewal, LeasedTask,
-    TaskState,
+    ArtifactRef, Completion, FailureClass, FailureOutcome, LeaseRenewal, LeasedTask, TaskState,
 };
 use crate::{seconds, Store, StoreError};
 
@@ -23,15 +22,19 @@ enum AttemptEnd {
 
 impl Store {
     /// Leases up to `limit` available tasks that `worker` can run (its device and memory as
-    /// registered), most urgent first, and notes that the worker is alive. A draining worker
-    /// gets nothing. One statement: the CTE locks candidates with `SKIP LOCKED` (so concurrent
-    /// claimers never wait on or share a row), bumps each attempt, records it, and marks jobs
-    /// running.
+    /// registered), most urgent first, and notes that the worker is alive (at most every few
+    /// seconds, to spare the row). A draining worker gets nothing. One statement: the CTE
+    /// locks candidates with `SKIP LOCKED` (so concurrent claimers never wait on or share a
+    /// row), bumps each attempt, and marks jobs running.
     pub async fn claim(&self, worker: Uuid, limit: i64) -> Result<Vec<LeasedTask>, StoreError> {
+        // Written so that their generic plans (the store forces them) are index lookups:
+        // `= ANY(ARRAY(..))` rather than joins whose row counts a generic plan cannot know.
         let rows = sqlx::query(
             "WITH me AS ( \
-                 UPDATE workers SET last_seen_at = now() WHERE id = $1 AND state = 'active' \
-                 RETURNING device, memory_bytes \
+                 SELECT device, memory_bytes FROM workers WHERE id = $1 AND state = 'active' \
+             ), seen AS ( \
+                 UPDATE workers SET last_seen_at = now() \
+                 WHERE id = $1 AND last_seen_at < now() - interval '5 seconds' \
              ), candidates AS ( \
                  SELECT t.id FROM tasks t, me \
                  WHERE t.state = 'available' AND t.run_at <= now() \
@@ -41,18 +44,17 @@ impl Store {
                  LIMIT $2 FOR UPDATE OF t SKIP LOCKED \
              ), claimed AS ( \
                  UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_owner = $1, \
-                     lease_expires_at = now() + make_interval(secs => $3), progress = NULL \
-                 FROM candidates c WHERE t.id = c.id \
+                     lease_expires_at = now() + make_interval(secs => $3), leased_at = now(), \
+                     progress = NULL \
+                 WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) \
                  RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
-             ), attempts AS ( \
-                 INSERT INTO task_attempts (task_id, attempt, worker_id) \
-                 SELECT id, attempt, $1 FROM claimed \
              ), started AS ( \
                  UPDATE jobs SET state = 'running', updated_at = now() \
-                 WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' \
-                              AND id IN (SELECT job_id FROM claimed) FOR UPDATE SKIP LOCKED) \
+                 WHERE id = ANY(ARRAY( \
+                     SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
+                       AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
              ) \
-             SELECT c.*, j.tenant FROM claimed c JOIN jobs j ON j.id = c.job_id",
+             SELECT c.*, (SELECT tenant FROM jobs WHERE id = c.job_id) AS tenant FROM claimed c",
         )
         .bind(worker)
         .bind(limit.max(1))
@@ -84,10 +86,17 @@ impl Store {
         progress: Option<&Value>,
     ) -> Result<LeaseRenewal, StoreError> {
         let row = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4), \
-                 progress = COALESCE($5, progress) \
-             WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
-             RETURNING lease_expires_at, cancel_requested",
+            "WITH renewed AS ( \
+                 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4), \
+                     progress = COALESCE($5, progress) \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
+                 RETURNING lease_expires_at, cancel_requested \
+             ), seen AS ( \
+                 UPDATE workers SET last_seen_at = now() \
+                 WHERE id = $3 AND last_seen_at < now() - interval '5 seconds' \
+                   AND EXISTS (SELECT 1 FROM renewed) \
+             ) \
+             SELECT * FROM renewed",
         )
         .bind(task)
         .bind(attempt)
@@ -106,10 +115,9 @@ impl Store {
     }
 
     /// Commits an attempt's result: the task succeeds, its artifacts are recorded (once per
-    /// name), dependents whose last dependency this was become available, and the job
-    /// succeeds with its last task. One statement, so nothing is half done. Like every
-    /// transition that touches several rows, it locks the job row before the task's (the
-    /// `job_lock` InitPlan runs before the task row is locked), so transitions never deadlock.
+    /// name), and dependents whose last dependency this was become available, in one
+    /// statement. It touches no job row, so completions of one job's tasks never queue behind
+    /// each other; the job is finalised just after (see [`Store::finalize_job`]).
     pub async fn complete(
         &self,
         task: Uuid,
@@ -124,17 +132,15 @@ impl Store {
         let hashes: Vec<&[u8]> = artifacts.iter().map(|a| &a.sha256[..]).collect();
         let sizes: Vec<i64> = artifacts.iter().map(|a| a.size_bytes).collect();
         let row = sqlx::query(
-            "WITH job_lock AS MATERIALIZED ( \
-                 SELECT id FROM jobs WHERE id = (SELECT job_id FROM tasks WHERE id = $1) FOR UPDATE \
-             ), done AS ( \
+            "WITH done AS ( \
                  UPDATE tasks SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
-                     finished_at = now(), progress = COALESCE($4, progress) \
-                 WHERE id = $1 AND job_id = (SELECT id FROM job_lock) AND attempt = $2 \
-                   AND lease_owner = $3 AND state = 'leased' AND NOT cancel_requested \
-                 RETURNING id, job_id, attempt \
+                     finished_at = now(), result = $4 \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
+                   AND NOT cancel_requested \
+                 RETURNING id, job_id, attempt, leased_at \
              ), ended AS ( \
-                 UPDATE task_attempts a SET ended_at = now(), outcome = 'succeeded' \
-                 FROM done WHERE a.task_id = done.id AND a.attempt = done.attempt \
+                 INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome) \
+                 SELECT id, attempt, $3, leased_at, 'succeeded' FROM done \
              ), stored AS ( \
                  INSERT INTO artifacts (id, task_id, attempt, name, uri, sha256, size_bytes) \
                  SELECT u.id, done.id, done.attempt, u.name, u.uri, u.sha256, u.size \
@@ -144,21 +150,12 @@ impl Store {
                  UPDATE tasks t SET unmet_deps = t.unmet_deps - 1, \
                      state = CASE WHEN t.unmet_deps = 1 THEN 'available' ELSE 'blocked' END, \
                      run_at = CASE WHEN t.unmet_deps = 1 THEN now() ELSE t.run_at END \
-                 FROM task_deps d, done WHERE d.depends_on = done.id AND t.id = d.task_id \
-                   AND t.state = 'blocked' \
+                 WHERE t.id = ANY(ARRAY(SELECT task_id FROM task_deps WHERE depends_on = $1)) \
+                   AND t.state = 'blocked' AND EXISTS (SELECT 1 FROM done) \
                  RETURNING t.id, t.state \
-             ), job AS ( \
-                 UPDATE jobs j SET tasks_remaining = j.tasks_remaining - 1, updated_at = now(), \
-                     state = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
-                             THEN 'succeeded' WHEN j.state = 'queued' THEN 'running' ELSE j.state END, \
-                     finished_at = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
-                             THEN now() ELSE j.finished_at END, \
-                     result = CASE WHEN j.tasks_remaining = 1 AND j.state IN ('queued', 'running') \
-                             THEN $10 ELSE j.result END \
-                 FROM done WHERE j.id = done.job_id \
-                 RETURNING j.id, j.state \
              ) \
-             SELECT job.id, job.state, (SELECT count(*) FROM released WHERE state = 'available') AS released FROM job",
+             SELECT done.job_id, (SELECT count(*) FROM released WHERE state = 'available') AS released \
+             FROM done",
         )
         .bind(task)
         .bind(attempt)
@@ -169,7 +166,6 @@ impl Store {
         .bind(&uris)
         .bind(&hashes)
         .bind(&sizes)
-        .bind(result)
         .fetch_optional(&self.pool)
         .await;
         let row = match row {
@@ -183,11 +179,49 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
+        let job_id: Uuid = row.try_get("job_id")?;
+        let job_done = self.finalize_job(job_id).await?;
         Ok(Completion {
-            job_id: row.try_get("id")?,
-            job_state: JobState::parse(row.try_get("state")?)?,
+            job_id,
+            job_done,
             tasks_released: row.try_get("released")?,
         })
+    }
+
+    /// Marks a job succeeded if every one of its tasks has, with its last task's result.
+    /// Called after each completion has committed: of two last completions racing, the one
+    /// that commits second sees the other's commit, so one of them always finalises. If a
+    /// process dies in between, [`Store::finalize_finished_jobs`] does it.
+    pub async fn finalize_job(&self, job_id: Uuid) -> Result<bool, StoreError> {
+        let finalized = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now(), \
+                 result = (SELECT result FROM tasks WHERE job_id = $1 AND result IS NOT NULL \
+                           ORDER BY id DESC LIMIT 1) \
+             WHERE id = $1 AND state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state <> 'succeeded')",
+        )
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(finalized.rows_affected() == 1)
+    }
+
+    /// Finalises jobs whose tasks have all succeeded but whose completion's own finalisation
+    /// was lost (its process died between the two statements). Returns how many.
+    pub async fn finalize_finished_jobs(&self, limit: i64) -> Result<u64, StoreError> {
+        let finished: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running') \
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state <> 'succeeded') \
+             LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut count = 0;
+        for job in finished {
+            count += u64::from(self.finalize_job(job).await?);
+        }
+        Ok(count)
     }
 
     /// Ends an attempt that did not succeed. Retryable failures requeue the task after a
@@ -264,7 +298,8 @@ impl Store {
         error: &Value,
     ) -> Result<FailureOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT attempt, interruptions, max_attempts, max_interruptions, cancel_requested \
+            "SELECT attempt, interruptions, max_attempts, max_interruptions, cancel_requested, \
+                    lease_owner, leased_at \
              FROM tasks WHERE id = $1",
         )
         .bind(task)
@@ -275,6 +310,8 @@ impl Store {
         let max_attempts: i32 = row.try_get("max_attempts")?;
         let max_interruptions: i32 = row.try_get("max_interruptions")?;
         let cancel_requested: bool = row.try_get("cancel_requested")?;
+        let owner: Uuid = row.try_get("lease_owner")?;
+        let leased_at: DateTime<Utc> = row.try_get("leased_at")?;
 
         let interrupted = matches!(
             end,
@@ -328,11 +365,13 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         sqlx::query(
-            "UPDATE task_attempts SET ended_at = now(), outcome = $3, error = $4 \
-             WHERE task_id = $1 AND attempt = $2",
+            "INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome, error) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(task)
         .bind(attempt)
+        .bind(owner)
+        .bind(leased_at)
         .bind(outcome)
         .bind(error)
         .execute(&mut **tx)

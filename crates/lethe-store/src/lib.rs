@@ -7,8 +7,12 @@
 //! - [`Store::heartbeat`], [`Store::complete`] and [`Store::fail`] quote the attempt they were
 //!   given (the fencing token): a stale worker's call changes nothing and gets
 //!   [`StoreError::Fenced`].
-//! - [`Store::reap_expired_leases`] and [`Store::expire_deadlines`] are safe to run from every
-//!   replica at once.
+//! - [`Store::reap_expired_leases`], [`Store::finalize_finished_jobs`] and
+//!   [`Store::expire_deadlines`] are safe to run from every replica at once.
+//!
+//! Lock order, which is what keeps transitions free of deadlocks: a job row before its task
+//! rows (failures, cancellation, expiry), a leased task before blocked ones (a completion
+//! releasing its dependents; stopping a job). Completions take no job lock at all.
 
 mod cluster;
 mod error;
@@ -28,6 +32,8 @@ pub use cluster::{Durability, LocalCluster};
 pub use error::StoreError;
 pub use jobs::MAX_TASKS_PER_JOB;
 pub use retry::RetryPolicy;
+/// The driver, for callers that run their own SQL against the store's pool (benchmarks, checks).
+pub use sqlx;
 pub use types::*;
 
 /// The schema, embedded at build time from the workspace's `migrations/`.
@@ -38,8 +44,11 @@ pub struct StoreConfig {
     /// How long a claim or a heartbeat keeps a task leased.
     pub lease: Duration,
     pub retry: RetryPolicy,
-    /// Largest pool of connections this process opens.
+    /// Connections for work: claims, heartbeats, completions, creates.
     pub max_connections: u32,
+    /// Connections kept for reads (Get, List, Wait), so that a busy fleet of workers never
+    /// makes an operator's Get queue behind it.
+    pub read_connections: u32,
     /// Bound on any statement, so that no transaction holds back vacuum for long.
     pub statement_timeout: Duration,
 }
@@ -50,6 +59,7 @@ impl Default for StoreConfig {
             lease: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             max_connections: 16,
+            read_connections: 4,
             statement_timeout: Duration::from_secs(30),
         }
     }
@@ -58,6 +68,7 @@ impl Default for StoreConfig {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    reads: PgPool,
     config: StoreConfig,
 }
 
@@ -65,17 +76,32 @@ impl Store {
     /// Connects and brings the schema up to date (migrations take an advisory lock, so
     /// replicas starting together apply them once).
     pub async fn connect(url: &str, config: StoreConfig) -> Result<Self, StoreError> {
-        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([(
-            "statement_timeout",
-            format!("{}", config.statement_timeout.as_millis()),
-        )]);
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([
+            (
+                "statement_timeout",
+                format!("{}", config.statement_timeout.as_millis()),
+            ),
+            // The hot statements are prepared once per connection; left to choose, PostgreSQL
+            // keeps re-planning their CTEs for every execution (a custom plan per parameter
+            // set), which cost more than executing them. Their generic plans are the same.
+            ("plan_cache_mode", "force_generic_plan".to_string()),
+        ]);
         let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let reads = PgPoolOptions::new()
+            .max_connections(config.read_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, config })
+        Ok(Self {
+            pool,
+            reads,
+            config,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -4,11 +4,15 @@
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use crate::types::{Job, JobKind, JobState, Task, TaskState};
+use crate::types::{Job, JobKind, JobState, Task, TaskCounts, TaskState};
 use crate::StoreError;
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant, kind, request_id, spec, priority, state, \
-    tasks_total, tasks_remaining, error, result, deadline_at, created_at, updated_at, finished_at";
+    tasks_total, error, result, deadline_at, created_at, updated_at, finished_at, \
+    (SELECT coalesce(json_agg(json_build_array(s.state, s.n, s.fraction)), '[]'::json) \
+     FROM (SELECT state, count(*) AS n, \
+                  COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
+           FROM tasks WHERE tasks.job_id = jobs.id GROUP BY state) s) AS task_counts";
 
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.job_id, t.kind, t.spec, t.state, t.attempt, \
     t.max_attempts, t.interruptions, t.lease_owner, t.lease_expires_at, t.cancel_requested, \
@@ -25,14 +29,36 @@ pub(crate) fn job(row: &PgRow) -> Result<Job, StoreError> {
         priority: row.try_get("priority")?,
         state: JobState::parse(row.try_get("state")?)?,
         tasks_total: row.try_get("tasks_total")?,
-        tasks_remaining: row.try_get("tasks_remaining")?,
         error: row.try_get("error")?,
         result: row.try_get("result")?,
         deadline_at: row.try_get("deadline_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        tasks: task_counts(row.try_get("task_counts")?)?,
     })
+}
+
+/// `[[state, count, summed fraction], ...]`, as the JOB_COLUMNS subquery builds it.
+fn task_counts(value: serde_json::Value) -> Result<TaskCounts, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("task counts {value}"));
+    let mut counts = TaskCounts::default();
+    for entry in value.as_array().ok_or_else(corrupt)? {
+        let state = entry.get(0).and_then(|s| s.as_str()).ok_or_else(corrupt)?;
+        let n = entry.get(1).and_then(|n| n.as_i64()).ok_or_else(corrupt)?;
+        match TaskState::parse(state)? {
+            TaskState::Blocked => counts.blocked = n,
+            TaskState::Available => counts.available = n,
+            TaskState::Leased => {
+                counts.leased = n;
+                counts.running_progress = entry.get(2).and_then(|f| f.as_f64()).unwrap_or(0.0);
+            }
+            TaskState::Succeeded => counts.succeeded = n,
+            TaskState::Failed => counts.failed = n,
+            TaskState::Cancelled => counts.cancelled = n,
+        }
+    }
+    Ok(counts)
 }
 
 pub(crate) fn task(row: &PgRow) -> Result<Task, StoreError> {

@@ -167,13 +167,14 @@ pub struct Job {
     pub priority: i16,
     pub state: JobState,
     pub tasks_total: i32,
-    pub tasks_remaining: i32,
     pub error: Option<Value>,
     pub result: Option<Value>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Its tasks by state, read with the job.
+    pub tasks: TaskCounts,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -239,7 +240,8 @@ pub struct LeaseRenewal {
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
     pub job_id: Uuid,
-    pub job_state: JobState,
+    /// Whether this completion finished its job.
+    pub job_done: bool,
     pub tasks_released: i64,
 }
 
