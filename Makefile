@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution bench-quality clean
+.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution bench-quality bench-coordinator clean
 
 setup:
 	@scripts/setup.sh
@@ -41,6 +41,11 @@ bench-quality: setup
 	cargo run --release -p lethe-ml --example bench_quality -- --out bench/results/quality.json
 	python bench/report_quality.py --json bench/results/quality.json \
 		--per-point bench/work/quality/klom-per-point.safetensors --out-dir bench/results
+
+# About two minutes: 64 simulated gRPC workers against a SKIP LOCKED loop in SQL, on a private
+# PostgreSQL cluster (durable settings), two rounds of 20,000 no-op tasks each.
+bench-coordinator: setup
+	cargo run --release -p lethe-coordinator --example bench_coordinator -- --out bench/results/coordinator.json
 
 clean:
 	cargo clean

@@ -312,28 +312,32 @@ async fn run_lethe(
             let (done, running) = (done.clone(), running.clone());
             tokio::spawn(async move {
                 let result = async {
-                    loop {
-                        let acquired = client
-                            .acquire_task(AcquireTaskRequest {
-                                worker_id: worker.clone(),
-                                wait: None,
-                            })
-                            .await?
-                            .into_inner();
-                        let Some(task) = acquired.task else {
-                            return Ok::<_, tonic::Status>(());
-                        };
-                        client
+                    // As a real worker does: ask for a task, then for the next one with each
+                    // completion while there is work.
+                    let mut next = client
+                        .acquire_task(AcquireTaskRequest {
+                            worker_id: worker.clone(),
+                            wait: None,
+                        })
+                        .await?
+                        .into_inner()
+                        .task;
+                    while let Some(task) = next {
+                        next = client
                             .complete_task(CompleteTaskRequest {
                                 worker_id: worker.clone(),
                                 task_id: task.task_id,
                                 attempt: task.attempt,
                                 artifacts: vec![],
                                 result_json: String::new(),
+                                acquire_next: true,
                             })
-                            .await?;
+                            .await?
+                            .into_inner()
+                            .next_task;
                         done.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok::<_, tonic::Status>(())
                 }
                 .await;
                 running.fetch_sub(1, Ordering::Relaxed);

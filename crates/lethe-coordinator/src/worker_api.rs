@@ -79,25 +79,8 @@ impl WorkerService for WorkerApi {
         let mut checked_worker = false;
         loop {
             // Claim first, then wait: a long-poll dropped by its client holds no claim.
-            let mut claimed = self
-                .shared
-                .store
-                .claim(worker, 1)
-                .await
-                .map_err(from_store)?;
-            if let Some(task) = claimed.pop() {
-                self.shared.wake.job_changed(task.job_id);
-                return Ok(Response::new(AcquireTaskResponse {
-                    task: Some(LeasedTask {
-                        task_id: task.id.to_string(),
-                        operation: operation_name(task.job_id),
-                        tenant: task.tenant,
-                        kind: task.kind,
-                        spec_json: task.spec.to_string(),
-                        attempt: task.attempt,
-                        lease_expires_at: Some(timestamp(task.lease_expires_at)),
-                    }),
-                }));
+            if let Some(task) = self.shared.claim_one(worker).await? {
+                return Ok(Response::new(AcquireTaskResponse { task: Some(task) }));
             }
             if !checked_worker {
                 // Nothing claimed: say so plainly if the worker is unknown or draining.
@@ -177,9 +160,14 @@ impl WorkerService for WorkerApi {
             .wake
             .tasks_available(completion.tasks_released as usize);
         self.shared.wake.job_changed(completion.job_id);
+        let next_task = match request.acquire_next {
+            true => self.shared.claim_one(worker).await?,
+            false => None,
+        };
         Ok(Response::new(CompleteTaskResponse {
             operation_done: completion.job_done,
             tasks_released: completion.tasks_released,
+            next_task,
         }))
     }
 
@@ -235,6 +223,25 @@ impl WorkerService for WorkerApi {
         tracing::info!(worker = %worker, handed_back, "worker draining");
         Ok(Response::new(DrainWorkerResponse {
             tasks_handed_back: handed_back as u32,
+        }))
+    }
+}
+
+impl Shared {
+    /// Leases one task to `worker` if one is available now.
+    async fn claim_one(&self, worker: Uuid) -> Result<Option<LeasedTask>, Status> {
+        let Some(task) = self.store.claim(worker, 1).await.map_err(from_store)?.pop() else {
+            return Ok(None);
+        };
+        self.wake.job_changed(task.job_id);
+        Ok(Some(LeasedTask {
+            task_id: task.id.to_string(),
+            operation: operation_name(task.job_id),
+            tenant: task.tenant,
+            kind: task.kind,
+            spec_json: task.spec.to_string(),
+            attempt: task.attempt,
+            lease_expires_at: Some(timestamp(task.lease_expires_at)),
         }))
     }
 }

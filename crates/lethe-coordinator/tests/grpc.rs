@@ -155,6 +155,7 @@ fn complete(worker: &str, task: &LeasedTask, result: &str) -> CompleteTaskReques
             size_bytes: 10,
         }],
         result_json: result.into(),
+        acquire_next: false,
     }
 }
 
@@ -582,4 +583,47 @@ async fn health_and_reflection_are_served() {
         assert!(services.iter().any(|s| s == expected), "{services:?}");
     }
     stack.coordinator.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_busy_worker_gets_its_next_task_with_each_completion() {
+    let stack = stack().await;
+    let worker = stack.register("busy").await;
+    let job = stack.noop_job("acme", 3).await;
+    let mut task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
+    let mut completed = 1;
+    loop {
+        let mut request = complete(&worker, &task, "");
+        request.acquire_next = true;
+        let answer = stack
+            .workers()
+            .complete_task(request)
+            .await
+            .unwrap()
+            .into_inner();
+        match answer.next_task {
+            Some(next) => {
+                assert_ne!(next.task_id, task.task_id);
+                assert!(!answer.operation_done);
+                task = next;
+                completed += 1;
+            }
+            None => {
+                assert!(
+                    answer.operation_done,
+                    "the last completion finishes the operation"
+                );
+                break;
+            }
+        }
+    }
+    assert_eq!(completed, 3);
+    let name = operation_name(job);
+    let done = stack
+        .operations()
+        .get_operation(as_tenant("acme", GetOperationRequest { name }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.done);
 }

@@ -13,6 +13,10 @@ use crate::types::{
 };
 use crate::{seconds, Store, StoreError};
 
+/// A completion that sees more unfinished siblings than this does not try to finalise its
+/// job: for that, all of them would have to finish while its one statement runs.
+const FINALIZE_WHEN_AT_MOST: i64 = 16;
+
 /// How an attempt that did not succeed ended, as recorded in `task_attempts.outcome`.
 #[derive(Clone, Copy, Debug)]
 enum AttemptEnd {
@@ -154,7 +158,9 @@ impl Store {
                    AND t.state = 'blocked' AND EXISTS (SELECT 1 FROM done) \
                  RETURNING t.id, t.state \
              ) \
-             SELECT done.job_id, (SELECT count(*) FROM released WHERE state = 'available') AS released \
+             SELECT done.job_id, (SELECT count(*) FROM released WHERE state = 'available') AS released, \
+                 (SELECT count(*) FROM (SELECT 1 FROM tasks o WHERE o.job_id = done.job_id \
+                     AND o.state <> 'succeeded' AND o.id <> done.id LIMIT $10) AS x) AS others_unfinished \
              FROM done",
         )
         .bind(task)
@@ -166,6 +172,7 @@ impl Store {
         .bind(&uris)
         .bind(&hashes)
         .bind(&sizes)
+        .bind(FINALIZE_WHEN_AT_MOST + 1)
         .fetch_optional(&self.pool)
         .await;
         let row = match row {
@@ -180,7 +187,11 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let job_id: Uuid = row.try_get("job_id")?;
-        let job_done = self.finalize_job(job_id).await?;
+        let others_unfinished: i64 = row.try_get("others_unfinished")?;
+        // Most completions of a wide job see plenty of unfinished siblings and skip the extra
+        // statement; near the end, every completion checks after its commit.
+        let job_done =
+            others_unfinished <= FINALIZE_WHEN_AT_MOST && self.finalize_job(job_id).await?;
         Ok(Completion {
             job_id,
             job_done,
@@ -189,9 +200,11 @@ impl Store {
     }
 
     /// Marks a job succeeded if every one of its tasks has, with its last task's result.
-    /// Called after each completion has committed: of two last completions racing, the one
-    /// that commits second sees the other's commit, so one of them always finalises. If a
-    /// process dies in between, [`Store::finalize_finished_jobs`] does it.
+    /// Called after a completion has committed, when the completion saw at most
+    /// [`FINALIZE_WHEN_AT_MOST`] unfinished siblings: of the last completions racing, the one
+    /// that commits last sees the others' commits, so one of them finalises. If a process
+    /// dies in between, or more siblings than that finished during one completion's
+    /// statement, [`Store::finalize_finished_jobs`] does it within a maintenance interval.
     pub async fn finalize_job(&self, job_id: Uuid) -> Result<bool, StoreError> {
         let finalized = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now(), \
