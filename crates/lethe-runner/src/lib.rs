@@ -1,0 +1,448 @@
+//! The worker's side of the worker API. A [`Runner`] registers with the coordinator, long-polls
+//! for tasks, runs each on a blocking thread with the [`TaskHandler`] for its kind, heartbeats
+//! while it runs (progress out, cancellation in), and reports the end quoting its attempt. On
+//! shutdown it stops taking work, lets running tasks finish within a grace period, and hands
+//! back the rest. It links no ML code: `lethe-worker` plugs the ML task kinds in.
+
+mod noop;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lethe_artifacts::{ArtifactStore, StoredObject};
+use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
+use lethe_proto::lethe::v1::{
+    AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
+    FailTaskRequest, HeartbeatRequest, LeasedTask, Progress, RegisterWorkerRequest,
+};
+use tonic::transport::Channel;
+use tonic::Code;
+
+pub use noop::NoopHandler;
+
+/// How a task ended without success, as its handler reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// May succeed on another try (I/O, memory).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail again (bad input).
+    #[error("{0}")]
+    Fatal(String),
+    /// The handler saw the cancellation flag and stopped.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What a finished task hands back: objects it wrote (named) and a JSON result.
+#[derive(Debug, Default)]
+pub struct TaskOutput {
+    pub artifacts: Vec<(String, StoredObject)>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// Everything a handler may use while it runs one attempt.
+pub struct TaskContext {
+    pub task_id: uuid::Uuid,
+    pub attempt: i32,
+    pub kind: String,
+    pub tenant: String,
+    pub spec: serde_json::Value,
+    pub artifacts: ArtifactStore,
+    cancelled: Arc<AtomicBool>,
+    progress: Arc<Mutex<(f64, String)>>,
+}
+
+impl TaskContext {
+    /// Whether the task should stop now: its operation was cancelled, or this attempt lost its
+    /// lease. Long handlers check it between steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Records progress; the next heartbeat carries it.
+    pub fn report(&self, fraction: f64, message: impl Into<String>) {
+        if let Ok(mut progress) = self.progress.lock() {
+            *progress = (fraction.clamp(0.0, 1.0), message.into());
+        }
+    }
+
+    /// The key this attempt writes `name` under.
+    pub fn artifact_key(&self, name: &str) -> Result<String, TaskError> {
+        ArtifactStore::attempt_key(self.task_id, self.attempt, name)
+            .map_err(|e| TaskError::Fatal(e.to_string()))
+    }
+}
+
+/// Runs one kind of task. Called on a blocking thread.
+pub trait TaskHandler: Send + Sync {
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("connecting to the coordinator at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the coordinator refused: {0}")]
+    Rpc(#[from] tonic::Status),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    pub endpoint: String,
+    pub name: String,
+    pub device: Device,
+    pub memory_bytes: u64,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// How long an idle long-poll waits.
+    pub poll_wait: Duration,
+    /// How long running tasks may take to finish after shutdown begins before they are handed
+    /// back.
+    pub drain_grace: Duration,
+}
+
+/// What a runner did, for its exit summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Attempts whose lease was taken over (their result was dropped).
+    pub fenced: u64,
+    pub handed_back: u64,
+}
+
+pub struct Runner {
+    config: RunnerConfig,
+    artifacts: ArtifactStore,
+    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+}
+
+impl Runner {
+    pub fn new(config: RunnerConfig, artifacts: ArtifactStore) -> Self {
+        let mut runner = Self {
+            config,
+            artifacts,
+            handlers: HashMap::new(),
+        };
+        runner.handle("noop", NoopHandler);
+        runner
+    }
+
+    pub fn handle(&mut self, kind: &str, handler: impl TaskHandler + 'static) {
+        self.handlers.insert(kind.to_string(), Arc::new(handler));
+    }
+
+    /// Registers and works until `shutdown` completes, then drains.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunSummary, RunnerError> {
+        let channel = Channel::from_shared(self.config.endpoint.clone())
+            .map_err(|_| {
+                RunnerError::Rpc(tonic::Status::invalid_argument("bad coordinator endpoint"))
+            })?
+            .connect()
+            .await
+            .map_err(|source| RunnerError::Connect {
+                endpoint: self.config.endpoint.clone(),
+                source,
+            })?;
+        let mut client = WorkerServiceClient::new(channel);
+        let registered = client
+            .register_worker(RegisterWorkerRequest {
+                name: self.config.name.clone(),
+                device: self.config.device as i32,
+                memory_bytes: self.config.memory_bytes,
+                slots: self.config.slots.max(1),
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .await?
+            .into_inner();
+        let heartbeat = registered
+            .heartbeat_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::from_secs(10));
+        tracing::info!(worker = %registered.worker_id, "registered");
+        let shared = Arc::new(Shared {
+            client,
+            worker_id: registered.worker_id.clone(),
+            heartbeat,
+            artifacts: self.artifacts,
+            handlers: self.handlers,
+            poll_wait: self.config.poll_wait,
+            stopping: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+            summary: Mutex::new(RunSummary::default()),
+        });
+
+        let slots: Vec<_> = (0..self.config.slots.max(1))
+            .map(|_| tokio::spawn(shared.clone().slot()))
+            .collect();
+        shutdown.await;
+        tracing::info!("draining: no new tasks; waiting for running ones");
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.stop.notify_waiters();
+        let all = futures_join(slots);
+        let finished = tokio::time::timeout(self.config.drain_grace, all)
+            .await
+            .is_ok();
+        let mut client = shared.client.clone();
+        let drained = client
+            .drain_worker(DrainWorkerRequest {
+                worker_id: shared.worker_id.clone(),
+                hand_back: !finished,
+            })
+            .await?
+            .into_inner();
+        let mut summary = *shared.summary.lock().expect("summary lock");
+        summary.handed_back = u64::from(drained.tasks_handed_back);
+        Ok(summary)
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+struct Shared {
+    client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    heartbeat: Duration,
+    artifacts: ArtifactStore,
+    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    poll_wait: Duration,
+    stopping: AtomicBool,
+    /// Wakes slots waiting in a long-poll when shutdown begins.
+    stop: tokio::sync::Notify,
+    summary: Mutex<RunSummary>,
+}
+
+impl Shared {
+    /// One slot: acquire, run, report, and take the next task with the report.
+    async fn slot(self: Arc<Self>) {
+        let mut next: Option<LeasedTask> = None;
+        let mut backoff = Duration::from_millis(200);
+        while !self.stopping.load(Ordering::SeqCst) {
+            let task = match next.take() {
+                Some(task) => task,
+                None => match tokio::select! {
+                    acquired = self.acquire() => acquired,
+                    _ = self.stop.notified() => break,
+                } {
+                    Ok(Some(task)) => task,
+                    Ok(None) => continue,
+                    Err(status) => {
+                        tracing::warn!(error = %status, "acquiring a task failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            backoff = Duration::from_millis(200);
+            next = self.run_task(task).await;
+        }
+    }
+
+    async fn acquire(&self) -> Result<Option<LeasedTask>, tonic::Status> {
+        let wait = prost_types::Duration::try_from(self.poll_wait).unwrap_or_default();
+        let request = AcquireTaskRequest {
+            worker_id: self.worker_id.clone(),
+            wait: Some(wait),
+        };
+        Ok(self
+            .client
+            .clone()
+            .acquire_task(request)
+            .await?
+            .into_inner()
+            .task)
+    }
+
+    /// Runs one attempt to its end and reports it; returns the next task if the coordinator
+    /// handed one back with the completion.
+    async fn run_task(self: &Arc<Self>, task: LeasedTask) -> Option<LeasedTask> {
+        let Some(handler) = self.handlers.get(&task.kind).cloned() else {
+            let message = format!("this worker runs no task of kind {:?}", task.kind);
+            self.fail(&task, ErrorClass::Fatal, message).await;
+            return None;
+        };
+        let spec = match serde_json::from_str(&task.spec_json) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.fail(
+                    &task,
+                    ErrorClass::Fatal,
+                    format!("task spec is not JSON: {e}"),
+                )
+                .await;
+                return None;
+            }
+        };
+        let Ok(task_id) = uuid::Uuid::parse_str(&task.task_id) else {
+            self.fail(&task, ErrorClass::Fatal, "task id is not a UUID".into())
+                .await;
+            return None;
+        };
+        let context = TaskContext {
+            task_id,
+            attempt: task.attempt,
+            kind: task.kind.clone(),
+            tenant: task.tenant.clone(),
+            spec,
+            artifacts: self.artifacts.clone(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Mutex::new((0.0, String::new()))),
+        };
+        let (cancelled, progress) = (context.cancelled.clone(), context.progress.clone());
+        let fenced = Arc::new(AtomicBool::new(false));
+        let beats = tokio::spawn(self.clone().heartbeats(
+            task.clone(),
+            cancelled,
+            progress,
+            fenced.clone(),
+        ));
+        let outcome = tokio::task::spawn_blocking(move || handler.run(&context)).await;
+        beats.abort();
+        if fenced.load(Ordering::SeqCst) {
+            tracing::warn!(task = %task.task_id, attempt = task.attempt, "lease lost; result dropped");
+            self.count(|s| s.fenced += 1);
+            return None;
+        }
+        match outcome {
+            Ok(Ok(output)) => self.complete(&task, output).await,
+            Ok(Err(TaskError::Cancelled)) => {
+                self.fail(
+                    &task,
+                    ErrorClass::Cancelled,
+                    "stopped on cancellation".into(),
+                )
+                .await;
+                None
+            }
+            Ok(Err(TaskError::Retryable(message))) => {
+                self.fail(&task, ErrorClass::Retryable, message).await;
+                None
+            }
+            Ok(Err(TaskError::Fatal(message))) => {
+                self.fail(&task, ErrorClass::Fatal, message).await;
+                None
+            }
+            Err(panic) => {
+                // A handler bug must not take the worker down; the task may fare better on
+                // another try.
+                self.fail(
+                    &task,
+                    ErrorClass::Retryable,
+                    format!("the handler panicked: {panic}"),
+                )
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Heartbeats until aborted: carries progress, raises the cancellation flag when the
+    /// coordinator asks, and marks the attempt fenced if its lease was taken over.
+    async fn heartbeats(
+        self: Arc<Self>,
+        task: LeasedTask,
+        cancelled: Arc<AtomicBool>,
+        progress: Arc<Mutex<(f64, String)>>,
+        fenced: Arc<AtomicBool>,
+    ) {
+        let mut client = self.client.clone();
+        loop {
+            tokio::time::sleep(self.heartbeat).await;
+            let (fraction, message) = progress.lock().map(|p| p.clone()).unwrap_or_default();
+            let request = HeartbeatRequest {
+                worker_id: self.worker_id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                progress: Some(Progress { fraction, message }),
+            };
+            match client.heartbeat(request).await {
+                Ok(answer) if answer.get_ref().cancel_requested => {
+                    cancelled.store(true, Ordering::SeqCst)
+                }
+                Ok(_) => {}
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::Aborted | Code::NotFound | Code::FailedPrecondition
+                    ) =>
+                {
+                    fenced.store(true, Ordering::SeqCst);
+                    cancelled.store(true, Ordering::SeqCst);
+                    return;
+                }
+                // The coordinator may be restarting: keep trying until the lease would lapse.
+                Err(status) => tracing::warn!(error = %status, "heartbeat failed"),
+            }
+        }
+    }
+
+    async fn complete(&self, task: &LeasedTask, output: TaskOutput) -> Option<LeasedTask> {
+        let request = CompleteTaskRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            artifacts: output
+                .artifacts
+                .into_iter()
+                .map(|(name, object)| Artifact {
+                    name,
+                    uri: object.uri,
+                    sha256: object.sha256.to_vec(),
+                    size_bytes: object.size,
+                })
+                .collect(),
+            result_json: output.result.map(|r| r.to_string()).unwrap_or_default(),
+            acquire_next: !self.stopping.load(Ordering::SeqCst),
+        };
+        match self.client.clone().complete_task(request).await {
+            Ok(answer) => {
+                self.count(|s| s.completed += 1);
+                answer.into_inner().next_task
+            }
+            Err(status) => {
+                tracing::warn!(task = %task.task_id, error = %status, "completion refused");
+                self.count(|s| s.fenced += 1);
+                None
+            }
+        }
+    }
+
+    async fn fail(&self, task: &LeasedTask, class: ErrorClass, message: String) {
+        let request = FailTaskRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            class: class as i32,
+            message,
+        };
+        match self.client.clone().fail_task(request).await {
+            Ok(_) if class == ErrorClass::Cancelled => self.count(|s| s.cancelled += 1),
+            Ok(_) => self.count(|s| s.failed += 1),
+            Err(status) => {
+                tracing::warn!(task = %task.task_id, error = %status, "failure report refused")
+            }
+        }
+    }
+
+    fn count(&self, update: impl FnOnce(&mut RunSummary)) {
+        if let Ok(mut summary) = self.summary.lock() {
+            update(&mut summary);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Runners against a real coordinator and PostgreSQL on loopback: work is done once and its
+//! artifacts are committed with their hashes; a runner that dies mid-task loses nothing;
+//! cancellation stops a running task; a draining runner hands its work back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lethe_artifacts::{ArtifactStore, StoredObject};
+use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_proto::lethe::v1::Device;
+use lethe_runner::{RunSummary, Runner, RunnerConfig};
+use lethe_store::sqlx;
+use lethe_store::{
+    Durability, JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
+        cluster
+            .stop_when_process_exits(std::process::id())
+            .expect("watchdog");
+        cluster
+    })
+}
+
+struct Stack {
+    store: Store,
+    coordinator: RunningCoordinator,
+    artifacts: ArtifactStore,
+    _dir: tempfile::TempDir,
+}
+
+async fn stack() -> Stack {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("r{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
+        .await
+        .unwrap()
+        .unwrap();
+    let config = StoreConfig {
+        lease: Duration::from_secs(1),
+        ..StoreConfig::default()
+    };
+    let store = Store::connect(&url, config).await.unwrap();
+    let coordinator_config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(200),
+    };
+    let coordinator = Coordinator::new(store.clone(), coordinator_config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts =
+        ArtifactStore::open(&format!("file://{}/artifacts", dir.path().display())).unwrap();
+    Stack {
+        store,
+        coordinator,
+        artifacts,
+        _dir: dir,
+    }
+}
+
+impl Stack {
+    fn runner(&self, name: &str) -> Runner {
+        let config = RunnerConfig {
+            endpoint: self.coordinator.endpoint(),
+            name: name.into(),
+            device: Device::Cpu,
+            memory_bytes: 1 << 34,
+            slots: 1,
+            poll_wait: Duration::from_secs(2),
+            drain_grace: Duration::from_millis(300),
+        };
+        Runner::new(config, self.artifacts.clone())
+    }
+
+    async fn noop_job(&self, tasks: usize, spec: serde_json::Value) -> Uuid {
+        let job = NewJob {
+            tenant: "acme".into(),
+            kind: JobKind::Noop,
+            request_id: None,
+            spec: json!({}),
+            priority: 0,
+            deadline: None,
+            tasks: (0..tasks)
+                .map(|_| NewTask::new("noop", spec.clone()))
+                .collect(),
+        };
+        self.store.create_job(&job).await.unwrap().0.id
+    }
+
+    async fn wait_terminal(&self, job: Uuid, within: Duration) -> JobState {
+        let deadline = Instant::now() + within;
+        loop {
+            let state = self.store.get_job("acme", job).await.unwrap().state;
+            if state.is_terminal() || Instant::now() > deadline {
+                return state;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs a runner until `stop` fires, on the current runtime.
+fn spawn_runner(
+    runner: Runner,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<RunSummary>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap()
+    });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_do_each_task_once_and_commit_hashed_artifacts() {
+    let stack = stack().await;
+    let job = stack
+        .noop_job(6, json!({"seconds": 0.1, "artifact_bytes": 4096}))
+        .await;
+    let (stop_a, a) = spawn_runner(stack.runner("a"));
+    let (stop_b, b) = spawn_runner(stack.runner("b"));
+    assert_eq!(
+        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        JobState::Succeeded
+    );
+    let _ = (stop_a.send(()), stop_b.send(()));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a.completed + b.completed, 6);
+    assert_eq!(a.failed + b.failed + a.fenced + b.fenced, 0);
+
+    let rows: Vec<(String, Vec<u8>, i64)> =
+        sqlx::query_as("SELECT uri, sha256, size_bytes FROM artifacts")
+            .fetch_all(stack.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 6);
+    for (uri, sha256, size) in rows {
+        assert!(uri.contains("/attempts/1/noop.bin"), "{uri}");
+        let object = StoredObject {
+            uri,
+            sha256: sha256.try_into().unwrap(),
+            size: size as u64,
+        };
+        assert_eq!(
+            stack.artifacts.get_verified(&object).await.unwrap().len(),
+            4096
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_dies_mid_task_loses_nothing() {
+    let stack = stack().await;
+    let job = stack.noop_job(2, json!({"seconds": 1.5})).await;
+    // The doomed runner gets its own runtime, so that shutting the runtime down takes all of
+    // it at once, mid-task: no more heartbeats, no report, as after a SIGKILL.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runner = stack.runner("doomed");
+    doomed.spawn(async move { runner.run(std::future::pending()).await });
+    let started = Instant::now();
+    while stack.store.task_counts(job).await.unwrap().leased == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the doomed runner never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doomed.shutdown_background();
+
+    let (stop, survivor) = spawn_runner(stack.runner("survivor"));
+    assert_eq!(
+        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        JobState::Succeeded
+    );
+    let _ = stop.send(());
+    assert_eq!(
+        survivor.await.unwrap().completed,
+        2,
+        "the survivor ran both, one after the reaper"
+    );
+    let expired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM task_attempts WHERE outcome = 'lease_expired'")
+            .fetch_one(stack.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(expired, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_operation_stops_the_running_task() {
+    let stack = stack().await;
+    let job = stack.noop_job(1, json!({"seconds": 30})).await;
+    let (stop, runner) = spawn_runner(stack.runner("w"));
+    while stack.store.task_counts(job).await.unwrap().leased == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled_at = Instant::now();
+    stack.store.cancel_job("acme", job).await.unwrap();
+    assert_eq!(
+        stack.wait_terminal(job, Duration::from_secs(10)).await,
+        JobState::Cancelled
+    );
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(10),
+        "stopped long before the task's 30 s"
+    );
+    let _ = stop.send(());
+    assert_eq!(runner.await.unwrap().cancelled, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_runner_hands_back_what_it_cannot_finish() {
+    let stack = stack().await;
+    let job = stack.noop_job(1, json!({"seconds": 2})).await;
+    let (stop, leaving) = spawn_runner(stack.runner("leaving"));
+    while stack.store.task_counts(job).await.unwrap().leased == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    let summary = leaving.await.unwrap();
+    assert_eq!(summary.handed_back, 1, "{summary:?}");
+    let (stop, staying) = spawn_runner(stack.runner("staying"));
+    assert_eq!(
+        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        JobState::Succeeded
+    );
+    let _ = stop.send(());
+    assert_eq!(staying.await.unwrap().completed, 1);
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM task_attempts ORDER BY attempt")
+            .fetch_all(stack.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcomes, ["interrupted", "succeeded"]);
+}
