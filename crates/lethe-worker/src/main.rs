@@ -1,8 +1,10 @@
-//! `lethe-worker`: the process that links libtorch. Today it runs the ML engine's jobs locally
-//! (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`); the `lethe` CLI forwards those subcommands here so that
-//! the CLI itself never links libtorch.
+//! `lethe-worker`: the process that links libtorch. It runs the ML engine's jobs locally
+//! (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`; the `lethe` CLI forwards those
+//! subcommands here so that the CLI itself never links libtorch), and serves a coordinator
+//! (`serve`).
 
 mod local;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,8 @@ enum Command {
     Unlearn(local::unlearn::UnlearnArgs),
     /// Audit an unlearning method: apply it to N originals and compare with oracles (KLoM).
     Audit(local::audit::AuditArgs),
+    /// Serve a coordinator: take tasks, run them, report, until SIGTERM (then drain).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Index(command) => local::index::run(command),
         Command::Unlearn(args) => local::unlearn::run(args),
         Command::Audit(args) => local::audit::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

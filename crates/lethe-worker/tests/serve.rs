@@ -1,0 +1,126 @@
+//! `lethe-worker serve` as real processes against a coordinator and PostgreSQL on loopback:
+//! a worker killed with SIGKILL in the middle of a task costs its operation nothing, and a
+//! worker sent SIGTERM drains and exits cleanly.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lethe_coordinator::{Coordinator, CoordinatorConfig};
+use lethe_store::{
+    Durability, JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig,
+};
+use serde_json::json;
+
+fn serve(endpoint: &str, artifacts: &str, name: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+        .args([
+            "serve",
+            "--coordinator",
+            endpoint,
+            "--artifacts",
+            artifacts,
+            "--name",
+            name,
+            "--cpu",
+        ])
+        .args(["--drain-grace-seconds", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lethe-worker serve")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
+    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
+    let url = cluster.create_database("serve").unwrap();
+    let store = Store::connect(
+        &url,
+        StoreConfig {
+            lease: Duration::from_secs(2),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(250),
+    };
+    let coordinator = Coordinator::new(store.clone(), config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = format!("file://{}/artifacts", dir.path().display());
+
+    let job = NewJob {
+        tenant: "acme".into(),
+        kind: JobKind::Noop,
+        request_id: None,
+        spec: json!({}),
+        priority: 0,
+        deadline: None,
+        tasks: (0..4)
+            .map(|_| NewTask::new("noop", json!({"seconds": 1.5, "artifact_bytes": 256})))
+            .collect(),
+    };
+    let job = store.create_job(&job).await.unwrap().0.id;
+    let mut victim = serve(&coordinator.endpoint(), &artifacts, "victim");
+    let mut survivor = serve(&coordinator.endpoint(), &artifacts, "survivor");
+
+    // Kill the victim once it holds a lease.
+    let victim_id: uuid::Uuid = loop {
+        let owner: Option<uuid::Uuid> = lethe_store::sqlx::query_scalar(
+            "SELECT t.lease_owner FROM tasks t JOIN workers w ON w.id = t.lease_owner \
+             WHERE t.state = 'leased' AND w.name = 'victim' LIMIT 1",
+        )
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        if let Some(owner) = owner {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        let state = store.get_job("acme", job).await.unwrap().state;
+        if state.is_terminal() || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(finished, JobState::Succeeded);
+    let expired: i64 = lethe_store::sqlx::query_scalar(
+        "SELECT count(*) FROM task_attempts WHERE outcome = 'lease_expired' AND worker_id = $1",
+    )
+    .bind(victim_id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        expired, 1,
+        "the victim's task was taken back by the reaper, not lost"
+    );
+    let committed: i64 = lethe_store::sqlx::query_scalar("SELECT count(*) FROM artifacts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(committed, 4, "one committed artifact per task");
+
+    // SIGTERM: the survivor drains and exits 0.
+    Command::new("kill")
+        .args(["-TERM", &survivor.id().to_string()])
+        .status()
+        .unwrap();
+    let status = survivor.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(survivor.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("stopped;"), "{log}");
+}
