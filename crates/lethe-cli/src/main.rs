@@ -1,4 +1,5 @@
-//! `lethe`: the command line of Lethe.
+//! `lethe`: the command line of Lethe: a client of the coordinator's gRPC API (`operations`,
+//! `smoke`), and the ML engine's local jobs.
 //!
 //! Architecture invariant: this binary does not link libtorch. Subcommands that run the ML
 //! engine locally (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`) are carried out by `lethe-worker`, which
@@ -12,11 +13,15 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
+mod client;
+
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "Lethe: make trained models forget")]
 struct Cli {
     #[command(subcommand)]
     command: Verb,
+    #[command(flatten)]
+    connection: client::Connection,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +44,12 @@ enum Verb {
     /// Audit an unlearning method with KLoM against oracles (run by lethe-worker; `lethe audit --help`).
     #[command(disable_help_flag = true)]
     Audit(Forwarded),
+    /// Operations on the coordinator: list, get, watch, wait, cancel.
+    #[command(subcommand, visible_alias = "op")]
+    Operations(client::OperationsVerb),
+    /// Check a deployment end to end: run no-op tasks through the coordinator, the workers and
+    /// the artifact store, and watch them finish.
+    Smoke(client::SmokeArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +82,8 @@ fn locate_worker(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (name, forwarded) = match cli.command {
+        Verb::Operations(verb) => return report(client::operations(cli.connection, verb)),
+        Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),
@@ -91,6 +104,19 @@ fn main() -> ExitCode {
     let error = Command::new(&worker).arg(name).args(&forwarded.args).exec();
     eprintln!("error: cannot run {}: {error}", worker.display());
     ExitCode::from(2)
+}
+
+/// Prints a client verb's failure: a gRPC status as its code and message, anything else with
+/// its chain of causes.
+fn report(outcome: anyhow::Result<()>) -> ExitCode {
+    let Err(error) = outcome else {
+        return ExitCode::SUCCESS;
+    };
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+        None => eprintln!("error: {error:#}"),
+    }
+    ExitCode::FAILURE
 }
 
 #[cfg(test)]

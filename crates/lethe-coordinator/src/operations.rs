@@ -10,10 +10,10 @@ use lethe_proto::google::longrunning::{
 };
 use lethe_proto::google::rpc;
 use lethe_proto::lethe::v1::{
-    self as pb, lethe_server::Lethe, OperationKind, OperationMetadata, OperationResult,
-    OperationState, WatchOperationRequest,
+    self as pb, lethe_server::Lethe, CreateNoopOperationRequest, OperationKind, OperationMetadata,
+    OperationResult, OperationState, WatchOperationRequest,
 };
-use lethe_store::{Job, JobFilter, JobKind, JobState};
+use lethe_store::{Job, JobFilter, JobKind, JobState, NewJob, NewTask};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
@@ -171,6 +171,55 @@ type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Se
 #[tonic::async_trait]
 impl Lethe for OperationsApi {
     type WatchOperationStream = OperationStream;
+
+    async fn create_noop_operation(
+        &self,
+        request: Request<CreateNoopOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        if !(1..=1000).contains(&request.tasks) {
+            return Err(invalid(
+                "tasks",
+                format!("must be 1 to 1000, got {}", request.tasks),
+            ));
+        }
+        if !(0.0..=3600.0).contains(&request.task_seconds) {
+            return Err(invalid("task_seconds", "must be in [0, 3600]"));
+        }
+        if request.artifact_bytes > 64 << 20 {
+            return Err(invalid("artifact_bytes", "must be at most 64 MiB"));
+        }
+        let priority = i16::try_from(request.priority)
+            .ok()
+            .filter(|p| (-100..=100).contains(p))
+            .ok_or_else(|| invalid("priority", "must be -100 to 100"))?;
+        let mut spec = serde_json::json!({"seconds": request.task_seconds});
+        if request.artifact_bytes > 0 {
+            spec["artifact_bytes"] = request.artifact_bytes.into();
+        }
+        let job = NewJob {
+            tenant,
+            kind: JobKind::Noop,
+            request_id: Some(request.request_id).filter(|id| !id.is_empty()),
+            spec: serde_json::json!({"tasks": request.tasks, "task": spec}),
+            priority,
+            deadline: None,
+            tasks: (0..request.tasks)
+                .map(|_| NewTask::new("noop", spec.clone()))
+                .collect(),
+        };
+        let (job, created) = self
+            .shared
+            .store
+            .create_job(&job)
+            .await
+            .map_err(from_store)?;
+        if created {
+            self.shared.wake.tasks_available(request.tasks as usize);
+        }
+        Ok(Response::new(to_operation(&job)))
+    }
 
     async fn watch_operation(
         &self,

@@ -627,3 +627,83 @@ async fn a_busy_worker_gets_its_next_task_with_each_completion() {
         .into_inner();
     assert!(done.done);
 }
+
+#[tokio::test]
+async fn create_is_idempotent_over_grpc_and_validates_its_input() {
+    use lethe_proto::lethe::v1::CreateNoopOperationRequest;
+    let stack = stack().await;
+    let mut api = LetheClient::new(stack.channel.clone());
+    let request = CreateNoopOperationRequest {
+        request_id: "smoke-1".into(),
+        tasks: 3,
+        task_seconds: 0.0,
+        artifact_bytes: 0,
+        priority: 0,
+    };
+    let first = api
+        .create_noop_operation(as_tenant("acme", request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = api
+        .create_noop_operation(as_tenant("acme", request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.name, again.name);
+    assert_eq!(metadata(&first).tasks.unwrap().total, 3);
+    let different = CreateNoopOperationRequest {
+        tasks: 4,
+        ..request.clone()
+    };
+    let refused = api
+        .create_noop_operation(as_tenant("acme", different))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    let theirs = api
+        .create_noop_operation(as_tenant("globex", request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(theirs.name, first.name, "idempotency keys are per tenant");
+    for bad in [
+        CreateNoopOperationRequest {
+            tasks: 0,
+            ..request.clone()
+        },
+        CreateNoopOperationRequest {
+            tasks: 1001,
+            ..request.clone()
+        },
+        CreateNoopOperationRequest {
+            task_seconds: -1.0,
+            ..request.clone()
+        },
+        CreateNoopOperationRequest {
+            task_seconds: f64::NAN,
+            ..request.clone()
+        },
+        CreateNoopOperationRequest {
+            priority: 1000,
+            ..request.clone()
+        },
+        CreateNoopOperationRequest {
+            request_id: "x".repeat(300),
+            ..request.clone()
+        },
+    ] {
+        let status = api
+            .create_noop_operation(as_tenant("acme", bad.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    let listed = stack
+        .operations()
+        .list_operations(as_tenant("acme", ListOperationsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.operations.len(), 1, "refused requests wrote nothing");
+}

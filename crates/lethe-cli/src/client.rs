@@ -1,0 +1,321 @@
+//! The gRPC client verbs: operations (list, get, watch, wait, cancel) and the smoke test.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lethe_proto::google::longrunning::operations_client::OperationsClient;
+use lethe_proto::google::longrunning::{
+    operation, CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
+    WaitOperationRequest,
+};
+use lethe_proto::lethe::v1::lethe_client::LetheClient;
+use lethe_proto::lethe::v1::{
+    CreateNoopOperationRequest, OperationKind, OperationMetadata, OperationResult, OperationState,
+    WatchOperationRequest,
+};
+use prost::Message;
+use tonic::transport::Channel;
+
+/// Where the coordinator is and whom to act for.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Connection {
+    /// The coordinator's gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "LETHE_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
+    /// The tenant to act for.
+    #[arg(long, global = true, env = "LETHE_TENANT", default_value = "default")]
+    tenant: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum OperationsVerb {
+    /// List operations, newest first.
+    List {
+        /// `state=RUNNING`, `kind=DELETION`, or both joined by ` AND `.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Operations per page; every page is fetched.
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+    },
+    /// Show one operation.
+    Get { name: String },
+    /// Follow an operation with a progress bar until it is done.
+    Watch { name: String },
+    /// Wait until an operation is done (or the timeout passes) and show it.
+    Wait {
+        name: String,
+        #[arg(long, default_value_t = 60.0)]
+        timeout_seconds: f64,
+    },
+    /// Cancel an operation: queued work stops now, running work at its next heartbeat.
+    Cancel { name: String },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SmokeArgs {
+    /// No-op tasks to run.
+    #[arg(long, default_value_t = 4)]
+    tasks: u32,
+    /// Seconds each task waits.
+    #[arg(long, default_value_t = 1.0)]
+    task_seconds: f64,
+    /// Bytes of the artifact each task writes (0: none).
+    #[arg(long, default_value_t = 1024)]
+    artifact_bytes: u64,
+    /// Idempotency key: running the same command again returns the same operation.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// Print the operation and return without watching it.
+    #[arg(long)]
+    no_watch: bool,
+}
+
+pub(crate) fn operations(connection: Connection, verb: OperationsVerb) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = Client::connect(&connection).await?;
+        match verb {
+            OperationsVerb::List { filter, page_size } => client.list(filter, page_size).await,
+            OperationsVerb::Get { name } => {
+                let operation = client
+                    .operations()
+                    .get_operation(client.call(GetOperationRequest { name }))
+                    .await?;
+                print_operation(&operation.into_inner(), true);
+                Ok(())
+            }
+            OperationsVerb::Watch { name } => client.watch(name).await,
+            OperationsVerb::Wait {
+                name,
+                timeout_seconds,
+            } => {
+                let timeout = Duration::try_from_secs_f64(timeout_seconds)
+                    .context("--timeout-seconds must be a non-negative number")?;
+                let request = WaitOperationRequest {
+                    name,
+                    timeout: Some(timeout.try_into()?),
+                };
+                let operation = client
+                    .operations()
+                    .wait_operation(client.call(request))
+                    .await?;
+                print_operation(&operation.into_inner(), true);
+                Ok(())
+            }
+            OperationsVerb::Cancel { name } => {
+                client
+                    .operations()
+                    .cancel_operation(client.call(CancelOperationRequest { name: name.clone() }))
+                    .await?;
+                println!("cancellation requested for {name}");
+                Ok(())
+            }
+        }
+    })
+}
+
+pub(crate) fn smoke(connection: Connection, args: SmokeArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = Client::connect(&connection).await?;
+        let request = CreateNoopOperationRequest {
+            request_id: args.request_id,
+            tasks: args.tasks,
+            task_seconds: args.task_seconds,
+            artifact_bytes: args.artifact_bytes,
+            priority: 0,
+        };
+        let operation = client
+            .lethe()
+            .create_noop_operation(client.call(request))
+            .await?
+            .into_inner();
+        if args.no_watch {
+            print_operation(&operation, false);
+            return Ok(());
+        }
+        println!("{}", operation.name);
+        client.watch(operation.name).await
+    })
+}
+
+struct Client {
+    channel: Channel,
+    tenant: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Client {
+    async fn connect(connection: &Connection) -> anyhow::Result<Self> {
+        let tenant = connection
+            .tenant
+            .parse()
+            .context("--tenant must be printable ASCII")?;
+        let channel = Channel::from_shared(connection.coordinator.clone())
+            .with_context(|| format!("--coordinator {:?} is not a URL", connection.coordinator))?
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to the coordinator at {}",
+                    connection.coordinator
+                )
+            })?;
+        Ok(Self { channel, tenant })
+    }
+
+    fn call<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("x-lethe-tenant", self.tenant.clone());
+        request
+    }
+
+    fn operations(&self) -> OperationsClient<Channel> {
+        OperationsClient::new(self.channel.clone())
+    }
+
+    fn lethe(&self) -> LetheClient<Channel> {
+        LetheClient::new(self.channel.clone())
+    }
+
+    async fn list(&self, filter: String, page_size: i32) -> anyhow::Result<()> {
+        let mut page_token = String::new();
+        let mut shown = 0;
+        loop {
+            let request = ListOperationsRequest {
+                filter: filter.clone(),
+                page_size,
+                page_token,
+                ..Default::default()
+            };
+            let page = self
+                .operations()
+                .list_operations(self.call(request))
+                .await?
+                .into_inner();
+            for operation in &page.operations {
+                print_operation(operation, false);
+            }
+            shown += page.operations.len();
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if shown == 0 {
+            eprintln!("no operations");
+        }
+        Ok(())
+    }
+
+    async fn watch(&self, name: String) -> anyhow::Result<()> {
+        let mut stream = self
+            .lethe()
+            .watch_operation(self.call(WatchOperationRequest { name: name.clone() }))
+            .await?
+            .into_inner();
+        let bar = ProgressBar::new(1000).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {percent:>3}% {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let mut last = None;
+        while let Some(operation) = stream.message().await? {
+            let metadata = metadata(&operation);
+            bar.set_position((metadata.progress * 1000.0).round() as u64);
+            bar.set_message(progress_line(&metadata));
+            last = Some(operation);
+        }
+        bar.finish_and_clear();
+        let Some(operation) = last else {
+            anyhow::bail!("the watch of {name} ended without an update")
+        };
+        print_operation(&operation, true);
+        match &operation.result {
+            Some(operation::Result::Error(status)) => {
+                anyhow::bail!("{name} did not succeed: {}", status.message)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn metadata(operation: &Operation) -> OperationMetadata {
+    operation
+        .metadata
+        .as_ref()
+        .and_then(|any| OperationMetadata::decode(any.value.as_slice()).ok())
+        .unwrap_or_default()
+}
+
+fn progress_line(metadata: &OperationMetadata) -> String {
+    let tasks = metadata.tasks.unwrap_or_default();
+    format!(
+        "{:<10} {}/{} tasks done, {} running",
+        state_name(metadata.state),
+        tasks.succeeded,
+        tasks.total,
+        tasks.running
+    )
+}
+
+fn state_name(state: i32) -> &'static str {
+    OperationState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("OPERATION_STATE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+fn print_operation(operation: &Operation, detailed: bool) {
+    let metadata = metadata(operation);
+    let kind = OperationKind::try_from(metadata.kind)
+        .map(|k| k.as_str_name().trim_start_matches("OPERATION_KIND_"))
+        .unwrap_or("UNKNOWN");
+    let created = metadata
+        .create_time
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default();
+    println!(
+        "{}  {:<11} {:>4.0}%  {}  created {created}",
+        operation.name,
+        kind,
+        metadata.progress * 100.0,
+        progress_line(&metadata)
+    );
+    if !detailed {
+        return;
+    }
+    if !metadata.request_id.is_empty() {
+        println!("  request_id: {}", metadata.request_id);
+    }
+    match &operation.result {
+        Some(operation::Result::Error(status)) => {
+            let code = tonic::Code::from_i32(status.code);
+            println!("  error: {code:?}: {}", status.message);
+        }
+        Some(operation::Result::Response(any)) => {
+            if let Ok(result) = OperationResult::decode(any.value.as_slice()) {
+                if !result.result_json.is_empty() {
+                    println!("  result: {}", result.result_json);
+                }
+            }
+        }
+        None => {}
+    }
+}

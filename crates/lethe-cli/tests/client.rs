@@ -1,0 +1,127 @@
+//! The `lethe` client verbs against a coordinator, PostgreSQL and a runner on loopback.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lethe_artifacts::ArtifactStore;
+use lethe_coordinator::{Coordinator, CoordinatorConfig};
+use lethe_proto::lethe::v1::Device;
+use lethe_runner::{Runner, RunnerConfig};
+use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
+
+fn lethe(endpoint: &str, args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(args)
+        .env("LETHE_COORDINATOR", endpoint)
+        .env_remove("LETHE_TENANT")
+        .output()
+        .unwrap();
+    output
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_list_get_cancel_and_wait_through_the_cli() {
+    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
+    let url = cluster.create_database("cli").unwrap();
+    let store = Store::connect(
+        &url,
+        StoreConfig {
+            lease: Duration::from_secs(2),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let coordinator = Coordinator::new(store, CoordinatorConfig::default())
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let endpoint = coordinator.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = ArtifactStore::open(&format!("file://{}/a", dir.path().display())).unwrap();
+    let config = RunnerConfig {
+        endpoint: endpoint.clone(),
+        name: "cli-test".into(),
+        device: Device::Cpu,
+        memory_bytes: 1 << 34,
+        slots: 2,
+        poll_wait: Duration::from_secs(1),
+        drain_grace: Duration::from_millis(100),
+    };
+    tokio::spawn(Runner::new(config, artifacts).run(std::future::pending()));
+
+    let run = |args: &[&str]| {
+        let (endpoint, args): (String, Vec<String>) = (
+            endpoint.clone(),
+            args.iter().map(|a| a.to_string()).collect(),
+        );
+        tokio::task::spawn_blocking(move || {
+            lethe(
+                &endpoint,
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+    };
+    let smoke = run(&["smoke", "--tasks", "3", "--task-seconds", "0.2"])
+        .await
+        .unwrap();
+    assert!(smoke.status.success(), "{}", text(&smoke));
+    let name = String::from_utf8_lossy(&smoke.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(name.starts_with("operations/"), "{}", text(&smoke));
+    assert!(text(&smoke).contains("SUCCEEDED"), "{}", text(&smoke));
+
+    let listed = run(&["op", "list"]).await.unwrap();
+    assert!(text(&listed).contains(&name), "{}", text(&listed));
+    let other_tenant = run(&["--tenant", "globex", "op", "get", &name])
+        .await
+        .unwrap();
+    assert!(!other_tenant.status.success());
+    assert!(
+        text(&other_tenant).contains("NotFound"),
+        "{}",
+        text(&other_tenant)
+    );
+
+    // A long smoke, cancelled from another command, ends cancelled.
+    let long = run(&[
+        "smoke",
+        "--tasks",
+        "1",
+        "--task-seconds",
+        "60",
+        "--no-watch",
+    ])
+    .await
+    .unwrap();
+    let long_name = String::from_utf8_lossy(&long.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cancel = run(&["op", "cancel", &long_name]).await.unwrap();
+    assert!(cancel.status.success(), "{}", text(&cancel));
+    let waited = run(&["op", "wait", &long_name, "--timeout-seconds", "20"])
+        .await
+        .unwrap();
+    assert!(text(&waited).contains("CANCELLED"), "{}", text(&waited));
+
+    let bad = run(&["op", "get", "jobs/1"]).await.unwrap();
+    assert!(
+        !bad.status.success() && text(&bad).contains("InvalidArgument"),
+        "{}",
+        text(&bad)
+    );
+}
