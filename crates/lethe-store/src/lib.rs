@@ -85,6 +85,8 @@ impl Store {
             // keeps re-planning their CTEs for every execution (a custom plan per parameter
             // set), which cost more than executing them. Their generic plans are the same.
             ("plan_cache_mode", "force_generic_plan".to_string()),
+            // A transaction left open by a crashed caller must not hold back vacuum.
+            ("idle_in_transaction_session_timeout", "60000".to_string()),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
