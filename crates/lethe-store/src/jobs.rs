@@ -154,7 +154,8 @@ impl Store {
         let state = lock_job(&mut tx, id, Some(tenant)).await?;
         if !state.is_terminal() {
             stop_tasks(&mut tx, id).await?;
-            settle_cancelling(&mut tx, id, Some(state)).await?;
+            // The job enters `cancelling`, and leaves it at once if nothing runs.
+            settle_cancelling(&mut tx, id, Some(JobState::Cancelling)).await?;
         }
         tx.commit().await?;
         self.get_job(tenant, id).await
@@ -351,10 +352,7 @@ pub(crate) async fn settle_cancelling(
         Some(state) => state,
         None => lock_job(tx, job_id, None).await?,
     };
-    if !matches!(
-        state,
-        JobState::Queued | JobState::Running | JobState::Cancelling
-    ) {
+    if state != JobState::Cancelling {
         return Ok(state);
     }
     let new_state: String = sqlx::query_scalar(

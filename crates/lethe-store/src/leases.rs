@@ -326,6 +326,14 @@ impl Store {
         let owner: Uuid = row.try_get("lease_owner")?;
         let leased_at: DateTime<Utc> = row.try_get("leased_at")?;
 
+        // A "cancelled" report that nobody asked for is an interruption: the task is still
+        // wanted, and cancelling its job is the caller's decision, not the worker's.
+        let end = match end {
+            AttemptEnd::Reported(FailureClass::Cancelled) if !cancel_requested => {
+                AttemptEnd::Reported(FailureClass::Interrupted)
+            }
+            other => other,
+        };
         let interrupted = matches!(
             end,
             AttemptEnd::LeaseExpired | AttemptEnd::Reported(FailureClass::Interrupted)

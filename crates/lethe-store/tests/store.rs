@@ -737,3 +737,25 @@ async fn a_job_whose_finalisation_was_lost_is_finalised_by_the_sweep() {
         "only once"
     );
 }
+
+#[tokio::test]
+async fn a_cancellation_nobody_asked_for_is_an_interruption() {
+    let store = store().await;
+    let (job, _) = store.create_job(&job("acme", noop_tasks(2))).await.unwrap();
+    let me = worker(&store, "w").await;
+    let task = store.claim(me, 1).await.unwrap().remove(0);
+    let outcome = store
+        .fail(task.id, 1, me, FailureClass::Cancelled, &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.task_state, outcome.job_state),
+        (TaskState::Available, JobState::Running)
+    );
+    let counts = store.task_counts(job.id).await.unwrap();
+    assert_eq!(
+        (counts.available, counts.cancelled),
+        (2, 0),
+        "the job and its other task go on"
+    );
+}
