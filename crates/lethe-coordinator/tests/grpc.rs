@@ -3,7 +3,6 @@
 //! reflection.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,7 +19,7 @@ use lethe_proto::lethe::v1::{
     FailTaskRequest, HeartbeatRequest, LeasedTask, OperationMetadata, OperationResult,
     OperationState, Progress, RegisterWorkerRequest, WatchOperationRequest,
 };
-use lethe_store::{Durability, JobKind, LocalCluster, NewJob, NewTask, Store, StoreConfig};
+use lethe_store::{JobKind, LocalCluster, NewJob, NewTask, Store, StoreConfig};
 use prost::Message;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -29,14 +28,7 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 fn cluster() -> &'static LocalCluster {
-    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
-        cluster
-            .stop_when_process_exits(std::process::id())
-            .expect("watchdog");
-        cluster
-    })
+    LocalCluster::shared().expect("start PostgreSQL")
 }
 
 struct Stack {

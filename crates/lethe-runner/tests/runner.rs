@@ -3,7 +3,6 @@
 //! cancellation stops a running task; a draining runner hands its work back.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
@@ -11,21 +10,12 @@ use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator};
 use lethe_proto::lethe::v1::Device;
 use lethe_runner::{RunSummary, Runner, RunnerConfig};
 use lethe_store::sqlx;
-use lethe_store::{
-    Durability, JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig,
-};
+use lethe_store::{JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig};
 use serde_json::json;
 use uuid::Uuid;
 
 fn cluster() -> &'static LocalCluster {
-    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
-        cluster
-            .stop_when_process_exits(std::process::id())
-            .expect("watchdog");
-        cluster
-    })
+    LocalCluster::shared().expect("start PostgreSQL")
 }
 
 struct Stack {

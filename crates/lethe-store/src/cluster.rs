@@ -45,6 +45,21 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// One temporary cluster per process, started on first use and stopped when the process
+    /// exits: what test binaries share (each test takes its own database).
+    pub fn shared() -> Result<&'static LocalCluster, StoreError> {
+        static SHARED: std::sync::OnceLock<Result<LocalCluster, String>> =
+            std::sync::OnceLock::new();
+        let cluster = SHARED.get_or_init(|| {
+            let cluster = Self::start_temporary(Durability::Fast).map_err(|e| e.to_string())?;
+            cluster
+                .stop_when_process_exits(std::process::id())
+                .map_err(|e| e.to_string())?;
+            Ok(cluster)
+        });
+        cluster.as_ref().map_err(|e| StoreError::Cluster(e.clone()))
+    }
+
     /// Creates a cluster in `data_dir` if it holds none yet, and returns it stopped. The
     /// directory survives the value: this is how the local stack keeps its state.
     pub fn init(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {

@@ -3,25 +3,17 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use lethe_store::{
-    ArtifactRef, Device, Durability, FailureClass, JobFilter, JobKind, JobState, LocalCluster,
-    NewJob, NewTask, NewWorker, RetryPolicy, Store, StoreConfig, StoreError, TaskState,
+    ArtifactRef, Device, FailureClass, JobFilter, JobKind, JobState, LocalCluster, NewJob, NewTask,
+    NewWorker, RetryPolicy, Store, StoreConfig, StoreError, TaskState,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 fn cluster() -> &'static LocalCluster {
-    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let cluster = LocalCluster::start_temporary(Durability::Fast).expect("start PostgreSQL");
-        cluster
-            .stop_when_process_exits(std::process::id())
-            .expect("watchdog");
-        cluster
-    })
+    LocalCluster::shared().expect("start PostgreSQL")
 }
 
 /// A store on a fresh database of the shared cluster.
