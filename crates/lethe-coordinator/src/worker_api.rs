@@ -141,7 +141,7 @@ impl WorkerService for WorkerApi {
             .artifacts
             .iter()
             .enumerate()
-            .map(|(i, a)| artifact(i, a))
+            .map(|(i, a)| artifact(i, a, task, request.attempt))
             .collect::<Result<Vec<_>, _>>()?;
         let result = match request.result_json.as_str() {
             "" => None,
@@ -253,9 +253,14 @@ fn ids(task: &str, worker: &str) -> Result<(Uuid, Uuid), Status> {
     ))
 }
 
+/// A reported artifact, checked: a 32-byte hash, and a URI under the attempt's own prefix
+/// (`.../tasks/{task}/attempts/{attempt}/...`), so that no attempt can commit an object another
+/// attempt may still write.
 fn artifact(
     index: usize,
     artifact: &lethe_proto::lethe::v1::Artifact,
+    task: Uuid,
+    attempt: i32,
 ) -> Result<ArtifactRef, Status> {
     let field = |name: &str| format!("artifacts[{index}].{name}");
     let sha256: [u8; 32] = artifact.sha256.as_slice().try_into().map_err(|_| {
@@ -269,6 +274,13 @@ fn artifact(
     }
     if artifact.uri.is_empty() || artifact.uri.len() > 2000 {
         return Err(invalid(&field("uri"), "must be 1 to 2000 bytes"));
+    }
+    let scope = format!("/tasks/{task}/attempts/{attempt}/");
+    if !artifact.uri.contains(&scope) || artifact.uri.contains("/../") {
+        return Err(invalid(
+            &field("uri"),
+            format!("must be under this attempt's prefix ({scope})"),
+        ));
     }
     Ok(ArtifactRef {
         name: artifact.name.clone(),

@@ -142,7 +142,10 @@ fn complete(worker: &str, task: &LeasedTask, result: &str) -> CompleteTaskReques
         attempt: task.attempt,
         artifacts: vec![Artifact {
             name: "out".into(),
-            uri: format!("file:///artifacts/{}/{}", task.task_id, task.attempt),
+            uri: format!(
+                "file:///artifacts/tasks/{}/attempts/{}/out",
+                task.task_id, task.attempt
+            ),
             sha256: vec![1; 32],
             size_bytes: 10,
         }],
@@ -482,6 +485,12 @@ async fn operations_list_in_pages_per_tenant_and_refuse_bad_requests() {
     short_hash.artifacts[0].sha256 = vec![0; 5];
     assert_eq!(
         workers.complete_task(short_hash).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut foreign_uri = complete(&worker, &task, "");
+    foreign_uri.artifacts[0].uri = "file:///artifacts/tasks/other/attempts/1/out".into();
+    assert_eq!(
+        workers.complete_task(foreign_uri).await.unwrap_err().code(),
         Code::InvalidArgument
     );
     let not_json = complete(&worker, &task, "{");

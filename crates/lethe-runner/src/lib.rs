@@ -317,10 +317,17 @@ impl Shared {
         if fenced.load(Ordering::SeqCst) {
             tracing::warn!(task = %task.task_id, attempt = task.attempt, "lease lost; result dropped");
             self.count(|s| s.fenced += 1);
+            self.discard(task_id, task.attempt).await;
             return None;
         }
         match outcome {
-            Ok(Ok(output)) => self.complete(&task, output).await,
+            Ok(Ok(output)) => {
+                let next = self.complete(&task, output).await;
+                if next.is_err() {
+                    self.discard(task_id, task.attempt).await;
+                }
+                next.unwrap_or(None)
+            }
             Ok(Err(TaskError::Cancelled)) => {
                 self.fail(
                     &task,
@@ -392,7 +399,12 @@ impl Shared {
         }
     }
 
-    async fn complete(&self, task: &LeasedTask, output: TaskOutput) -> Option<LeasedTask> {
+    /// Commits an attempt; `Err` when the coordinator refused it (its objects are then nobody's).
+    async fn complete(
+        &self,
+        task: &LeasedTask,
+        output: TaskOutput,
+    ) -> Result<Option<LeasedTask>, ()> {
         let request = CompleteTaskRequest {
             worker_id: self.worker_id.clone(),
             task_id: task.task_id.clone(),
@@ -413,13 +425,21 @@ impl Shared {
         match self.client.clone().complete_task(request).await {
             Ok(answer) => {
                 self.count(|s| s.completed += 1);
-                answer.into_inner().next_task
+                Ok(answer.into_inner().next_task)
             }
             Err(status) => {
                 tracing::warn!(task = %task.task_id, error = %status, "completion refused");
                 self.count(|s| s.fenced += 1);
-                None
+                Err(())
             }
+        }
+    }
+
+    /// Removes what an attempt wrote when its result will never be committed, so that lost
+    /// attempts leave no orphaned objects. Best effort: a leftover is harmless, only wasteful.
+    async fn discard(&self, task: uuid::Uuid, attempt: i32) {
+        if let Err(e) = self.artifacts.delete_attempt(task, attempt).await {
+            tracing::warn!(task = %task, attempt, error = %e, "could not remove a lost attempt's objects");
         }
     }
 
@@ -437,6 +457,10 @@ impl Shared {
             Err(status) => {
                 tracing::warn!(task = %task.task_id, error = %status, "failure report refused")
             }
+        }
+        // Whatever this attempt wrote will not be committed.
+        if let Ok(id) = uuid::Uuid::parse_str(&task.task_id) {
+            self.discard(id, task.attempt).await;
         }
     }
 
