@@ -47,6 +47,12 @@ enum Verb {
     /// Operations on the coordinator: list, get, watch, wait, cancel.
     #[command(subcommand, visible_alias = "op")]
     Operations(client::OperationsVerb),
+    /// Datasets registered with the coordinator: register, get.
+    #[command(subcommand)]
+    Datasets(client::DatasetsVerb),
+    /// Models registered with the coordinator: register, get.
+    #[command(subcommand)]
+    Models(client::ModelsVerb),
     /// Check a deployment end to end: run no-op tasks through the coordinator, the workers and
     /// the artifact store, and watch them finish.
     Smoke(client::SmokeArgs),
@@ -84,6 +90,8 @@ fn main() -> ExitCode {
     let (name, forwarded) = match cli.command {
         Verb::Operations(verb) => return report(client::operations(cli.connection, verb)),
         Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),
+        Verb::Datasets(verb) => return report(client::datasets(cli.connection, verb)),
+        Verb::Models(verb) => return report(client::models(cli.connection, verb)),
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),

@@ -118,6 +118,44 @@ async fn smoke_list_get_cancel_and_wait_through_the_cli() {
         .unwrap();
     assert!(text(&waited).contains("CANCELLED"), "{}", text(&waited));
 
+    let sha = "ab".repeat(32);
+    let registered = run(&[
+        "datasets",
+        "register",
+        "fmnist-tiny",
+        "file:///data/fmnist-tiny.safetensors",
+        "--sha256",
+        &sha,
+    ])
+    .await
+    .unwrap();
+    assert!(registered.status.success(), "{}", text(&registered));
+    let model = run(&[
+        "models",
+        "register",
+        "mlp",
+        "file:///models/mlp.safetensors",
+        "--dataset",
+        "fmnist-tiny",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        text(&model).contains("models/mlp  trained on datasets/fmnist-tiny"),
+        "{}",
+        text(&model)
+    );
+    let got = run(&["datasets", "get", "fmnist-tiny"]).await.unwrap();
+    assert!(text(&got).contains(&sha), "{}", text(&got));
+    let bad_hash = run(&["datasets", "register", "x", "file:///x", "--sha256", "zz"])
+        .await
+        .unwrap();
+    assert!(
+        !bad_hash.status.success() && text(&bad_hash).contains("64 hex digits"),
+        "{}",
+        text(&bad_hash)
+    );
+
     let bad = run(&["op", "get", "jobs/1"]).await.unwrap();
     assert!(
         !bad.status.success() && text(&bad).contains("InvalidArgument"),

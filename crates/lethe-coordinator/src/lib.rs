@@ -3,6 +3,7 @@
 //! only shorten waits, and every decision is a guarded update in the store.
 
 mod operations;
+mod registry;
 mod server;
 mod status;
 mod tenant;

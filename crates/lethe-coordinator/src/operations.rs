@@ -20,6 +20,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
+use crate::registry::{dataset_to_proto, model_to_proto, optional_hash, resource_id};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
 use crate::tenant::tenant_of;
@@ -171,6 +172,69 @@ type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Se
 #[tonic::async_trait]
 impl Lethe for OperationsApi {
     type WatchOperationStream = OperationStream;
+
+    async fn register_dataset(
+        &self,
+        request: Request<pb::RegisterDatasetRequest>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let sha256 = optional_hash("sha256", &request.sha256)?;
+        let (dataset, _) = self
+            .shared
+            .store
+            .register_dataset(&tenant, &request.dataset_id, &request.uri, sha256)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(dataset_to_proto(dataset)))
+    }
+
+    async fn get_dataset(
+        &self,
+        request: Request<pb::GetDatasetRequest>,
+    ) -> Result<Response<pb::Dataset>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = resource_id("name", "datasets", &request.get_ref().name)?;
+        let dataset = self
+            .shared
+            .store
+            .get_dataset(&tenant, id)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(dataset_to_proto(dataset)))
+    }
+
+    async fn register_model(
+        &self,
+        request: Request<pb::RegisterModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let sha256 = optional_hash("sha256", &request.sha256)?;
+        let dataset = resource_id("dataset", "datasets", &request.dataset)?;
+        let (model, _) = self
+            .shared
+            .store
+            .register_model(&tenant, &request.model_id, dataset, &request.uri, sha256)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(model_to_proto(model)))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let tenant = tenant_of(&request)?;
+        let id = resource_id("name", "models", &request.get_ref().name)?;
+        let model = self
+            .shared
+            .store
+            .get_model(&tenant, id)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(model_to_proto(model)))
+    }
 
     async fn create_noop_operation(
         &self,

@@ -44,6 +44,11 @@ pub(crate) fn from_store(error: StoreError) -> Status {
             format!("request_id {request_id:?} was already used for a different request"),
             ErrorDetails::with_error_info("REQUEST_ID_REUSED", DOMAIN, HashMap::new()),
         ),
+        StoreError::AlreadyExists { what, name } => Status::with_error_details(
+            Code::AlreadyExists,
+            format!("{what} {name:?} is already registered with a different URL or hash"),
+            ErrorDetails::with_resource_info(what, name, "", "names are bound to one URL for good"),
+        ),
         StoreError::InvalidArgument(message) => Status::invalid_argument(message),
         e if e.is_transient() => {
             tracing::warn!(error = %e, "database unavailable");

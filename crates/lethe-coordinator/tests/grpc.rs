@@ -708,3 +708,169 @@ async fn create_is_idempotent_over_grpc_and_validates_its_input() {
         .into_inner();
     assert_eq!(listed.operations.len(), 1, "refused requests wrote nothing");
 }
+
+#[tokio::test]
+async fn datasets_and_models_are_registered_once_per_tenant_and_name() {
+    use lethe_proto::lethe::v1::{
+        GetDatasetRequest, GetModelRequest, RegisterDatasetRequest, RegisterModelRequest,
+    };
+    let stack = stack().await;
+    let mut api = LetheClient::new(stack.channel.clone());
+    let dataset = RegisterDatasetRequest {
+        dataset_id: "fmnist-tiny".into(),
+        uri: "s3://lethe/datasets/fmnist-tiny.safetensors".into(),
+        sha256: vec![7; 32],
+    };
+    let registered = api
+        .register_dataset(as_tenant("acme", dataset.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(registered.name, "datasets/fmnist-tiny");
+    let again = api
+        .register_dataset(as_tenant("acme", dataset.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again, registered,
+        "registering the same thing twice is a no-op"
+    );
+    let moved = RegisterDatasetRequest {
+        uri: "s3://lethe/elsewhere".into(),
+        ..dataset.clone()
+    };
+    assert_eq!(
+        api.register_dataset(as_tenant("acme", moved))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    let got = api
+        .get_dataset(as_tenant(
+            "acme",
+            GetDatasetRequest {
+                name: "datasets/fmnist-tiny".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner(), registered);
+    let theirs = api
+        .get_dataset(as_tenant(
+            "globex",
+            GetDatasetRequest {
+                name: "datasets/fmnist-tiny".into(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        theirs.unwrap_err().code(),
+        Code::NotFound,
+        "another tenant's dataset does not exist for this one"
+    );
+
+    let model = RegisterModelRequest {
+        model_id: "mlp-v0".into(),
+        dataset: "datasets/fmnist-tiny".into(),
+        uri: "file:///var/lib/lethe/models/mlp-v0.safetensors".into(),
+        sha256: vec![],
+    };
+    let registered = api
+        .register_model(as_tenant("acme", model.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (registered.name.as_str(), registered.dataset.as_str()),
+        ("models/mlp-v0", "datasets/fmnist-tiny")
+    );
+    let got = api
+        .get_model(as_tenant(
+            "acme",
+            GetModelRequest {
+                name: "models/mlp-v0".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner(), registered);
+    let unknown_dataset = RegisterModelRequest {
+        model_id: "other".into(),
+        dataset: "datasets/none".into(),
+        ..model.clone()
+    };
+    assert_eq!(
+        api.register_model(as_tenant("acme", unknown_dataset))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let on_their_dataset = api.register_model(as_tenant("globex", model.clone())).await;
+    assert_eq!(on_their_dataset.unwrap_err().code(), Code::NotFound);
+
+    for bad in [
+        RegisterDatasetRequest {
+            dataset_id: "Upper".into(),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "".into(),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "x".repeat(101),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "ok".into(),
+            uri: "http://example.com/x".into(),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "ok".into(),
+            uri: "file:///data/../etc/passwd".into(),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "ok".into(),
+            uri: "relative/path".into(),
+            ..dataset.clone()
+        },
+        RegisterDatasetRequest {
+            dataset_id: "ok".into(),
+            sha256: vec![1; 5],
+            ..dataset.clone()
+        },
+    ] {
+        let status = api
+            .register_dataset(as_tenant("acme", bad.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    let malformed = api
+        .get_dataset(as_tenant(
+            "acme",
+            GetDatasetRequest {
+                name: "fmnist-tiny".into(),
+            },
+        ))
+        .await;
+    assert_eq!(malformed.unwrap_err().code(), Code::InvalidArgument);
+    let ok = api
+        .get_dataset(as_tenant(
+            "acme",
+            GetDatasetRequest {
+                name: "datasets/ok".into(),
+            },
+        ))
+        .await;
+    assert_eq!(
+        ok.unwrap_err().code(),
+        Code::NotFound,
+        "refused registrations wrote nothing"
+    );
+}

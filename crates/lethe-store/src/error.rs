@@ -23,6 +23,9 @@ pub enum StoreError {
     /// The task's job is being cancelled; the attempt was recorded as cancelled.
     #[error("task {task} was cancelled")]
     TaskCancelled { task: Uuid },
+    /// A name is already bound to something else.
+    #[error("{what} {name:?} is already registered with a different URL or hash")]
+    AlreadyExists { what: &'static str, name: String },
     /// An idempotency key was reused for a request that differs from the first one.
     #[error("request_id {request_id:?} was already used for a different request")]
     IdempotencyConflict { request_id: String },

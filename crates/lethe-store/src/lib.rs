@@ -2,6 +2,8 @@
 //! state change is a guarded update, so any number of coordinator replicas can share one
 //! database and none of them holds authority in memory.
 //!
+//! - [`Store::register_dataset`] and [`Store::register_model`] bind a tenant's names to
+//!   object-store URLs.
 //! - [`Store::create_job`] writes a job and its task graph in one transaction, idempotently.
 //! - [`Store::claim`] leases available tasks with a `FOR UPDATE SKIP LOCKED` CTE.
 //! - [`Store::heartbeat`], [`Store::complete`] and [`Store::fail`] quote the attempt they were
@@ -18,6 +20,7 @@ mod cluster;
 mod error;
 mod jobs;
 mod leases;
+mod registry;
 mod retry;
 mod rows;
 mod types;
@@ -31,6 +34,7 @@ use sqlx::PgPool;
 pub use cluster::{Durability, LocalCluster};
 pub use error::StoreError;
 pub use jobs::MAX_TASKS_PER_JOB;
+pub use registry::{Dataset, Model};
 pub use retry::RetryPolicy;
 /// The driver, for callers that run their own SQL against the store's pool (benchmarks, checks).
 pub use sqlx;
