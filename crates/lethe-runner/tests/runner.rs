@@ -33,7 +33,7 @@ async fn stack() -> Stack {
         .unwrap()
         .unwrap();
     let config = StoreConfig {
-        lease: Duration::from_secs(1),
+        lease: Duration::from_secs(2),
         ..StoreConfig::default()
     };
     let store = Store::connect(&url, config).await.unwrap();
