@@ -361,30 +361,34 @@ impl Store {
                 }
             }
         };
-        let retry_at: Option<DateTime<Utc>> = match (next, outcome) {
-            (TaskState::Available, "retryable") => {
-                let wait = self
-                    .config
+        // The wait before the task may run again; the time itself is the database's, so that
+        // coordinators on hosts with skewed clocks agree on it.
+        let wait: Option<f64> = match (next, outcome) {
+            (TaskState::Available, "retryable") => Some(
+                self.config
                     .retry
-                    .backoff(failures.max(1) as u32, &mut rand::rng());
-                Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
-            }
-            (TaskState::Available, _) => Some(Utc::now()),
+                    .backoff(failures.max(1) as u32, &mut rand::rng())
+                    .as_secs_f64(),
+            ),
+            (TaskState::Available, _) => Some(0.0),
             _ => None,
         };
-        sqlx::query(
+        let run_at: DateTime<Utc> = sqlx::query_scalar(
             "UPDATE tasks SET state = $2, interruptions = $3, lease_owner = NULL, \
-                 lease_expires_at = NULL, last_error = $4, run_at = COALESCE($5, run_at), \
+                 lease_expires_at = NULL, last_error = $4, \
+                 run_at = CASE WHEN $5::float8 IS NULL THEN run_at \
+                               ELSE now() + make_interval(secs => $5::float8) END, \
                  finished_at = CASE WHEN $2 IN ('failed', 'cancelled') THEN now() END \
-             WHERE id = $1",
+             WHERE id = $1 RETURNING run_at",
         )
         .bind(task)
         .bind(next.as_str())
         .bind(interruptions)
         .bind(error)
-        .bind(retry_at)
-        .execute(&mut **tx)
+        .bind(wait)
+        .fetch_one(&mut **tx)
         .await?;
+        let retry_at = wait.map(|_| run_at);
         sqlx::query(
             "INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome, error) \
              VALUES ($1, $2, $3, $4, $5, $6)",
