@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use lethe_store::sqlx;
 use lethe_store::{
     ArtifactRef, Device, FailureClass, JobFilter, JobKind, JobState, LocalCluster, NewJob, NewTask,
     NewWorker, RetryPolicy, Store, StoreConfig, StoreError, TaskState,
@@ -244,7 +245,6 @@ async fn retryable_failures_back_off_then_fail_the_job() {
     let flaky = claimed.iter().find(|t| t.kind == "flaky").unwrap().clone();
     let other = claimed.iter().find(|t| t.kind == "noop").unwrap().clone();
 
-    let before = chrono::Utc::now();
     let outcome = store
         .fail(
             flaky.id,
@@ -257,9 +257,17 @@ async fn retryable_failures_back_off_then_fail_the_job() {
         .unwrap();
     assert_eq!(outcome.task_state, TaskState::Available);
     assert_eq!(outcome.job_state, JobState::Running);
-    let wait = (outcome.retry_at.unwrap() - before).to_std().unwrap();
+    // The attempt ended at the transaction's now(), the retry is due that plus the backoff:
+    // within [nominal / 2, nominal] of 200 ms.
+    let ended: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT ended_at FROM task_attempts WHERE task_id = $1 AND attempt = 1")
+            .bind(flaky.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let wait = (outcome.retry_at.unwrap() - ended).to_std().unwrap();
     assert!(
-        wait >= Duration::from_millis(100) && wait <= Duration::from_millis(300),
+        wait >= Duration::from_millis(100) && wait <= Duration::from_millis(200),
         "{wait:?}"
     );
     // Not claimable during the backoff, claimable after it, with the next attempt.
