@@ -197,7 +197,8 @@ impl WorkerService for WorkerApi {
             .await
             .map_err(from_store)?;
         let requeued = outcome.task_state == TaskState::Available;
-        if requeued && outcome.retry_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        if requeued {
+            // A task in backoff is not claimable yet; the woken poll finds nothing and waits on.
             self.shared.wake.tasks_available(1);
         }
         Ok(Response::new(FailTaskResponse {

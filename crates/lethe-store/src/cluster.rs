@@ -87,7 +87,7 @@ impl LocalCluster {
                     allow_traverse(parent)?;
                 }
             }
-            cluster.run(
+            cluster.command(
                 "initdb",
                 &[
                     "-D",
@@ -124,7 +124,7 @@ impl LocalCluster {
     pub fn start(&self) -> Result<(), StoreError> {
         let log = self.data_dir.join("server.log");
         let options = format!("-p {}", self.port);
-        self.run(
+        self.command(
             "pg_ctl",
             &[
                 "-D",
@@ -144,7 +144,7 @@ impl LocalCluster {
     /// Stops the server at once (`-m immediate`): what a crash of PostgreSQL looks like to
     /// its clients.
     pub fn stop(&self) -> Result<(), StoreError> {
-        self.run(
+        self.command(
             "pg_ctl",
             &[
                 "-D",
@@ -222,10 +222,6 @@ impl LocalCluster {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Result<(), StoreError> {
-        self.command(program, args)
     }
 
     fn command(&self, program: &str, args: &[&str]) -> Result<(), StoreError> {
