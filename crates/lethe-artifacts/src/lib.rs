@@ -218,7 +218,42 @@ impl ArtifactStore {
         object: &StoredObject,
         dest: &Path,
     ) -> Result<(), ArtifactError> {
-        let location = self.location_of(&object.uri)?;
+        self.download_checked(&object.uri, dest, |found| {
+            check(object, found.sha256, found.size)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Downloads an object registered by a user, whose hash may be known and size is not:
+    /// checks the hash when given, and returns what was read either way.
+    pub async fn download(
+        &self,
+        uri: &str,
+        sha256: Option<[u8; 32]>,
+        dest: &Path,
+    ) -> Result<StoredObject, ArtifactError> {
+        self.download_checked(uri, dest, |found| match sha256 {
+            Some(expected) => check(
+                &StoredObject {
+                    sha256: expected,
+                    ..found.clone()
+                },
+                found.sha256,
+                found.size,
+            ),
+            None => Ok(()),
+        })
+        .await
+    }
+
+    async fn download_checked(
+        &self,
+        uri: &str,
+        dest: &Path,
+        verify: impl FnOnce(&StoredObject) -> Result<(), ArtifactError>,
+    ) -> Result<StoredObject, ArtifactError> {
+        let location = self.location_of(uri)?;
         let partial = dest.with_extension("partial");
         let io = |source| ArtifactError::Io {
             path: partial.clone(),
@@ -228,24 +263,30 @@ impl ArtifactStore {
             .store
             .get(&location)
             .await
-            .map_err(|e| self.read_error(&object.uri, e))?
+            .map_err(|e| self.read_error(uri, e))?
             .into_stream();
         let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.read_error(&object.uri, e))?;
+            let chunk = chunk.map_err(|e| self.read_error(uri, e))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
             file.write_all(&chunk).await.map_err(io)?;
         }
         file.flush().await.map_err(io)?;
         drop(file);
-        if let Err(e) = check(object, hasher.finalize().into(), size) {
+        let found = StoredObject {
+            uri: uri.to_string(),
+            sha256: hasher.finalize().into(),
+            size,
+        };
+        if let Err(e) = verify(&found) {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(e);
         }
-        tokio::fs::rename(&partial, dest).await.map_err(io)
+        tokio::fs::rename(&partial, dest).await.map_err(io)?;
+        Ok(found)
     }
 
     /// Removes what an attempt wrote: attempts that lost their lease leave objects nobody

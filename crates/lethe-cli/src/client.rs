@@ -89,6 +89,8 @@ pub(crate) enum ModelsVerb {
     },
     /// Show a model.
     Get { id: String },
+    /// List a model's versions, newest first.
+    Versions { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +212,7 @@ pub(crate) fn models(connection: Connection, verb: ModelsVerb) -> anyhow::Result
                 };
                 client.lethe().get_model(client.call(request)).await?
             }
+            ModelsVerb::Versions { id } => return crate::submit::print_versions(&client, id).await,
         }
         .into_inner();
         println!(
@@ -265,13 +268,13 @@ pub(crate) fn smoke(connection: Connection, args: SmokeArgs) -> anyhow::Result<(
     })
 }
 
-struct Client {
+pub(crate) struct Client {
     channel: Channel,
     tenant: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl Client {
-    async fn connect(connection: &Connection) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(connection: &Connection) -> anyhow::Result<Self> {
         let tenant = connection
             .tenant
             .parse()
@@ -289,7 +292,7 @@ impl Client {
         Ok(Self { channel, tenant })
     }
 
-    fn call<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn call<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
@@ -297,11 +300,11 @@ impl Client {
         request
     }
 
-    fn operations(&self) -> OperationsClient<Channel> {
+    pub(crate) fn operations(&self) -> OperationsClient<Channel> {
         OperationsClient::new(self.channel.clone())
     }
 
-    fn lethe(&self) -> LetheClient<Channel> {
+    pub(crate) fn lethe(&self) -> LetheClient<Channel> {
         LetheClient::new(self.channel.clone())
     }
 
@@ -335,7 +338,7 @@ impl Client {
         Ok(())
     }
 
-    async fn watch(&self, name: String) -> anyhow::Result<()> {
+    pub(crate) async fn watch(&self, name: String) -> anyhow::Result<()> {
         let mut stream = self
             .lethe()
             .watch_operation(self.call(WatchOperationRequest { name: name.clone() }))
@@ -370,7 +373,7 @@ impl Client {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -401,7 +404,7 @@ fn state_name(state: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
-fn print_operation(operation: &Operation, detailed: bool) {
+pub(crate) fn print_operation(operation: &Operation, detailed: bool) {
     let metadata = metadata(operation);
     let kind = OperationKind::try_from(metadata.kind)
         .map(|k| k.as_str_name().trim_start_matches("OPERATION_KIND_"))

@@ -14,6 +14,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 mod client;
+mod submit;
 
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "Lethe: make trained models forget")]
@@ -56,6 +57,12 @@ enum Verb {
     /// Check a deployment end to end: run no-op tasks through the coordinator, the workers and
     /// the artifact store, and watch them finish.
     Smoke(client::SmokeArgs),
+    /// Submit work: an index build or a deletion request (watched to the end unless
+    /// --no-watch).
+    #[command(subcommand)]
+    Submit(submit::SubmitVerb),
+    /// Download the checkpoint a succeeded deletion request made.
+    Download(submit::DownloadArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +99,8 @@ fn main() -> ExitCode {
         Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),
         Verb::Datasets(verb) => return report(client::datasets(cli.connection, verb)),
         Verb::Models(verb) => return report(client::models(cli.connection, verb)),
+        Verb::Submit(verb) => return report(submit::submit(cli.connection, verb)),
+        Verb::Download(args) => return report(submit::download(cli.connection, args)),
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),

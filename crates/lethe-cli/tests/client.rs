@@ -156,6 +156,52 @@ async fn smoke_list_get_cancel_and_wait_through_the_cli() {
         text(&bad_hash)
     );
 
+    // Work on a model: an index build is queued (no ML worker here), a deletion request is
+    // refused until the model has an index, and the registered model is version 0.
+    let index = run(&["submit", "index", "mlp", "--members", "8", "--no-watch"])
+        .await
+        .unwrap();
+    assert!(
+        index.status.success() && text(&index).contains("INDEX_BUILD"),
+        "{}",
+        text(&index)
+    );
+    let early = run(&["submit", "deletion", "mlp", "--forget", "1,2", "--no-watch"])
+        .await
+        .unwrap();
+    assert!(
+        !early.status.success() && text(&early).contains("no attribution index"),
+        "{}",
+        text(&early)
+    );
+    let versions = run(&["models", "versions", "mlp"]).await.unwrap();
+    assert!(
+        text(&versions).contains("v0") && text(&versions).contains("(registered)"),
+        "{}",
+        text(&versions)
+    );
+    let index_name = String::from_utf8_lossy(&index.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let artifacts_url = format!("file://{}/a", dir.path().display());
+    let not_done = run(&[
+        "download",
+        &index_name,
+        "--artifacts",
+        &artifacts_url,
+        "--out",
+        "/tmp/never",
+    ])
+    .await
+    .unwrap();
+    assert!(
+        !not_done.status.success() && text(&not_done).contains("not done"),
+        "{}",
+        text(&not_done)
+    );
+
     let bad = run(&["op", "get", "jobs/1"]).await.unwrap();
     assert!(
         !bad.status.success() && text(&bad).contains("InvalidArgument"),

@@ -166,6 +166,7 @@ async fn run_raw(store: &Store, workers: usize, tasks: usize) -> anyhow::Result<
             memory_bytes: 0,
             slots: 1,
             version: String::new(),
+            kinds: Vec::new(),
         })
         .await?;
     let done = Arc::new(AtomicU64::new(0));
@@ -222,6 +223,7 @@ async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Resul
             memory_bytes: 1 << 34,
             slots: 1,
             version: String::new(),
+            kinds: vec!["noop".into()],
         };
         ids.push(store.register_worker(&worker).await?);
     }
@@ -272,6 +274,7 @@ async fn run_lethe(
                 memory_bytes: 1 << 34,
                 slots: 1,
                 version: "bench".into(),
+                kinds: vec!["noop".into()],
             })
             .await?
             .into_inner();

@@ -3,7 +3,9 @@
 //! only shorten waits, and every decision is a guarded update in the store.
 
 mod operations;
+mod planner;
 mod registry;
+mod requests;
 mod server;
 mod status;
 mod tenant;

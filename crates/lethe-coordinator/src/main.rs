@@ -26,6 +26,9 @@ struct Args {
     /// Milliseconds between database re-reads of a waiting long-poll.
     #[arg(long, env = "LETHE_POLL_INTERVAL_MS", default_value_t = 500)]
     poll_interval_ms: u64,
+    /// Seconds the oldest pending deletion request of a model waits for others to join its run.
+    #[arg(long, env = "LETHE_COALESCING_WINDOW_SECONDS", default_value_t = 10.0)]
+    coalescing_window_seconds: f64,
 }
 
 #[tokio::main]
@@ -42,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
             args.lease_seconds
         );
     }
+    if !(args.coalescing_window_seconds.is_finite() && args.coalescing_window_seconds >= 0.0) {
+        anyhow::bail!("--coalescing-window-seconds must be a non-negative number");
+    }
     let store_config = StoreConfig {
         lease: Duration::from_secs_f64(args.lease_seconds),
         max_connections: args.db_max_connections.max(1),
@@ -56,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "coordinator serving");
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+        coalescing_window: Duration::from_secs_f64(args.coalescing_window_seconds),
         ..CoordinatorConfig::default()
     };
     Coordinator::new(store, config)

@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::registry::{dataset_to_proto, model_to_proto, optional_hash, resource_id};
+use crate::requests::parse_priority;
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
 use crate::tenant::tenant_of;
@@ -236,6 +237,42 @@ impl Lethe for OperationsApi {
         Ok(Response::new(model_to_proto(model)))
     }
 
+    async fn list_model_versions(
+        &self,
+        request: Request<pb::ListModelVersionsRequest>,
+    ) -> Result<Response<pb::ListModelVersionsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let versions = self
+            .shared
+            .list_model_versions(tenant, request.into_inner())
+            .await?;
+        Ok(Response::new(versions))
+    }
+
+    async fn create_index_build(
+        &self,
+        request: Request<pb::CreateIndexBuildRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let tenant = tenant_of(&request)?;
+        let operation = self
+            .shared
+            .create_index_build(tenant, request.into_inner())
+            .await?;
+        Ok(Response::new(operation))
+    }
+
+    async fn create_deletion_request(
+        &self,
+        request: Request<pb::CreateDeletionRequestRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let tenant = tenant_of(&request)?;
+        let operation = self
+            .shared
+            .create_deletion_request(tenant, request.into_inner())
+            .await?;
+        Ok(Response::new(operation))
+    }
+
     async fn create_noop_operation(
         &self,
         request: Request<CreateNoopOperationRequest>,
@@ -254,10 +291,7 @@ impl Lethe for OperationsApi {
         if request.artifact_bytes > 64 << 20 {
             return Err(invalid("artifact_bytes", "must be at most 64 MiB"));
         }
-        let priority = i16::try_from(request.priority)
-            .ok()
-            .filter(|p| (-100..=100).contains(p))
-            .ok_or_else(|| invalid("priority", "must be -100 to 100"))?;
+        let priority = parse_priority(request.priority)?;
         let mut spec = serde_json::json!({"seconds": request.task_seconds});
         if request.artifact_bytes > 0 {
             spec["artifact_bytes"] = request.artifact_bytes.into();
@@ -350,6 +384,7 @@ pub(crate) fn to_operation(job: &Job) -> Operation {
             counts.fraction_done()
         },
         cancel_requested: matches!(job.state, JobState::Cancelling | JobState::Cancelled),
+        run: job.run_id.map(operation_name).unwrap_or_default(),
     };
     let result = match job.state {
         JobState::Succeeded => {
@@ -390,6 +425,8 @@ fn failure_status(error: Option<&serde_json::Value>) -> rpc::Status {
     };
     let code = match (field("code"), field("outcome")) {
         ("DEADLINE_EXCEEDED", _) => Code::DeadlineExceeded,
+        // A deletion run could not be planned (no index, say).
+        ("FAILED_PRECONDITION", _) => Code::FailedPrecondition,
         // The task's input cannot be processed: retrying the same request will fail again.
         ("TASK_FAILED", "fatal") => Code::FailedPrecondition,
         ("TASK_FAILED", _) => Code::Aborted,
@@ -434,6 +471,7 @@ fn kind_to_proto(kind: JobKind) -> OperationKind {
     match kind {
         JobKind::IndexBuild => OperationKind::IndexBuild,
         JobKind::Deletion => OperationKind::Deletion,
+        JobKind::DeletionRun => OperationKind::DeletionRun,
         JobKind::Noop => OperationKind::Noop,
     }
 }

@@ -22,8 +22,11 @@ pub struct CoordinatorConfig {
     /// How often a waiting long-poll or Wait re-reads the database when nothing woke it: the
     /// bound on how late a change made through another replica is seen.
     pub poll_interval: Duration,
-    /// How often this replica reaps expired leases and expires deadlines.
+    /// How often this replica reaps expired leases, expires deadlines and plans deletion runs.
     pub maintenance_interval: Duration,
+    /// How long the oldest pending deletion request of a model waits for others to join its
+    /// run: requests that arrive together are served by one fine-tune.
+    pub coalescing_window: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -31,6 +34,7 @@ impl Default for CoordinatorConfig {
         Self {
             poll_interval: Duration::from_millis(500),
             maintenance_interval: Duration::from_secs(2),
+            coalescing_window: Duration::from_secs(10),
         }
     }
 }
@@ -159,7 +163,7 @@ impl RunningCoordinator {
     }
 }
 
-/// Reaps expired leases, finalises finished jobs and expires deadlines. Every replica runs it; the store's queries
+/// Reaps expired leases, finalises finished jobs, plans deletion runs and expires deadlines. Every replica runs it; the store's queries
 /// skip rows another replica holds, so they never do the same work twice.
 async fn maintain(shared: Arc<Shared>) {
     loop {
@@ -180,6 +184,11 @@ async fn maintain(shared: Arc<Shared>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "finalised jobs whose last completion was not"),
             Err(e) => tracing::warn!(error = %e, "finalising finished jobs failed"),
+        }
+        match shared.plan_deletion_runs().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "planned deletion runs"),
+            Err(e) => tracing::warn!(error = %e, "planning deletion runs failed"),
         }
         match shared.store.expire_deadlines(1000).await {
             Ok(0) => {}

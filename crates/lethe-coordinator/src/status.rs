@@ -50,6 +50,7 @@ pub(crate) fn from_store(error: StoreError) -> Status {
             ErrorDetails::with_resource_info(what, name, "", "names are bound to one URL for good"),
         ),
         StoreError::InvalidArgument(message) => Status::invalid_argument(message),
+        StoreError::FailedPrecondition(message) => Status::failed_precondition(message),
         e if e.is_transient() => {
             tracing::warn!(error = %e, "database unavailable");
             Status::with_error_details(

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lethe_proto::lethe::v1::{
-    worker_service_server::WorkerService, AcquireTaskRequest, AcquireTaskResponse,
+    worker_service_server::WorkerService, AcquireTaskRequest, AcquireTaskResponse, Artifact,
     CompleteTaskRequest, CompleteTaskResponse, Device as ProtoDevice, DrainWorkerRequest,
-    DrainWorkerResponse, ErrorClass, FailTaskRequest, FailTaskResponse, HeartbeatRequest,
-    HeartbeatResponse, LeasedTask, RegisterWorkerRequest, RegisterWorkerResponse,
+    DrainWorkerResponse, ErrorClass, FailTaskRequest, FailTaskResponse, GetTaskInputsRequest,
+    GetTaskInputsResponse, HeartbeatRequest, HeartbeatResponse, LeasedTask, RegisterWorkerRequest,
+    RegisterWorkerResponse, TaskInput,
 };
 use lethe_store::{ArtifactRef, Device, FailureClass, JobState, NewWorker, TaskState};
 use serde_json::json;
@@ -47,6 +48,7 @@ impl WorkerService for WorkerApi {
             slots: i32::try_from(request.slots.max(1))
                 .map_err(|_| invalid("slots", "too large"))?,
             version: request.version.chars().take(100).collect(),
+            kinds: request.kinds,
         };
         let id = self
             .shared
@@ -205,6 +207,37 @@ impl WorkerService for WorkerApi {
             requeued,
             retry_at: outcome.retry_at.filter(|_| requeued).map(timestamp),
             operation_failed: outcome.job_state == JobState::Failed,
+        }))
+    }
+
+    async fn get_task_inputs(
+        &self,
+        request: Request<GetTaskInputsRequest>,
+    ) -> Result<Response<GetTaskInputsResponse>, Status> {
+        let request = request.into_inner();
+        let worker = parse_uuid("worker_id", &request.worker_id)?;
+        let task = parse_uuid("task_id", &request.task_id)?;
+        let inputs = self
+            .shared
+            .store
+            .task_inputs(task, request.attempt, worker)
+            .await
+            .map_err(from_store)?;
+        Ok(Response::new(GetTaskInputsResponse {
+            inputs: inputs
+                .into_iter()
+                .map(|input| TaskInput {
+                    task_id: input.task_id.to_string(),
+                    task_kind: input.task_kind,
+                    task_spec_json: input.task_spec.to_string(),
+                    artifact: Some(Artifact {
+                        name: input.name,
+                        uri: input.uri,
+                        sha256: input.sha256.to_vec(),
+                        size_bytes: input.size_bytes as u64,
+                    }),
+                })
+                .collect(),
         }))
     }
 

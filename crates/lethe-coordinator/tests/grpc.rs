@@ -48,6 +48,7 @@ async fn stack_with(store_config: StoreConfig) -> Stack {
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::new(store.clone(), config)
         .spawn("127.0.0.1:0".parse().unwrap())
@@ -85,6 +86,7 @@ impl Stack {
             memory_bytes: 1 << 34,
             slots: 1,
             version: "test".into(),
+            ..Default::default()
         };
         self.workers()
             .register_worker(request)

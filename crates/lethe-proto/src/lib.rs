@@ -18,5 +18,7 @@ pub mod lethe {
     }
 }
 
+pub mod tasks;
+
 /// The encoded descriptors of every file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lethe_descriptor");

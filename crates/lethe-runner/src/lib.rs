@@ -16,7 +16,8 @@ use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
-    FailTaskRequest, HeartbeatRequest, LeasedTask, Progress, RegisterWorkerRequest,
+    FailTaskRequest, GetTaskInputsRequest, HeartbeatRequest, LeasedTask, Progress,
+    RegisterWorkerRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -52,6 +53,9 @@ pub struct TaskContext {
     pub tenant: String,
     pub spec: serde_json::Value,
     pub artifacts: ArtifactStore,
+    /// The committed artifacts of the tasks this one depends on, when its handler asks for
+    /// them ([`TaskHandler::needs_inputs`]).
+    pub inputs: Vec<TaskInput>,
     cancelled: Arc<AtomicBool>,
     progress: Arc<Mutex<(f64, String)>>,
 }
@@ -77,9 +81,26 @@ impl TaskContext {
     }
 }
 
-/// Runs one kind of task. Called on a blocking thread.
+/// An artifact of a task that the running task depends on.
+#[derive(Clone, Debug)]
+pub struct TaskInput {
+    pub task_id: uuid::Uuid,
+    pub task_kind: String,
+    pub task_spec: serde_json::Value,
+    pub name: String,
+    pub object: StoredObject,
+}
+
+/// Runs one kind of task. Called on a blocking thread, inside the runner's tokio runtime (so
+/// `Handle::current().block_on` reaches the artifact store).
 pub trait TaskHandler: Send + Sync {
     fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError>;
+
+    /// Whether the handler reads its dependencies' artifacts: the runner then fetches their
+    /// list before it starts (one more call, which tasks without dependencies are spared).
+    fn needs_inputs(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +184,7 @@ impl Runner {
                 memory_bytes: self.config.memory_bytes,
                 slots: self.config.slots.max(1),
                 version: env!("CARGO_PKG_VERSION").into(),
+                kinds: self.handlers.keys().cloned().collect(),
             })
             .await?
             .into_inner();
@@ -294,7 +316,24 @@ impl Shared {
                 .await;
             return None;
         };
+        let inputs = if handler.needs_inputs() {
+            match self.inputs(&task).await {
+                Ok(inputs) => inputs,
+                Err(status) if status.code() == Code::Aborted => {
+                    self.count(|s| s.fenced += 1);
+                    return None;
+                }
+                Err(status) => {
+                    let message = format!("reading the task's inputs: {}", status.message());
+                    self.fail(&task, ErrorClass::Retryable, message).await;
+                    return None;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let context = TaskContext {
+            inputs,
             task_id,
             attempt: task.attempt,
             kind: task.kind.clone(),
@@ -357,6 +396,42 @@ impl Shared {
                 None
             }
         }
+    }
+
+    async fn inputs(&self, task: &LeasedTask) -> Result<Vec<TaskInput>, tonic::Status> {
+        let answer = self
+            .client
+            .clone()
+            .get_task_inputs(GetTaskInputsRequest {
+                worker_id: self.worker_id.clone(),
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+            })
+            .await?
+            .into_inner();
+        answer
+            .inputs
+            .into_iter()
+            .map(|input| {
+                let bad = |what: &str| tonic::Status::internal(format!("task input: {what}"));
+                let artifact = input.artifact.ok_or_else(|| bad("no artifact"))?;
+                Ok(TaskInput {
+                    task_id: uuid::Uuid::parse_str(&input.task_id).map_err(|_| bad("task id"))?,
+                    task_kind: input.task_kind,
+                    task_spec: serde_json::from_str(&input.task_spec_json)
+                        .map_err(|_| bad("spec"))?,
+                    name: artifact.name,
+                    object: StoredObject {
+                        uri: artifact.uri,
+                        sha256: artifact
+                            .sha256
+                            .try_into()
+                            .map_err(|_| bad("sha256 is not 32 bytes"))?,
+                        size: artifact.size_bytes,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Heartbeats until aborted: carries progress, raises the cancellation flag when the

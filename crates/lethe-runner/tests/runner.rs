@@ -40,6 +40,7 @@ async fn stack() -> Stack {
     let coordinator_config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::new(store.clone(), coordinator_config)
         .spawn("127.0.0.1:0".parse().unwrap())

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// An idempotency key was reused for a request that differs from the first one.
     #[error("request_id {request_id:?} was already used for a different request")]
     IdempotencyConflict { request_id: String },
+    /// The request is valid but the state it would act on does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("local PostgreSQL cluster: {0}")]

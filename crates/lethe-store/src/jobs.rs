@@ -8,7 +8,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, JOB_COLUMNS, TASK_COLUMNS};
-use crate::types::{Job, JobFilter, JobState, NewJob, Page, Task, TaskCounts};
+use crate::types::{Job, JobFilter, JobKind, JobState, NewJob, Page, Task, TaskCounts};
 use crate::{Store, StoreError};
 
 const MAX_NAME: usize = 200;
@@ -20,28 +20,19 @@ impl Store {
     /// created now; with a `request_id` already used for the same request, returns the first
     /// job instead (AIP-155), and with one used for a different request, refuses.
     pub async fn create_job(&self, new: &NewJob) -> Result<(Job, bool), StoreError> {
+        self.create_job_about(new, None).await
+    }
+
+    /// [`Store::create_job`] for a job about one model (an index build or a deletion request).
+    pub async fn create_job_about(
+        &self,
+        new: &NewJob,
+        model_id: Option<Uuid>,
+    ) -> Result<(Job, bool), StoreError> {
         validate(new)?;
         let request_hash = request_hash(new);
-        let job_id = Uuid::now_v7();
-        let total = new.tasks.len() as i32;
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
-             deadline_at, tasks_total) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(job_id)
-        .bind(&new.tenant)
-        .bind(new.kind.as_str())
-        .bind(&new.request_id)
-        .bind(&request_hash[..])
-        .bind(&new.spec)
-        .bind(new.priority)
-        .bind(new.deadline)
-        .bind(total)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let inserted = insert_job(&mut tx, new, model_id, &request_hash).await?;
         let Some(row) = inserted else {
             // Only a request_id can conflict. The competing insert has committed by now (ON
             // CONFLICT waits for it), so the first job is visible.
@@ -59,7 +50,6 @@ impl Store {
             }
             return Ok((rows::job(&row)?, false));
         };
-        insert_tasks(&mut tx, job_id, new).await?;
         tx.commit().await?;
         let mut job = rows::job(&row)?;
         // RETURNING ran before the tasks existed.
@@ -150,8 +140,29 @@ impl Store {
     /// workers learn it from the next heartbeat) and the job is `cancelling` until they have.
     /// Cancelling a finished job changes nothing and returns it.
     pub async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Job, StoreError> {
+        let run: Option<Uuid> =
+            sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1 AND tenant = $2")
+                .bind(id)
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        if let Some(run) = run {
+            self.cancel_request_in_run(tenant, id, run).await?;
+            return self.get_job(tenant, id).await;
+        }
         let mut tx = self.pool.begin().await?;
         let state = lock_job(&mut tx, id, Some(tenant)).await?;
+        // A planner may have put the request into a run since it was read above.
+        let joined: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(run) = joined {
+            tx.rollback().await?;
+            self.cancel_request_in_run(tenant, id, run).await?;
+            return self.get_job(tenant, id).await;
+        }
         if !state.is_terminal() {
             stop_tasks(&mut tx, id).await?;
             // The job enters `cancelling`, and leaves it at once if nothing runs.
@@ -183,7 +194,7 @@ impl Store {
     }
 }
 
-fn validate(new: &NewJob) -> Result<(), StoreError> {
+pub(crate) fn validate(new: &NewJob) -> Result<(), StoreError> {
     let invalid = |m: String| Err(StoreError::InvalidArgument(m));
     if new.tenant.is_empty() || new.tenant.len() > MAX_NAME {
         return invalid(format!("tenant must be 1 to {MAX_NAME} bytes"));
@@ -196,7 +207,9 @@ fn validate(new: &NewJob) -> Result<(), StoreError> {
     if !(-100..=100).contains(&new.priority) {
         return invalid(format!("priority {} is outside -100..=100", new.priority));
     }
-    if new.tasks.is_empty() || new.tasks.len() > MAX_TASKS_PER_JOB {
+    // A deletion request is the one job without tasks: its run does its work.
+    let tasks_needed = usize::from(new.kind != JobKind::Deletion);
+    if new.tasks.len() < tasks_needed || new.tasks.len() > MAX_TASKS_PER_JOB {
         return invalid(format!(
             "a job needs 1 to {MAX_TASKS_PER_JOB} tasks, got {}",
             new.tasks.len()
@@ -220,8 +233,40 @@ fn validate(new: &NewJob) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Inserts a validated job and its tasks; `None` when its `request_id` is taken.
+pub(crate) async fn insert_job(
+    tx: &mut Transaction<'_, Postgres>,
+    new: &NewJob,
+    model_id: Option<Uuid>,
+    request_hash: &[u8; 32],
+) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
+    let job_id = Uuid::now_v7();
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
+         deadline_at, tasks_total, model_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(job_id)
+    .bind(&new.tenant)
+    .bind(new.kind.as_str())
+    .bind(&new.request_id)
+    .bind(&request_hash[..])
+    .bind(&new.spec)
+    .bind(new.priority)
+    .bind(new.deadline)
+    .bind(new.tasks.len() as i32)
+    .bind(model_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_some() && !new.tasks.is_empty() {
+        insert_tasks(tx, job_id, new).await?;
+    }
+    Ok(inserted)
+}
+
 /// What makes two creates "the same request" for idempotency.
-fn request_hash(new: &NewJob) -> [u8; 32] {
+pub(crate) fn request_hash(new: &NewJob) -> [u8; 32] {
     let canonical = json!({
         "kind": new.kind.as_str(),
         "spec": new.spec,
@@ -325,7 +370,10 @@ pub(crate) async fn lock_job(
 /// Asks a job's leased tasks to stop and ends those that have not started. Leased rows are
 /// locked first, blocked ones after: the order a completion locks its own row and then its
 /// dependents', so the two never wait on each other in a cycle.
-async fn stop_tasks(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Result<(), StoreError> {
+pub(crate) async fn stop_tasks(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE tasks SET cancel_requested = true WHERE job_id = $1 AND state = 'leased'")
         .bind(job_id)
         .execute(&mut **tx)

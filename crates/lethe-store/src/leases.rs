@@ -35,7 +35,7 @@ impl Store {
         // `= ANY(ARRAY(..))` rather than joins whose row counts a generic plan cannot know.
         let rows = sqlx::query(
             "WITH me AS ( \
-                 SELECT device, memory_bytes FROM workers WHERE id = $1 AND state = 'active' \
+                 SELECT device, memory_bytes, kinds FROM workers WHERE id = $1 AND state = 'active' \
              ), seen AS ( \
                  UPDATE workers SET last_seen_at = now() \
                  WHERE id = $1 AND last_seen_at < now() - interval '5 seconds' \
@@ -44,6 +44,7 @@ impl Store {
                  WHERE t.state = 'available' AND t.run_at <= now() \
                    AND (t.requires_device IS NULL OR t.requires_device = me.device) \
                    AND t.min_memory_bytes <= me.memory_bytes \
+                   AND (cardinality(me.kinds) = 0 OR t.kind = ANY(me.kinds)) \
                  ORDER BY t.priority DESC, t.run_at, t.id \
                  LIMIT $2 FOR UPDATE OF t SKIP LOCKED \
              ), claimed AS ( \
@@ -210,7 +211,7 @@ impl Store {
             "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now(), \
                  result = (SELECT result FROM tasks WHERE job_id = $1 AND result IS NOT NULL \
                            ORDER BY id DESC LIMIT 1) \
-             WHERE id = $1 AND state IN ('queued', 'running') \
+             WHERE id = $1 AND state IN ('queued', 'running') AND kind <> 'deletion' \
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state <> 'succeeded')",
         )
         .bind(job_id)
@@ -223,7 +224,7 @@ impl Store {
     /// was lost (its process died between the two statements). Returns how many.
     pub async fn finalize_finished_jobs(&self, limit: i64) -> Result<u64, StoreError> {
         let finished: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running') \
+            "SELECT j.id FROM jobs j WHERE j.state IN ('queued', 'running') AND j.kind <> 'deletion' \
                AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.state <> 'succeeded') \
              LIMIT $1",
         )

@@ -9,6 +9,9 @@
 //! - [`Store::heartbeat`], [`Store::complete`] and [`Store::fail`] quote the attempt they were
 //!   given (the fencing token): a stale worker's call changes nothing and gets
 //!   [`StoreError::Fenced`].
+//! - [`Store::create_deletion_request`] files a request; [`Store::start_deletion_run`]
+//!   coalesces a model's pending requests into one run, and a trigger carries the run's state
+//!   to its requests and records the model version it made.
 //! - [`Store::reap_expired_leases`], [`Store::finalize_finished_jobs`] and
 //!   [`Store::expire_deadlines`] are safe to run from every replica at once.
 //!
@@ -17,6 +20,7 @@
 //! releasing its dependents; stopping a job). Completions take no job lock at all.
 
 mod cluster;
+mod deletions;
 mod error;
 mod jobs;
 mod leases;
@@ -32,6 +36,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use cluster::{Durability, LocalCluster};
+pub use deletions::{IndexRef, ModelVersion, PendingRequest, RunInputs, StoredRef, TaskInput};
 pub use error::StoreError;
 pub use jobs::MAX_TASKS_PER_JOB;
 pub use registry::{Dataset, Model};

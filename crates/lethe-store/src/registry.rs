@@ -39,7 +39,7 @@ impl Store {
         uri: &str,
         sha256: Option<[u8; 32]>,
     ) -> Result<(Dataset, bool), StoreError> {
-        check(name, uri)?;
+        check(name, uri, true)?;
         let inserted = sqlx::query(
             "INSERT INTO datasets (id, tenant, name, uri, sha256) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tenant, name) DO NOTHING RETURNING id",
@@ -90,7 +90,7 @@ impl Store {
         uri: &str,
         sha256: Option<[u8; 32]>,
     ) -> Result<(Model, bool), StoreError> {
-        check(name, uri)?;
+        check(name, uri, false)?;
         let dataset_id = self.get_dataset(tenant, dataset).await?.id;
         let inserted = sqlx::query(
             "INSERT INTO models (id, tenant, name, dataset_id, uri, sha256) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -138,7 +138,18 @@ impl Store {
 }
 
 /// Names are short lowercase handles; URLs are object-store URLs that stay where they point.
-fn check(name: &str, uri: &str) -> Result<(), StoreError> {
+/// `builtin:NAME`: a dataset that worker images carry (`fmnist-tiny`, say).
+fn is_builtin(uri: &str) -> bool {
+    uri.strip_prefix("builtin:").is_some_and(|name| {
+        !name.is_empty()
+            && name.len() <= 100
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
+}
+
+fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError> {
     let name_ok = !name.is_empty()
         && name.len() <= 100
         && name
@@ -153,11 +164,13 @@ fn check(name: &str, uri: &str) -> Result<(), StoreError> {
             "name {name:?}: 1 to 100 of [a-z0-9._-], starting with a letter or digit"
         )));
     }
-    let scheme_ok = ["file:///", "s3://"].iter().any(|s| uri.starts_with(s));
+    let scheme_ok = ["file:///", "s3://"].iter().any(|s| uri.starts_with(s))
+        || (builtin_allowed && is_builtin(uri));
     let escapes = uri.split('/').any(|segment| segment == "..");
     if !scheme_ok || escapes || uri.len() > 2000 || uri.chars().any(char::is_control) {
         return Err(StoreError::InvalidArgument(format!(
-            "uri {uri:?}: a file:/// or s3:// URL of at most 2000 characters, without '..'"
+            "uri {uri:?}: a file:/// or s3:// URL of at most 2000 characters, without '..' \
+             (datasets may also be builtin:NAME)"
         )));
     }
     Ok(())

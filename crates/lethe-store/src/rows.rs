@@ -8,11 +8,11 @@ use crate::types::{Job, JobKind, JobState, Task, TaskCounts, TaskState};
 use crate::StoreError;
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant, kind, request_id, spec, priority, state, \
-    tasks_total, error, result, deadline_at, created_at, updated_at, finished_at, \
+    tasks_total, error, result, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
     (SELECT coalesce(json_agg(json_build_array(s.state, s.n, s.fraction)), '[]'::json) \
      FROM (SELECT state, count(*) AS n, \
                   COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
-           FROM tasks WHERE tasks.job_id = jobs.id GROUP BY state) s) AS task_counts";
+           FROM tasks WHERE tasks.job_id = COALESCE(jobs.run_id, jobs.id) GROUP BY state) s) AS task_counts";
 
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.job_id, t.kind, t.spec, t.state, t.attempt, \
     t.max_attempts, t.interruptions, t.lease_owner, t.lease_expires_at, t.cancel_requested, \
@@ -35,6 +35,8 @@ pub(crate) fn job(row: &PgRow) -> Result<Job, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+        model_id: row.try_get("model_id")?,
+        run_id: row.try_get("run_id")?,
         tasks: task_counts(row.try_get("task_counts")?)?,
     })
 }

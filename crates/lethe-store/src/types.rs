@@ -43,7 +43,15 @@ macro_rules! text_enum {
 
 text_enum!(
     /// What a job does.
-    JobKind { IndexBuild => "index_build", Deletion => "deletion", Noop => "noop" }
+    JobKind {
+        IndexBuild => "index_build",
+        /// A deletion request: the operation a tenant follows. Its work is done by the run it
+        /// is coalesced into.
+        Deletion => "deletion",
+        /// The task graph that serves one or more deletion requests on one model.
+        DeletionRun => "deletion_run",
+        Noop => "noop",
+    }
 );
 
 text_enum!(
@@ -173,7 +181,11 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Its tasks by state, read with the job.
+    /// The model an index build, deletion request or deletion run is about.
+    pub model_id: Option<Uuid>,
+    /// The run a deletion request was coalesced into.
+    pub run_id: Option<Uuid>,
+    /// Its tasks by state, read with the job (a deletion request's are its run's).
     pub tasks: TaskCounts,
 }
 
@@ -217,6 +229,8 @@ pub struct NewWorker {
     pub memory_bytes: i64,
     pub slots: i32,
     pub version: String,
+    /// The task kinds it runs; empty means every kind.
+    pub kinds: Vec<String>,
 }
 
 /// An object a worker wrote, as reported on completion. The coordinator records it; readers

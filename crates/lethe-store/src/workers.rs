@@ -20,10 +20,15 @@ impl Store {
                 "memory_bytes must be ≥ 0 and slots between 1 and 1024".into(),
             ));
         }
+        if worker.kinds.len() > 100 || worker.kinds.iter().any(|k| k.is_empty() || k.len() > 100) {
+            return Err(StoreError::InvalidArgument(
+                "at most 100 task kinds of 1 to 100 bytes each".into(),
+            ));
+        }
         let id = Uuid::now_v7();
         sqlx::query(
-            "INSERT INTO workers (id, name, device, memory_bytes, slots, version) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO workers (id, name, device, memory_bytes, slots, version, kinds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(&worker.name)
@@ -31,6 +36,7 @@ impl Store {
         .bind(worker.memory_bytes)
         .bind(worker.slots)
         .bind(&worker.version)
+        .bind(&worker.kinds)
         .execute(&self.pool)
         .await?;
         Ok(id)

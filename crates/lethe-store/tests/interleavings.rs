@@ -294,6 +294,7 @@ async fn register(store: &Store, name: &str) -> Uuid {
         memory_bytes: 1 << 30,
         slots: 4,
         version: String::new(),
+        kinds: Vec::new(),
     };
     store.register_worker(&worker).await.unwrap()
 }

@@ -43,6 +43,7 @@ async fn worker_with(store: &Store, name: &str, device: Device, memory_bytes: i6
         memory_bytes,
         slots: 1,
         version: "test".into(),
+        kinds: Vec::new(),
     };
     store.register_worker(&new).await.unwrap()
 }
@@ -758,4 +759,32 @@ async fn a_cancellation_nobody_asked_for_is_an_interruption() {
         (2, 0),
         "the job and its other task go on"
     );
+}
+
+#[tokio::test]
+async fn a_worker_only_leases_the_kinds_it_runs() {
+    let store = store().await;
+    let tasks = vec![
+        NewTask::new("retrain", json!({})),
+        NewTask::new("noop", json!({})),
+    ];
+    store.create_job(&job("acme", tasks)).await.unwrap();
+    let noop_only = store
+        .register_worker(&NewWorker {
+            name: "noop-only".into(),
+            device: Device::Cpu,
+            memory_bytes: 1 << 34,
+            slots: 1,
+            version: "test".into(),
+            kinds: vec!["noop".into()],
+        })
+        .await
+        .unwrap();
+    let claimed = store.claim(noop_only, 10).await.unwrap();
+    let kinds: Vec<&str> = claimed.iter().map(|t| t.kind.as_str()).collect();
+    assert_eq!(kinds, ["noop"]);
+    let any = worker(&store, "any").await;
+    let claimed = store.claim(any, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].kind, "retrain");
 }

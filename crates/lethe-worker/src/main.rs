@@ -5,6 +5,7 @@
 
 mod local;
 mod serve;
+mod tasks;
 
 use std::process::ExitCode;
 

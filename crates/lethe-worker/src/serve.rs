@@ -43,6 +43,11 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let artifacts = ArtifactStore::open(&args.artifacts).context("opening --artifacts")?;
     let cuda = !args.cpu && tch::Cuda::is_available();
     let device = if cuda { Device::Cuda } else { Device::Cpu };
+    let tch_device = if cuda {
+        tch::Device::Cuda(0)
+    } else {
+        tch::Device::Cpu
+    };
     let name = args
         .name
         .unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()));
@@ -63,7 +68,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             "lethe-worker {name}: {device:?}, {} slot(s), serving {}",
             config.slots, config.endpoint
         );
-        Runner::new(config, artifacts).run(shutdown_signal()).await
+        let mut runner = Runner::new(config, artifacts);
+        crate::tasks::register(&mut runner, tch_device);
+        runner.run(shutdown_signal()).await
     })?;
     eprintln!(
         "lethe-worker {name}: stopped; {} completed, {} failed, {} cancelled, {} lost to another attempt, {} handed back",

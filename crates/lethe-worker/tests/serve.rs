@@ -46,6 +46,7 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(250),
+        ..CoordinatorConfig::default()
     };
     let coordinator = Coordinator::new(store.clone(), config)
         .spawn("127.0.0.1:0".parse().unwrap())

@@ -58,7 +58,9 @@ impl Lineage {
         self.forgotten.len() as f64 / num_train.max(1) as f64
     }
 
-    fn next(
+    /// The lineage of the version a request for `request` makes from this one, having
+    /// forgotten `forgotten` in all (see [`Lineage::accumulate`]).
+    pub fn advance(
         &self,
         forgotten: &ForgetSet,
         method: Method,
@@ -110,7 +112,7 @@ pub fn unlearn_version(
     };
     let summary = unlearn(current, config, &forgotten, &anchored, seed)?;
     Ok((
-        lineage.next(&forgotten, config.method(), request, seed),
+        lineage.advance(&forgotten, config.method(), request, seed),
         summary,
     ))
 }

@@ -1,0 +1,216 @@
+//! Work a user asks for: index builds and deletion requests, the versions they make, and
+//! downloading a new version's checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use lethe_artifacts::{ArtifactStore, StoredObject};
+use lethe_proto::google::longrunning::{operation, GetOperationRequest};
+use lethe_proto::lethe::v1::{
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, ListModelVersionsRequest,
+    OperationResult,
+};
+use prost::Message;
+
+use crate::client::{print_operation, runtime, Client, Connection};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SubmitVerb {
+    /// Build a model's attribution index (subset retrains fanned out over workers, then β).
+    Index(IndexArgs),
+    /// Ask for training examples of a model to be forgotten.
+    Deletion(DeletionArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct Submission {
+    /// Idempotency key: submitting again with it returns the same operation.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// -100 to 100; higher runs first.
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Print the operation and return without watching it.
+    #[arg(long)]
+    no_watch: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IndexArgs {
+    /// The model's id.
+    model: String,
+    /// Subset retrains (0: the coordinator's default, 128).
+    #[arg(long, default_value_t = 0)]
+    members: u32,
+    /// Fraction of the training set each retrain sees (0: 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    alpha: f64,
+    /// Retrains per task (0: 32).
+    #[arg(long, default_value_t = 0)]
+    members_per_task: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    submission: Submission,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DeletionArgs {
+    /// The model's id.
+    model: String,
+    /// Training indices to forget, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    forget: Vec<i64>,
+    /// Oracle retrains to audit the new version against (0: no audit).
+    #[arg(long, default_value_t = 0)]
+    audit_oracles: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    submission: Submission,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DownloadArgs {
+    /// A succeeded deletion request (`operations/{uuid}`).
+    operation: String,
+    /// The artifact store the workers write to (file:///... or s3://...).
+    #[arg(long, env = "LETHE_ARTIFACTS")]
+    artifacts: String,
+    /// Where to write the new version's checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = Client::connect(&connection).await?;
+        let (operation, submission) = match verb {
+            SubmitVerb::Index(args) => {
+                let request = CreateIndexBuildRequest {
+                    request_id: args.submission.request_id.clone(),
+                    model: format!("models/{}", args.model),
+                    members: args.members,
+                    alpha: args.alpha,
+                    members_per_task: args.members_per_task,
+                    seed: args.seed,
+                    priority: args.submission.priority,
+                };
+                let operation = client
+                    .lethe()
+                    .create_index_build(client.call(request))
+                    .await?;
+                (operation.into_inner(), args.submission)
+            }
+            SubmitVerb::Deletion(args) => {
+                let request = CreateDeletionRequestRequest {
+                    request_id: args.submission.request_id.clone(),
+                    model: format!("models/{}", args.model),
+                    forget: args.forget,
+                    audit_oracles: args.audit_oracles,
+                    seed: args.seed,
+                    priority: args.submission.priority,
+                };
+                let operation = client
+                    .lethe()
+                    .create_deletion_request(client.call(request))
+                    .await?;
+                (operation.into_inner(), args.submission)
+            }
+        };
+        if submission.no_watch {
+            print_operation(&operation, false);
+            return Ok(());
+        }
+        println!("{}", operation.name);
+        client.watch(operation.name).await
+    })
+}
+
+pub(crate) async fn print_versions(client: &Client, model: String) -> anyhow::Result<()> {
+    let request = ListModelVersionsRequest {
+        model: format!("models/{model}"),
+    };
+    let versions = client
+        .lethe()
+        .list_model_versions(client.call(request))
+        .await?
+        .into_inner()
+        .versions;
+    for version in versions {
+        println!(
+            "v{:<4} {:>6} forgotten  {}  {}",
+            version.version,
+            version.forgotten_count,
+            version.uri,
+            if version.run.is_empty() {
+                "(registered)".to_string()
+            } else {
+                version.run
+            }
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn download(connection: Connection, args: DownloadArgs) -> anyhow::Result<()> {
+    let store = ArtifactStore::open(&args.artifacts).context("opening --artifacts")?;
+    runtime()?.block_on(async move {
+        let client = Client::connect(&connection).await?;
+        let operation = client
+            .operations()
+            .get_operation(client.call(GetOperationRequest {
+                name: args.operation.clone(),
+            }))
+            .await?
+            .into_inner();
+        let result = match &operation.result {
+            Some(operation::Result::Response(any)) => OperationResult::decode(any.value.as_slice())
+                .context("the operation's response is not an OperationResult")?,
+            Some(operation::Result::Error(status)) => {
+                bail!("{} failed: {}", args.operation, status.message)
+            }
+            None => bail!("{} is not done yet", args.operation),
+        };
+        let object = model_object(&result.result_json)
+            .with_context(|| format!("{} made no model version", args.operation))?;
+        store
+            .download_verified(&object, &args.out)
+            .await
+            .with_context(|| format!("downloading {}", object.uri))?;
+        println!(
+            "{} ({} bytes, sha256 {}) → {}",
+            object.uri,
+            object.size,
+            hex::encode(object.sha256),
+            args.out.display()
+        );
+        Ok(())
+    })
+}
+
+/// The checkpoint a deletion request's result names.
+fn model_object(result_json: &str) -> anyhow::Result<StoredObject> {
+    let result: serde_json::Value =
+        serde_json::from_str(result_json).context("the result is not JSON")?;
+    let field = |name: &str| {
+        result
+            .get(name)
+            .with_context(|| format!("the result has no `{name}`"))
+    };
+    let sha256 = hex::decode(field("model_sha256")?.as_str().unwrap_or_default())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .context("model_sha256 is not 64 hex digits")?;
+    Ok(StoredObject {
+        uri: field("model_uri")?
+            .as_str()
+            .context("model_uri is not a string")?
+            .to_string(),
+        sha256,
+        size: field("model_size_bytes")?
+            .as_u64()
+            .context("model_size_bytes is not a size")?,
+    })
+}

@@ -1,0 +1,331 @@
+//! The planner: what an index build and a deletion run are as task graphs.
+//!
+//! - An index build fans out into `retrain` tasks, one per range of `members_per_task`
+//!   subset models, and a `build_index` reduce that depends on all of them.
+//! - A deletion run is `predict` → `match`, and with an audit, `retrain` tasks for oracles (on
+//!   everything but the forgotten examples, in parallel with the rest) and an `audit` that
+//!   depends on the match and the oracles.
+//!
+//! Runs are planned from the store's [`RunInputs`] under the model's lock, by any replica's
+//! maintenance loop once the oldest pending request has waited out the coalescing window.
+
+use std::collections::BTreeSet;
+
+use lethe_proto::tasks::{
+    self, AuditSpec, BuildIndexSpec, EnsembleTask, MatchSpec, ObjectRef, PredictSpec, RetrainSpec,
+};
+use lethe_store::{JobKind, NewJob, NewTask, RunInputs, StoreError, StoredRef};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// An index build as asked for, defaults applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct IndexBuildPlan {
+    pub(crate) model: String,
+    pub(crate) dataset: ObjectRef,
+    pub(crate) checkpoint: ObjectRef,
+    pub(crate) members: usize,
+    pub(crate) alpha: f64,
+    pub(crate) members_per_task: usize,
+    pub(crate) seed: u64,
+}
+
+/// What one deletion request asks for, as stored in its job's spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DeletionRequestSpec {
+    pub(crate) model: String,
+    pub(crate) forget: Vec<i64>,
+    pub(crate) audit_oracles: usize,
+    pub(crate) seed: u64,
+}
+
+pub(crate) const DEFAULT_MEMBERS: usize = 128;
+pub(crate) const DEFAULT_ALPHA: f64 = 0.5;
+pub(crate) const DEFAULT_MEMBERS_PER_TASK: usize = 32;
+/// Oracles trained together in one batched network by an audit's retrain tasks.
+const ORACLES_PER_TASK: usize = 16;
+
+pub(crate) fn object_ref(stored: &StoredRef) -> ObjectRef {
+    ObjectRef {
+        uri: stored.uri.clone(),
+        sha256: stored.sha256.map(hex::encode),
+    }
+}
+
+/// Subset retrains in member ranges, then the reduce that estimates β.
+pub(crate) fn index_build_tasks(plan: &IndexBuildPlan) -> Vec<NewTask> {
+    let ensemble = EnsembleTask {
+        dataset: plan.dataset.clone(),
+        model: plan.checkpoint.clone(),
+        members: plan.members,
+        alpha: plan.alpha,
+        seed: plan.seed,
+        members_per_task: plan.members_per_task,
+        exclude: Vec::new(),
+    };
+    let mut graph = retrain_tasks(&ensemble);
+    let retrains = 0..graph.len();
+    graph.push(
+        NewTask::new(
+            tasks::BUILD_INDEX,
+            to_json(&BuildIndexSpec {
+                ensemble: ensemble.clone(),
+            }),
+        )
+        .after(retrains),
+    );
+    graph
+}
+
+fn retrain_tasks(ensemble: &EnsembleTask) -> Vec<NewTask> {
+    (0..ensemble.members)
+        .step_by(ensemble.members_per_task.max(1))
+        .map(|start| {
+            let end = (start + ensemble.members_per_task).min(ensemble.members);
+            NewTask::new(
+                tasks::RETRAIN,
+                to_json(&RetrainSpec {
+                    ensemble: ensemble.clone(),
+                    start,
+                    end,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// One run for every pending request of a model: the union of their forget sets is added to
+/// what earlier versions forgot, targets are predicted from version 0, and the fine-tune
+/// starts from the latest version.
+pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
+    let refuse = |message: String| Err(StoreError::FailedPrecondition(message));
+    let Some(index) = &inputs.index else {
+        return refuse(
+            "the model has no attribution index: build one (CreateIndexBuild) first".into(),
+        );
+    };
+    let requests: Vec<DeletionRequestSpec> = inputs
+        .requests
+        .iter()
+        .map(|request| serde_json::from_value(request.spec.clone()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Corrupt(format!("deletion request spec: {e}")))?;
+    let requested: BTreeSet<i64> = requests.iter().flat_map(|r| r.forget.clone()).collect();
+    let forgotten: Vec<i64> = requested
+        .iter()
+        .chain(&inputs.current.forgotten)
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let audit_oracles = requests.iter().map(|r| r.audit_oracles).max().unwrap_or(0);
+    // The first request's seed: a run is reproducible from its requests.
+    let seed = requests.first().map_or(0, |r| r.seed);
+    let noise = index.noise.as_ref().map(object_ref);
+    let dataset = object_ref(&inputs.dataset);
+    let base = object_ref(&inputs.base.object);
+    let current = object_ref(&inputs.current.object);
+
+    let mut graph = vec![NewTask::new(
+        tasks::PREDICT,
+        to_json(&PredictSpec {
+            dataset: dataset.clone(),
+            base: base.clone(),
+            beta: object_ref(&index.beta),
+            beta_noise: noise,
+            forgotten: forgotten.clone(),
+        }),
+    )];
+    graph.push(
+        NewTask::new(
+            tasks::MATCH,
+            to_json(&MatchSpec {
+                dataset: dataset.clone(),
+                base: base.clone(),
+                current: current.clone(),
+                forgotten: forgotten.clone(),
+                requested: requested.iter().copied().collect(),
+                seed,
+            }),
+        )
+        .after([0]),
+    );
+    if audit_oracles > 0 {
+        let oracles = EnsembleTask {
+            dataset: dataset.clone(),
+            model: base,
+            members: audit_oracles,
+            alpha: 1.0,
+            seed: seed ^ ORACLE_SEED_SALT,
+            members_per_task: ORACLES_PER_TASK,
+            exclude: forgotten.clone(),
+        };
+        let first_oracle = graph.len();
+        graph.extend(retrain_tasks(&oracles));
+        let audit_deps: Vec<usize> = std::iter::once(1)
+            .chain(first_oracle..graph.len())
+            .collect();
+        graph.push(
+            NewTask::new(
+                tasks::AUDIT,
+                to_json(&AuditSpec {
+                    dataset,
+                    before: current,
+                    forgotten: forgotten.clone(),
+                }),
+            )
+            .after(audit_deps),
+        );
+    }
+    let priority = inputs
+        .requests
+        .iter()
+        .map(|r| r.priority)
+        .max()
+        .unwrap_or(0);
+    Ok(NewJob {
+        tenant: inputs.tenant.clone(),
+        kind: JobKind::DeletionRun,
+        request_id: None,
+        spec: json!({
+            "version": inputs.current.version + 1,
+            "parent_version": inputs.current.version,
+            "index": index.job_id,
+            "requests": inputs.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
+            "requested": requested,
+            "forgotten": forgotten,
+            "audit_oracles": audit_oracles,
+            "seed": seed,
+        }),
+        priority,
+        deadline: None,
+        tasks: graph,
+    })
+}
+
+/// Oracles must not share seeds with the subset retrains of the index.
+const ORACLE_SEED_SALT: u64 = 0x6f72_6163_6c65_7321;
+
+fn to_json(spec: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(spec).expect("task specs serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lethe_store::{IndexRef, ModelVersion, PendingRequest};
+    use uuid::Uuid;
+
+    fn stored(uri: &str) -> StoredRef {
+        StoredRef {
+            uri: uri.into(),
+            sha256: Some([7; 32]),
+            size_bytes: None,
+        }
+    }
+
+    fn inputs(requests: &[(&[i64], usize)], forgotten_before: Vec<i64>) -> RunInputs {
+        RunInputs {
+            tenant: "acme".into(),
+            model_id: Uuid::now_v7(),
+            dataset: stored("builtin:fmnist-tiny"),
+            base: ModelVersion {
+                version: 0,
+                object: stored("file:///m/v0"),
+                forgotten: vec![],
+                run_id: None,
+            },
+            current: ModelVersion {
+                version: 2,
+                object: stored("file:///m/v2"),
+                forgotten: forgotten_before,
+                run_id: Some(Uuid::now_v7()),
+            },
+            index: Some(IndexRef {
+                job_id: Uuid::now_v7(),
+                beta: stored("file:///beta"),
+                noise: None,
+                result: json!({}),
+            }),
+            requests: requests
+                .iter()
+                .map(|(forget, oracles)| PendingRequest {
+                    id: Uuid::now_v7(),
+                    spec: serde_json::to_value(DeletionRequestSpec {
+                        model: "m".into(),
+                        forget: forget.to_vec(),
+                        audit_oracles: *oracles,
+                        seed: 3,
+                    })
+                    .unwrap(),
+                    priority: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_index_build_fans_out_and_reduces() {
+        let graph = index_build_tasks(&IndexBuildPlan {
+            model: "m".into(),
+            dataset: ObjectRef {
+                uri: "builtin:fmnist-tiny".into(),
+                sha256: None,
+            },
+            checkpoint: ObjectRef {
+                uri: "file:///m".into(),
+                sha256: None,
+            },
+            members: 100,
+            alpha: 0.5,
+            members_per_task: 32,
+            seed: 1,
+        });
+        let ranges: Vec<(usize, usize)> = graph[..4]
+            .iter()
+            .map(|t| {
+                let spec: RetrainSpec = serde_json::from_value(t.spec.clone()).unwrap();
+                (spec.start, spec.end)
+            })
+            .collect();
+        assert_eq!(ranges, [(0, 32), (32, 64), (64, 96), (96, 100)]);
+        assert_eq!(graph[4].kind, tasks::BUILD_INDEX);
+        assert_eq!(graph[4].depends_on, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn coalesced_requests_forget_their_union_on_top_of_earlier_versions() {
+        let run = deletion_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5])).unwrap();
+        assert_eq!(run.spec["version"], 3);
+        assert_eq!(run.spec["forgotten"], json!([1, 3, 5, 9]));
+        assert_eq!(run.spec["requested"], json!([3, 5, 9]));
+        let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
+        // The larger audit wins: 20 oracles in ranges of 16.
+        assert_eq!(
+            kinds,
+            [
+                tasks::PREDICT,
+                tasks::MATCH,
+                tasks::RETRAIN,
+                tasks::RETRAIN,
+                tasks::AUDIT
+            ]
+        );
+        assert_eq!(run.tasks[4].depends_on, [1, 2, 3]);
+        let matching: MatchSpec = serde_json::from_value(run.tasks[1].spec.clone()).unwrap();
+        assert_eq!(matching.current.uri, "file:///m/v2");
+        assert_eq!(matching.base.uri, "file:///m/v0");
+        let oracle: RetrainSpec = serde_json::from_value(run.tasks[2].spec.clone()).unwrap();
+        assert_eq!(oracle.ensemble.exclude, [1, 3, 5, 9]);
+    }
+
+    #[test]
+    fn a_run_without_an_index_is_refused() {
+        let mut without = inputs(&[(&[1], 0)], vec![]);
+        without.index = None;
+        assert!(matches!(
+            deletion_run(&without),
+            Err(StoreError::FailedPrecondition(_))
+        ));
+    }
+}

@@ -1,0 +1,235 @@
+//! The operations that do ML work: index builds, deletion requests, and the planning of the
+//! runs that serve deletion requests.
+
+use std::collections::BTreeSet;
+
+use lethe_proto::google::longrunning::Operation;
+use lethe_proto::lethe::v1 as pb;
+use lethe_proto::tasks::ObjectRef;
+use lethe_store::{JobKind, NewJob};
+use tonic::Status;
+
+use crate::operations::to_operation;
+use crate::planner::{
+    self, DeletionRequestSpec, IndexBuildPlan, DEFAULT_ALPHA, DEFAULT_MEMBERS,
+    DEFAULT_MEMBERS_PER_TASK,
+};
+use crate::registry::resource_id;
+use crate::server::Shared;
+use crate::status::{from_store, invalid};
+
+/// Subset retrains an index build may ask for.
+const MAX_MEMBERS: u32 = 100_000;
+/// Examples one deletion request may name.
+const MAX_FORGET: usize = 100_000;
+const MAX_AUDIT_ORACLES: u32 = 1_000;
+
+pub(crate) fn parse_priority(priority: i32) -> Result<i16, Status> {
+    i16::try_from(priority)
+        .ok()
+        .filter(|p| (-100..=100).contains(p))
+        .ok_or_else(|| invalid("priority", "must be -100 to 100"))
+}
+
+fn request_id(id: String) -> Option<String> {
+    Some(id).filter(|id| !id.is_empty())
+}
+
+impl Shared {
+    pub(crate) async fn create_index_build(
+        &self,
+        tenant: String,
+        request: pb::CreateIndexBuildRequest,
+    ) -> Result<Operation, Status> {
+        let name = resource_id("model", "models", &request.model)?;
+        let model = self
+            .store
+            .get_model(&tenant, name)
+            .await
+            .map_err(from_store)?;
+        let dataset = self
+            .store
+            .get_dataset(&tenant, &model.dataset)
+            .await
+            .map_err(from_store)?;
+        let members = match request.members {
+            0 => DEFAULT_MEMBERS,
+            n if !(2..=MAX_MEMBERS).contains(&n) => {
+                return Err(invalid("members", format!("must be 2 to {MAX_MEMBERS}")))
+            }
+            n => n as usize,
+        };
+        let alpha = match request.alpha {
+            0.0 => DEFAULT_ALPHA,
+            a if a > 0.0 && a < 1.0 => a,
+            _ => return Err(invalid("alpha", "must lie in (0, 1)")),
+        };
+        let members_per_task = match request.members_per_task {
+            0 => DEFAULT_MEMBERS_PER_TASK,
+            n => n as usize,
+        }
+        .min(members);
+        let plan = IndexBuildPlan {
+            model: model.name.clone(),
+            dataset: ObjectRef {
+                uri: dataset.uri,
+                sha256: dataset.sha256.map(hex::encode),
+            },
+            checkpoint: ObjectRef {
+                uri: model.uri,
+                sha256: model.sha256.map(hex::encode),
+            },
+            members,
+            alpha,
+            members_per_task,
+            seed: request.seed,
+        };
+        let job = NewJob {
+            tenant,
+            kind: JobKind::IndexBuild,
+            request_id: request_id(request.request_id),
+            spec: serde_json::to_value(&plan).expect("plans serialise"),
+            priority: parse_priority(request.priority)?,
+            deadline: None,
+            tasks: planner::index_build_tasks(&plan),
+        };
+        let (job, created) = self
+            .store
+            .create_job_about(&job, Some(model.id))
+            .await
+            .map_err(from_store)?;
+        if created {
+            self.wake.tasks_available(job.tasks.available as usize);
+        }
+        Ok(to_operation(&job))
+    }
+
+    pub(crate) async fn create_deletion_request(
+        &self,
+        tenant: String,
+        request: pb::CreateDeletionRequestRequest,
+    ) -> Result<Operation, Status> {
+        let name = resource_id("model", "models", &request.model)?;
+        let model = self
+            .store
+            .get_model(&tenant, name)
+            .await
+            .map_err(from_store)?;
+        if request.forget.is_empty() || request.forget.len() > MAX_FORGET {
+            return Err(invalid(
+                "forget",
+                format!("name 1 to {MAX_FORGET} training indices"),
+            ));
+        }
+        if request.audit_oracles > MAX_AUDIT_ORACLES {
+            return Err(invalid(
+                "audit_oracles",
+                format!("must be at most {MAX_AUDIT_ORACLES}"),
+            ));
+        }
+        // The index says how large the training set is; without one no run can be planned.
+        let index = self
+            .store
+            .latest_index(&tenant, model.id)
+            .await
+            .map_err(from_store)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "model {} has no attribution index yet: build one with CreateIndexBuild",
+                    model.name
+                ))
+            })?;
+        let num_train = index
+            .result
+            .get("num_train")
+            .and_then(|n| n.as_i64())
+            .ok_or_else(|| Status::internal("the model's index does not record num_train"))?;
+        if let Some(bad) = request
+            .forget
+            .iter()
+            .find(|&&i| !(0..num_train).contains(&i))
+        {
+            return Err(invalid(
+                "forget",
+                format!("index {bad} is outside the training set 0..{num_train}"),
+            ));
+        }
+        let forget: BTreeSet<i64> = request.forget.iter().copied().collect();
+        let spec = DeletionRequestSpec {
+            model: model.name.clone(),
+            forget: forget.into_iter().collect(),
+            audit_oracles: request.audit_oracles as usize,
+            seed: request.seed,
+        };
+        let job = NewJob {
+            tenant,
+            kind: JobKind::Deletion,
+            request_id: request_id(request.request_id),
+            spec: serde_json::to_value(&spec).expect("specs serialise"),
+            priority: parse_priority(request.priority)?,
+            deadline: None,
+            tasks: Vec::new(),
+        };
+        let (job, _) = self
+            .store
+            .create_deletion_request(&job, model.id)
+            .await
+            .map_err(from_store)?;
+        Ok(to_operation(&job))
+    }
+
+    pub(crate) async fn list_model_versions(
+        &self,
+        tenant: String,
+        request: pb::ListModelVersionsRequest,
+    ) -> Result<pb::ListModelVersionsResponse, Status> {
+        let name = resource_id("model", "models", &request.model)?;
+        let model = self
+            .store
+            .get_model(&tenant, name)
+            .await
+            .map_err(from_store)?;
+        let versions = self
+            .store
+            .model_versions(&tenant, model.id)
+            .await
+            .map_err(from_store)?;
+        Ok(pb::ListModelVersionsResponse {
+            versions: versions
+                .into_iter()
+                .map(|v| pb::ModelVersion {
+                    version: v.version,
+                    uri: v.object.uri,
+                    sha256: v.object.sha256.map(|h| h.to_vec()).unwrap_or_default(),
+                    forgotten_count: v.forgotten.len() as i64,
+                    run: v
+                        .run_id
+                        .map(crate::operations::operation_name)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Starts a run for every model whose pending requests have waited out the window.
+    /// Returns how many runs started.
+    pub(crate) async fn plan_deletion_runs(&self) -> Result<usize, lethe_store::StoreError> {
+        let due = self
+            .store
+            .models_due_for_a_run(self.config.coalescing_window, 100)
+            .await?;
+        let mut started = 0;
+        for model in due {
+            if let Some(run) = self
+                .store
+                .start_deletion_run(model, planner::deletion_run)
+                .await?
+            {
+                tracing::info!(run = %run.id, model = %model, "started a deletion run");
+                self.wake.tasks_available(run.tasks_total as usize);
+                started += 1;
+            }
+        }
+        Ok(started)
+    }
+}

@@ -1,0 +1,92 @@
+//! The specs of the ML task kinds: what the coordinator's planner writes into a task and a
+//! worker's handler reads back (as `LeasedTask.spec_json`). One definition for both sides.
+
+use serde::{Deserialize, Serialize};
+
+/// Subset retrains of a member range (an index build), or oracle retrains without the
+/// forgotten examples (an audit). Artifacts: `members` (the range's masks and logits) and
+/// `manifest`.
+pub const RETRAIN: &str = "retrain";
+/// The reduce of an index build: β from every `retrain` input. Artifacts: `beta` and
+/// `beta_noise`.
+pub const BUILD_INDEX: &str = "build_index";
+/// DMM's predicted retrain outputs on every target. Artifact: `targets`.
+pub const PREDICT: &str = "predict";
+/// The matching fine-tune towards `predict`'s targets. Artifact: `model`, the new version.
+pub const MATCH: &str = "match";
+/// Margins of the version before and after against oracle retrains. Result only.
+pub const AUDIT: &str = "audit";
+
+/// An object a task reads, with the hash to check when one is known (hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// A dataset: `builtin:NAME` (a dataset the worker image carries, such as `fmnist-tiny`) or an
+/// object-store prefix holding `train.safetensors` and `val.safetensors`.
+pub type DatasetRef = ObjectRef;
+
+/// The ensemble a `retrain` task trains part of, and a `build_index` task reduces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleTask {
+    pub dataset: DatasetRef,
+    /// The checkpoint whose architecture and recipe the retrains use.
+    pub model: ObjectRef,
+    pub members: usize,
+    pub alpha: f64,
+    pub seed: u64,
+    pub members_per_task: usize,
+    /// Training indices no member sees (oracles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetrainSpec {
+    #[serde(flatten)]
+    pub ensemble: EnsembleTask,
+    /// Members `start..end` of the ensemble, one group of `members_per_task`.
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildIndexSpec {
+    #[serde(flatten)]
+    pub ensemble: EnsembleTask,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictSpec {
+    pub dataset: DatasetRef,
+    /// Version 0 (θ0), whose outputs the prediction is anchored at.
+    pub base: ObjectRef,
+    pub beta: ObjectRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_noise: Option<ObjectRef>,
+    /// Everything forgotten since version 0, this run's requests included, sorted.
+    pub forgotten: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MatchSpec {
+    pub dataset: DatasetRef,
+    pub base: ObjectRef,
+    /// The version the fine-tune starts from.
+    pub current: ObjectRef,
+    pub forgotten: Vec<i64>,
+    /// What this run's requests asked for (the lineage records it).
+    pub requested: Vec<i64>,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditSpec {
+    pub dataset: DatasetRef,
+    /// The version before the run, for the "before" figures.
+    pub before: ObjectRef,
+    pub forgotten: Vec<i64>,
+}

@@ -1,0 +1,451 @@
+//! Deletion requests, the runs that coalesce them, model versions, and the inputs a task reads
+//! from the tasks it depends on.
+//!
+//! A request is a job without tasks. The planner (every coordinator replica runs it) turns the
+//! pending requests of a model into one run once the oldest has waited out the coalescing
+//! window and no other run of that model is unfinished; the run's state reaches its requests
+//! through a trigger (migration 0003), which also records the version a succeeded run made.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::jobs::{insert_job, lock_job, request_hash, settle_cancelling, stop_tasks, validate};
+use crate::types::{Job, JobKind, JobState, NewJob};
+use crate::{rows, seconds, Store, StoreError};
+
+/// An object the store knows the location and hash of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredRef {
+    pub uri: String,
+    pub sha256: Option<[u8; 32]>,
+    pub size_bytes: Option<i64>,
+}
+
+/// A version of a model: 0 is the registered model, each succeeded run adds one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelVersion {
+    pub version: i32,
+    pub object: StoredRef,
+    /// Everything forgotten since version 0, sorted.
+    pub forgotten: Vec<i64>,
+    /// The run that made it (none for version 0).
+    pub run_id: Option<Uuid>,
+}
+
+/// The latest succeeded index build of a model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IndexRef {
+    pub job_id: Uuid,
+    pub beta: StoredRef,
+    /// β's noise model (`beta_noise`), which DMM's denoising needs.
+    pub noise: Option<StoredRef>,
+    /// The build's result (its reduce task's report).
+    pub result: Value,
+}
+
+/// A pending request, as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct PendingRequest {
+    pub id: Uuid,
+    pub spec: Value,
+    pub priority: i16,
+}
+
+/// Everything a run is planned from, read under the model's lock.
+#[derive(Clone, Debug)]
+pub struct RunInputs {
+    pub tenant: String,
+    pub model_id: Uuid,
+    pub dataset: StoredRef,
+    /// Version 0 (θ0): targets are predicted from its outputs.
+    pub base: ModelVersion,
+    /// The version the run fine-tunes.
+    pub current: ModelVersion,
+    pub index: Option<IndexRef>,
+    pub requests: Vec<PendingRequest>,
+}
+
+/// An artifact of a task that the asking task depends on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskInput {
+    pub task_id: Uuid,
+    pub task_kind: String,
+    pub task_spec: Value,
+    pub name: String,
+    pub uri: String,
+    pub sha256: [u8; 32],
+    pub size_bytes: i64,
+}
+
+impl Store {
+    /// Files a deletion request on `model_id` (a job with no tasks of its own), idempotently
+    /// per `request_id` like [`Store::create_job`].
+    pub async fn create_deletion_request(
+        &self,
+        new: &NewJob,
+        model_id: Uuid,
+    ) -> Result<(Job, bool), StoreError> {
+        if new.kind != JobKind::Deletion || !new.tasks.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "a deletion request is a `deletion` job without tasks".into(),
+            ));
+        }
+        self.create_job_about(new, Some(model_id)).await
+    }
+
+    /// Models with a request that has waited at least `window` and no unfinished run: the
+    /// ones [`Store::start_deletion_run`] should be called for.
+    pub async fn models_due_for_a_run(
+        &self,
+        window: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT j.model_id FROM jobs j \
+             WHERE j.kind = 'deletion' AND j.run_id IS NULL AND j.state = 'queued' \
+               AND j.created_at <= now() - make_interval(secs => $1) \
+               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.model_id = j.model_id \
+                   AND r.kind = 'deletion_run' AND r.state IN ('queued', 'running', 'cancelling')) \
+             LIMIT $2",
+        )
+        .bind(seconds(window))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Coalesces the pending requests of a model into one run, planned by `plan` from what the
+    /// store knows (the versions, the index, the requests). Nothing happens if another run of
+    /// the model is unfinished or no request is pending; replicas racing here serialise on the
+    /// model's row. When `plan` refuses (no index, say), the pending requests fail with its
+    /// message. Returns the run, if one started.
+    pub async fn start_deletion_run(
+        &self,
+        model_id: Uuid,
+        plan: impl FnOnce(&RunInputs) -> Result<NewJob, StoreError>,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let model = sqlx::query(
+            "SELECT m.tenant, m.uri, m.sha256, d.uri AS dataset_uri, d.sha256 AS dataset_sha256 \
+             FROM models m JOIN datasets d ON d.id = m.dataset_id WHERE m.id = $1 FOR UPDATE OF m",
+        )
+        .bind(model_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "model",
+            id: model_id.to_string(),
+        })?;
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE model_id = $1 AND kind = 'deletion_run' \
+                            AND state IN ('queued', 'running', 'cancelling'))",
+        )
+        .bind(model_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if busy {
+            return Ok(None);
+        }
+        let requests: Vec<PendingRequest> = sqlx::query(
+            "SELECT id, spec, priority FROM jobs WHERE model_id = $1 AND kind = 'deletion' \
+               AND run_id IS NULL AND state = 'queued' ORDER BY id FOR UPDATE",
+        )
+        .bind(model_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(PendingRequest {
+                id: row.try_get("id")?,
+                spec: row.try_get("spec")?,
+                priority: row.try_get("priority")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        if requests.is_empty() {
+            return Ok(None);
+        }
+        let base = ModelVersion {
+            version: 0,
+            object: StoredRef {
+                uri: model.try_get("uri")?,
+                sha256: hash(model.try_get("sha256")?)?,
+                size_bytes: None,
+            },
+            forgotten: Vec::new(),
+            run_id: None,
+        };
+        let latest = sqlx::query(
+            "SELECT version, uri, sha256, size_bytes, forgotten, run_id FROM model_versions \
+             WHERE model_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(model_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = match latest {
+            Some(row) => version_row(&row)?,
+            None => base.clone(),
+        };
+        let inputs = RunInputs {
+            tenant: model.try_get("tenant")?,
+            model_id,
+            dataset: StoredRef {
+                uri: model.try_get("dataset_uri")?,
+                sha256: hash(model.try_get("dataset_sha256")?)?,
+                size_bytes: None,
+            },
+            base,
+            current,
+            index: latest_index(&mut tx, model_id).await?,
+            requests,
+        };
+        let request_ids: Vec<Uuid> = inputs.requests.iter().map(|r| r.id).collect();
+        let run = match plan(&inputs).and_then(|run| validate(&run).map(|()| run)) {
+            Ok(run) => run,
+            Err(refusal) => {
+                let error = json!({"code": "FAILED_PRECONDITION", "message": refusal.to_string()});
+                sqlx::query(
+                    "UPDATE jobs SET state = 'failed', error = $2, finished_at = now(), \
+                         updated_at = now() WHERE id = ANY($1)",
+                )
+                .bind(&request_ids)
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(None);
+            }
+        };
+        let row = insert_job(&mut tx, &run, Some(model_id), &request_hash(&run))
+            .await?
+            .ok_or_else(|| {
+                StoreError::InvalidArgument("a run must not carry a request_id".into())
+            })?;
+        let run_id: Uuid = row.try_get("id")?;
+        sqlx::query("UPDATE jobs SET run_id = $1, updated_at = now() WHERE id = ANY($2)")
+            .bind(run_id)
+            .bind(&request_ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(rows::job(&row)?))
+    }
+
+    /// The latest succeeded index build of a model of `tenant`.
+    pub async fn latest_index(
+        &self,
+        tenant: &str,
+        model_id: Uuid,
+    ) -> Result<Option<IndexRef>, StoreError> {
+        let mut tx = self.reads.begin().await?;
+        let owned: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM models WHERE id = $1 AND tenant = $2)",
+        )
+        .bind(model_id)
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !owned {
+            return Ok(None);
+        }
+        latest_index(&mut tx, model_id).await
+    }
+
+    /// The versions of a model of `tenant`, newest first (version 0 last).
+    pub async fn model_versions(
+        &self,
+        tenant: &str,
+        model_id: Uuid,
+    ) -> Result<Vec<ModelVersion>, StoreError> {
+        let base = sqlx::query("SELECT uri, sha256 FROM models WHERE id = $1 AND tenant = $2")
+            .bind(model_id)
+            .bind(tenant)
+            .fetch_optional(&self.reads)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "model",
+                id: model_id.to_string(),
+            })?;
+        let mut versions = sqlx::query(
+            "SELECT version, uri, sha256, size_bytes, forgotten, run_id FROM model_versions \
+             WHERE model_id = $1 ORDER BY version DESC",
+        )
+        .bind(model_id)
+        .fetch_all(&self.reads)
+        .await?
+        .iter()
+        .map(version_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        versions.push(ModelVersion {
+            version: 0,
+            object: StoredRef {
+                uri: base.try_get("uri")?,
+                sha256: hash(base.try_get("sha256")?)?,
+                size_bytes: None,
+            },
+            forgotten: Vec::new(),
+            run_id: None,
+        });
+        Ok(versions)
+    }
+
+    /// The committed artifacts of the tasks `task` depends on, for the attempt that holds its
+    /// lease: a worker reads its inputs only while it may still commit a result.
+    pub async fn task_inputs(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+    ) -> Result<Vec<TaskInput>, StoreError> {
+        let current = sqlx::query("SELECT state, attempt, lease_owner FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "task",
+                id: task.to_string(),
+            })?;
+        let state = crate::TaskState::parse(current.try_get("state")?)?;
+        let current_attempt: i32 = current.try_get("attempt")?;
+        let owner: Option<Uuid> = current.try_get("lease_owner")?;
+        if state != crate::TaskState::Leased || current_attempt != attempt || owner != Some(worker)
+        {
+            return Err(StoreError::Fenced {
+                task,
+                attempt,
+                state,
+                current_attempt,
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT t.id, t.kind, t.spec, a.name, a.uri, a.sha256, a.size_bytes \
+             FROM task_deps d JOIN tasks t ON t.id = d.depends_on \
+             JOIN artifacts a ON a.task_id = t.id \
+             WHERE d.task_id = $1 ORDER BY t.id, a.name",
+        )
+        .bind(task)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(TaskInput {
+                    task_id: row.try_get("id")?,
+                    task_kind: row.try_get("kind")?,
+                    task_spec: row.try_get("spec")?,
+                    name: row.try_get("name")?,
+                    uri: row.try_get("uri")?,
+                    sha256: hash(row.try_get("sha256")?)?
+                        .ok_or_else(|| StoreError::Corrupt("artifact without a hash".into()))?,
+                    size_bytes: row.try_get("size_bytes")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Cancels a deletion request that a run already serves. The run is cancelled with it when
+    /// no other request of the run is still live; otherwise the run's work is shared and goes
+    /// on, so the request cannot be withdrawn from it.
+    pub(crate) async fn cancel_request_in_run(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        run: Uuid,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The run before its requests: the order its trigger locks them in.
+        lock_job(&mut tx, run, Some(tenant)).await?;
+        let state = lock_job(&mut tx, id, Some(tenant)).await?;
+        if state.is_terminal() {
+            return Ok(());
+        }
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE run_id = $1 AND id <> $2 \
+               AND state IN ('queued', 'running', 'cancelling')",
+        )
+        .bind(run)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if others > 0 {
+            return Err(StoreError::FailedPrecondition(format!(
+                "deletion request {id} shares run {run} with {others} other live request(s); \
+                 it can no longer be withdrawn from that run"
+            )));
+        }
+        stop_tasks(&mut tx, run).await?;
+        sqlx::query("UPDATE jobs SET state = 'cancelling', updated_at = now() WHERE id = $1")
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
+        settle_cancelling(&mut tx, run, Some(JobState::Cancelling)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn latest_index(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    model_id: Uuid,
+) -> Result<Option<IndexRef>, StoreError> {
+    let row = sqlx::query(
+        "SELECT j.id, j.result, a.uri, a.sha256, a.size_bytes, n.uri AS noise_uri, \
+                n.sha256 AS noise_sha256, n.size_bytes AS noise_size_bytes FROM jobs j \
+         JOIN tasks t ON t.job_id = j.id JOIN artifacts a ON a.task_id = t.id AND a.name = 'beta' \
+         LEFT JOIN artifacts n ON n.task_id = t.id AND n.name = 'beta_noise' \
+         WHERE j.model_id = $1 AND j.kind = 'index_build' AND j.state = 'succeeded' \
+         ORDER BY j.id DESC LIMIT 1",
+    )
+    .bind(model_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| {
+        Ok(IndexRef {
+            job_id: row.try_get("id")?,
+            result: row
+                .try_get::<Option<Value>, _>("result")?
+                .unwrap_or(Value::Null),
+            beta: StoredRef {
+                uri: row.try_get("uri")?,
+                sha256: hash(row.try_get("sha256")?)?,
+                size_bytes: row.try_get("size_bytes")?,
+            },
+            noise: row
+                .try_get::<Option<String>, _>("noise_uri")?
+                .map(|uri| -> Result<StoredRef, StoreError> {
+                    Ok(StoredRef {
+                        uri,
+                        sha256: hash(row.try_get("noise_sha256")?)?,
+                        size_bytes: row.try_get("noise_size_bytes")?,
+                    })
+                })
+                .transpose()?,
+        })
+    })
+    .transpose()
+}
+
+fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> {
+    Ok(ModelVersion {
+        version: row.try_get("version")?,
+        object: StoredRef {
+            uri: row.try_get("uri")?,
+            sha256: hash(row.try_get("sha256")?)?,
+            size_bytes: row.try_get("size_bytes")?,
+        },
+        forgotten: row.try_get("forgotten")?,
+        run_id: row.try_get("run_id")?,
+    })
+}
+
+fn hash(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreError> {
+    bytes
+        .map(|b| {
+            <[u8; 32]>::try_from(b.as_slice())
+                .map_err(|_| StoreError::Corrupt("a sha256 that is not 32 bytes".into()))
+        })
+        .transpose()
+}

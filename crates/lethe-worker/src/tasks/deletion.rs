@@ -1,0 +1,310 @@
+//! A deletion run's tasks. `predict`: DMM's predicted retrain logits on every target,
+//! anchored at version 0 with everything forgotten so far. `match`: the matching fine-tune of
+//! the latest version towards them, written as the next version with its lineage. `audit`:
+//! how far the margins of the version before and after lie from oracles retrained without
+//! the forgotten examples.
+
+use std::collections::BTreeMap;
+
+use lethe_ml::checkpoint::{self, CheckpointInfo};
+use lethe_ml::data::Dataset;
+use lethe_ml::outputs::{margins, Outputs};
+use lethe_ml::tensorio;
+use lethe_ml::unlearn::finetune::{match_targets, matching_examples};
+use lethe_ml::unlearn::lineage::Lineage;
+use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, IndexNoise};
+use lethe_ml::unlearn::{ForgetSet, Method, MethodConfig};
+use lethe_proto::tasks::{AuditSpec, MatchSpec, PredictSpec};
+use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use super::ensemble::gather_ensemble;
+use super::{
+    fetch, fetch_input, load_checkpoint, load_dataset, ml_error, one_input, put, spec,
+    stop_if_cancelled, workspace,
+};
+
+pub(super) struct Predict {
+    pub(super) device: tch::Device,
+}
+
+pub(super) struct Match {
+    pub(super) device: tch::Device,
+}
+
+pub(super) struct Audit {
+    pub(super) device: tch::Device,
+}
+
+/// The shipped DMM settings (DESIGN.md §1.5): denoising, multiplier and matching recipe.
+fn dmm_defaults() -> MethodConfig {
+    MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
+}
+
+fn forget_set(indices: &[i64], data: &Dataset) -> Result<ForgetSet, TaskError> {
+    ForgetSet::new(indices.to_vec(), data.num_train).map_err(ml_error)
+}
+
+fn all_targets(data: &Dataset) -> Vec<i64> {
+    (0..data.num_targets()).collect()
+}
+
+impl TaskHandler for Predict {
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: PredictSpec = spec(context)?;
+        let dir = workspace()?;
+        let data = load_dataset(context, &task.dataset, dir.path())?;
+        let forgotten = forget_set(&task.forgotten, &data)?;
+        let (mut base, _, _) = load_checkpoint(
+            context,
+            &task.base,
+            dir.path(),
+            "base.safetensors",
+            &data,
+            self.device,
+        )?;
+        let beta = dir.path().join("beta.safetensors");
+        fetch(context, &task.beta, &beta)?;
+        if let Some(noise) = &task.beta_noise {
+            fetch(context, noise, &IndexNoise::path_for(&beta))?;
+        }
+        stop_if_cancelled(context)?;
+        context.report(0.3, "reading β rows of the forget set");
+        let index = AttributionIndex::open(&beta).map_err(ml_error)?;
+        let MethodConfig::Dmm {
+            denoise,
+            multiplier,
+            ..
+        } = dmm_defaults()
+        else {
+            unreachable!("the defaults of DMM are a DMM config")
+        };
+        let targets = all_targets(&data);
+        let anchor = Outputs::compute(&mut base, &data, &targets)
+            .map_err(ml_error)?
+            .logits;
+        let shift = predicted_shift(&index, &forgotten, denoise).map_err(ml_error)?;
+        let predicted = dmm_targets(&anchor, &shift, multiplier, &targets).map_err(ml_error)?;
+        let path = dir.path().join("targets.safetensors");
+        let mut metadata = BTreeMap::new();
+        metadata.insert("forgotten".to_owned(), forgotten.len().to_string());
+        tensorio::write_safetensors(
+            &path,
+            &[("logits".to_owned(), predicted.get(0).to_kind(Kind::Float))],
+            &metadata,
+        )
+        .map_err(ml_error)?;
+        let forget_rows = Tensor::from_slice(forgotten.indices());
+        let forget_shift = shift
+            .index_select(0, &forget_rows)
+            .abs()
+            .mean(Kind::Float)
+            .double_value(&[]);
+        Ok(TaskOutput {
+            artifacts: vec![put(context, "targets", &path)?],
+            result: Some(json!({
+                "forgotten": forgotten.len(),
+                "mean_abs_logit_shift_on_forget": forget_shift,
+            })),
+        })
+    }
+}
+
+fn sha256_hex(path: &std::path::Path) -> Result<String, TaskError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| TaskError::Retryable(format!("read {}: {e}", path.display())))?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+impl TaskHandler for Match {
+    fn needs_inputs(&self) -> bool {
+        true
+    }
+
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: MatchSpec = spec(context)?;
+        let dir = workspace()?;
+        let data = load_dataset(context, &task.dataset, dir.path())?;
+        let forgotten = forget_set(&task.forgotten, &data)?;
+        let requested = forget_set(&task.requested, &data)?;
+        let (mut current, info, current_path) = load_checkpoint(
+            context,
+            &task.current,
+            dir.path(),
+            "current.safetensors",
+            &data,
+            self.device,
+        )?;
+        let lineage = match &info.lineage {
+            Some(lineage) => lineage.clone(),
+            // The current version is version 0: it anchors the lineage.
+            None => Lineage::start(sha256_hex(&current_path)?),
+        };
+        if let Some(expected) = &task.base.sha256 {
+            if *expected != lineage.base_sha256 {
+                return Err(TaskError::Fatal(format!(
+                    "version {} descends from {}, not from the model's version 0 ({expected})",
+                    lineage.version, lineage.base_sha256
+                )));
+            }
+        }
+        let targets_path = dir.path().join("targets.safetensors");
+        fetch_input(context, one_input(context, "targets")?, &targets_path)?;
+        let predicted = tensorio::read_safetensors(&targets_path)
+            .map_err(ml_error)?
+            .get("logits")
+            .map(Tensor::shallow_clone)
+            .ok_or_else(|| TaskError::Fatal("targets file has no `logits`".into()))?;
+        if predicted.size() != [data.num_targets(), data.num_classes] {
+            return Err(TaskError::Fatal(format!(
+                "targets are {:?}, the dataset needs [{}, {}]",
+                predicted.size(),
+                data.num_targets(),
+                data.num_classes
+            )));
+        }
+        stop_if_cancelled(context)?;
+        context.report(0.2, "matching fine-tune");
+        let MethodConfig::Dmm { matching, .. } = dmm_defaults() else {
+            unreachable!("the defaults of DMM are a DMM config")
+        };
+        let retained = forgotten.retained(data.num_train);
+        let examples = matching_examples(forgotten.indices(), &retained, &matching, task.seed);
+        let rows = Tensor::from_slice(&examples);
+        let targets = predicted.index_select(0, &rows).unsqueeze(0);
+        let summary = match_targets(
+            &mut current,
+            &data,
+            &examples,
+            forgotten.indices(),
+            &targets,
+            &matching,
+            task.seed,
+        )
+        .map_err(ml_error)?;
+        stop_if_cancelled(context)?;
+        let next = lineage.advance(&forgotten, Method::Dmm, &requested, task.seed);
+        let new_info = CheckpointInfo {
+            lineage: Some(next.clone()),
+            ..info
+        };
+        let path = dir
+            .path()
+            .join(format!("model-v{}.safetensors", next.version));
+        checkpoint::save_member(&current, 0, &new_info, &path).map_err(ml_error)?;
+        Ok(TaskOutput {
+            artifacts: vec![put(context, "model", &path)?],
+            result: Some(json!({
+                "version": next.version,
+                "forgotten": forgotten.len(),
+                "requested": requested.len(),
+                "examples": summary.examples,
+                "final_loss": summary.final_loss,
+            })),
+        })
+    }
+}
+
+impl TaskHandler for Audit {
+    fn needs_inputs(&self) -> bool {
+        true
+    }
+
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: AuditSpec = spec(context)?;
+        let dir = workspace()?;
+        let data = load_dataset(context, &task.dataset, dir.path())?;
+        let forgotten = forget_set(&task.forgotten, &data)?;
+        let (mut before, _, _) = load_checkpoint(
+            context,
+            &task.before,
+            dir.path(),
+            "before.safetensors",
+            &data,
+            self.device,
+        )?;
+        let after_path = dir.path().join("after.safetensors");
+        fetch_input(context, one_input(context, "model")?, &after_path)?;
+        let (mut after, info) = checkpoint::load(&after_path, self.device).map_err(ml_error)?;
+        super::check_fits(&info, &data, "the new version")?;
+        let oracle_dir = dir.path().join("oracles");
+        std::fs::create_dir_all(&oracle_dir)
+            .map_err(|e| TaskError::Retryable(format!("create {}: {e}", oracle_dir.display())))?;
+        let oracles = gather_ensemble(context, &oracle_dir)?;
+        if oracles.manifest.spec.exclude != forgotten.indices() {
+            return Err(TaskError::Fatal(
+                "the oracles were not retrained without exactly the forgotten examples".into(),
+            ));
+        }
+        stop_if_cancelled(context)?;
+        context.report(0.5, "margins of the versions and the oracles");
+        let targets = all_targets(&data);
+        let oracle_margins = margins(&oracles.logits.to_kind(Kind::Float), &oracles.labels);
+        let before_margins = Outputs::compute(&mut before, &data, &targets)
+            .map_err(ml_error)?
+            .margins()
+            .get(0);
+        let after_margins = Outputs::compute(&mut after, &data, &targets)
+            .map_err(ml_error)?
+            .margins()
+            .get(0);
+        let report = margin_report(
+            &oracle_margins,
+            &before_margins,
+            &after_margins,
+            &forgotten,
+            &data,
+        );
+        Ok(TaskOutput {
+            artifacts: Vec::new(),
+            result: Some(json!({
+                "oracles": oracles.seeds.len(),
+                "splits": report,
+            })),
+        })
+    }
+}
+
+/// Per split (forget, retain, validation): the mean absolute distance of each target's margin
+/// from the oracles' mean margin, before and after, and the share of that gap the run closed.
+fn margin_report(
+    oracles: &Tensor,
+    before: &Tensor,
+    after: &Tensor,
+    forgotten: &ForgetSet,
+    data: &Dataset,
+) -> Value {
+    let oracle_mean = oracles.mean_dim([0].as_slice(), false, Kind::Float);
+    let retained = forgotten.retained(data.num_train);
+    let validation: Vec<i64> = (data.num_train..data.num_targets()).collect();
+    let mut splits = serde_json::Map::new();
+    for (name, indices) in [
+        ("forget", forgotten.indices()),
+        ("retain", retained.as_slice()),
+        ("validation", validation.as_slice()),
+    ] {
+        if indices.is_empty() {
+            continue;
+        }
+        let rows = Tensor::from_slice(indices);
+        let gap = |margins: &Tensor| {
+            (margins.index_select(0, &rows) - oracle_mean.index_select(0, &rows))
+                .abs()
+                .mean(Kind::Float)
+                .double_value(&[])
+        };
+        let (gap_before, gap_after) = (gap(before), gap(after));
+        splits.insert(
+            name.to_owned(),
+            json!({
+                "points": indices.len(),
+                "margin_gap_before": gap_before,
+                "margin_gap_after": gap_after,
+                "gap_closed": if gap_before > 0.0 { 1.0 - gap_after / gap_before } else { 0.0 },
+            }),
+        );
+    }
+    Value::Object(splits)
+}

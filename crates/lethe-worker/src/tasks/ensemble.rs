@@ -1,0 +1,206 @@
+//! `retrain`: one member range of an ensemble of subset models (an index build) or of oracles
+//! (an audit). `build_index`: the reduce that estimates β from every range.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use lethe_ml::attribution::{build_index, Estimator};
+use lethe_ml::ensemble::{run_member_range, EnsembleEvent, EnsembleResults, EnsembleSpec};
+use lethe_proto::tasks::{BuildIndexSpec, EnsembleTask, RetrainSpec};
+use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
+use serde_json::json;
+
+use super::{
+    fetch_input, inputs_named, load_checkpoint, load_dataset, ml_error, put, spec,
+    stop_if_cancelled, workspace,
+};
+
+/// What `run_member_range` names its files; the reduce rebuilds the directory from them.
+const MANIFEST: &str = "ensemble.json";
+
+pub(super) struct Retrain {
+    pub(super) device: tch::Device,
+}
+
+pub(super) struct BuildIndex;
+
+/// The ensemble a task describes, with the architecture and recipe of its model.
+fn ensemble_spec(
+    context: &TaskContext,
+    task: &EnsembleTask,
+    dir: &Path,
+    device: tch::Device,
+) -> Result<(EnsembleSpec, lethe_ml::data::Dataset), TaskError> {
+    let data = load_dataset(context, &task.dataset, dir)?;
+    let (_, info, _) = load_checkpoint(
+        context,
+        &task.model,
+        dir,
+        "model.safetensors",
+        &data,
+        device,
+    )?;
+    let recipe = info.recipe.ok_or_else(|| {
+        TaskError::Fatal(format!(
+            "checkpoint {} records no training recipe, so it cannot be retrained",
+            task.model.uri
+        ))
+    })?;
+    let ensemble = EnsembleSpec {
+        model: info.model,
+        recipe,
+        members: task.members,
+        alpha: task.alpha,
+        base_seed: task.seed,
+        group_size: task.members_per_task,
+        exclude: task.exclude.clone(),
+        keep_weights: false,
+    };
+    ensemble
+        .validate(data.num_train)
+        .map_err(|e| TaskError::Fatal(e.to_string()))?;
+    Ok((ensemble, data))
+}
+
+impl TaskHandler for Retrain {
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: RetrainSpec = spec(context)?;
+        let dir = workspace()?;
+        let (ensemble, data) = ensemble_spec(context, &task.ensemble, dir.path(), self.device)?;
+        let members = task.start..task.end;
+        if !ensemble.groups().contains(&members) {
+            return Err(TaskError::Fatal(format!(
+                "members {members:?} are not one group of {} in an ensemble of {}",
+                ensemble.group_size, ensemble.members
+            )));
+        }
+        stop_if_cancelled(context)?;
+        let mut val_accuracy = Vec::new();
+        let mut events = |event: EnsembleEvent| match event {
+            EnsembleEvent::Step { progress, .. } => context.report(
+                progress.epoch as f64 / progress.epochs.max(1) as f64,
+                format!(
+                    "members {}..{}: epoch {}/{}",
+                    task.start, task.end, progress.epoch, progress.epochs
+                ),
+            ),
+            EnsembleEvent::GroupFinished {
+                val_accuracy: accuracy,
+                ..
+            } => val_accuracy = accuracy,
+            _ => {}
+        };
+        run_member_range(
+            &ensemble,
+            &data,
+            dir.path(),
+            members.clone(),
+            self.device,
+            &mut events,
+        )
+        .map_err(ml_error)?;
+        stop_if_cancelled(context)?;
+        let group = dir.path().join(group_file(&members));
+        let artifacts = vec![
+            put(context, "members", &group)?,
+            put(context, "manifest", &dir.path().join(MANIFEST))?,
+        ];
+        let mean = val_accuracy.iter().sum::<f64>() / val_accuracy.len().max(1) as f64;
+        Ok(TaskOutput {
+            artifacts,
+            result: Some(json!({
+                "members": [task.start, task.end],
+                "val_accuracy_mean": mean,
+            })),
+        })
+    }
+}
+
+fn group_file(members: &std::ops::Range<usize>) -> String {
+    format!(
+        "members-{:06}-{:06}.safetensors",
+        members.start, members.end
+    )
+}
+
+/// Rebuilds an ensemble directory in `dir` from the `members` and `manifest` inputs.
+pub(super) fn gather_ensemble(
+    context: &TaskContext,
+    dir: &Path,
+) -> Result<EnsembleResults, TaskError> {
+    let manifest = inputs_named(context, "manifest");
+    let first = manifest
+        .first()
+        .ok_or_else(|| TaskError::Fatal("no `manifest` input".into()))?;
+    fetch_input(context, first, &dir.join(MANIFEST))?;
+    for input in inputs_named(context, "members") {
+        stop_if_cancelled(context)?;
+        let range: RetrainSpec = serde_json::from_value(input.task_spec.clone())
+            .map_err(|e| TaskError::Fatal(format!("retrain input spec: {e}")))?;
+        fetch_input(
+            context,
+            input,
+            &dir.join(group_file(&(range.start..range.end))),
+        )?;
+    }
+    EnsembleResults::load(dir).map_err(ml_error)
+}
+
+impl TaskHandler for BuildIndex {
+    fn needs_inputs(&self) -> bool {
+        true
+    }
+
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: BuildIndexSpec = spec(context)?;
+        let dir = workspace()?;
+        let ensemble = gather_ensemble(context, dir.path())?;
+        if ensemble.seeds.len() != task.ensemble.members {
+            return Err(TaskError::Fatal(format!(
+                "the retrains hold {} members, the build asked for {}",
+                ensemble.seeds.len(),
+                task.ensemble.members
+            )));
+        }
+        let beta = dir.path().join("beta.safetensors");
+        let rows = ensemble.manifest.num_train.max(1) as f64;
+        let mut progress = |done: lethe_ml::attribution::subsample::BuildProgress| {
+            context.report(done.rows_done as f64 / rows, "estimating β");
+            if context.is_cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let built = build_index(
+            &ensemble,
+            0..ensemble.seeds.len(),
+            Estimator::Subsample,
+            &beta,
+            &mut progress,
+        )
+        .map_err(ml_error)?;
+        if !built.complete {
+            return Err(TaskError::Cancelled);
+        }
+        let noise = lethe_ml::unlearn::targets::IndexNoise::path_for(&beta);
+        let accuracy = ensemble.val_accuracy();
+        // Validation accuracy of the subset models: a retrain that learnt nothing would make
+        // β noise, and this is where an operator sees it.
+        let mean = accuracy.iter().sum::<f64>() / accuracy.len().max(1) as f64;
+        Ok(TaskOutput {
+            artifacts: vec![
+                put(context, "beta", &beta)?,
+                put(context, "beta_noise", &noise)?,
+            ],
+            result: Some(json!({
+                "estimator": "subsample",
+                "members": ensemble.seeds.len(),
+                "num_train": ensemble.manifest.num_train,
+                "num_targets": ensemble.manifest.num_targets,
+                "dataset_hash": ensemble.manifest.dataset_hash,
+                "subset_val_accuracy_mean": mean,
+            })),
+        })
+    }
+}

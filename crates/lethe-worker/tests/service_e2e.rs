@@ -1,0 +1,348 @@
+//! The whole service on loopback: PostgreSQL, a coordinator, two `lethe-worker serve`
+//! processes and a `file://` artifact store. A tenant registers fmnist-tiny and a model,
+//! builds the index, files two deletion requests that are coalesced into one run, watches
+//! them, downloads the new version and checks that its forget-set margins moved towards the
+//! oracles'. Then a second run (on top of the first version) loses a worker to SIGKILL in the
+//! middle of a task and still completes.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lethe_artifacts::{ArtifactStore, StoredObject};
+use lethe_coordinator::{Coordinator, CoordinatorConfig, TENANT_HEADER};
+use lethe_ml::checkpoint;
+use lethe_ml::data::{Dataset, DatasetSpec};
+use lethe_ml::outputs::{margins, Outputs};
+use lethe_ml::tensorio;
+use lethe_proto::google::longrunning::{operation, Operation};
+use lethe_proto::lethe::v1::lethe_client::LetheClient;
+use lethe_proto::lethe::v1::{
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, ListModelVersionsRequest,
+    OperationMetadata, OperationResult, RegisterDatasetRequest, RegisterModelRequest,
+    WatchOperationRequest,
+};
+use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+use tonic::transport::Channel;
+
+const TENANT: &str = "acme";
+
+fn serve(endpoint: &str, artifacts: &str, name: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+        .args(["serve", "--coordinator", endpoint, "--artifacts", artifacts])
+        .args(["--name", name, "--cpu", "--drain-grace-seconds", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start lethe-worker serve")
+}
+
+fn call<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(TENANT_HEADER, TENANT.parse().unwrap());
+    request
+}
+
+/// Follows an operation with WatchOperation to its end.
+async fn watch(client: &mut LetheClient<Channel>, name: &str) -> Operation {
+    let mut stream = client
+        .watch_operation(call(WatchOperationRequest { name: name.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    let watching = async {
+        while let Some(operation) = stream.message().await.unwrap() {
+            last = Some(operation);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), watching)
+        .await
+        .expect("the operation finishes within 10 minutes");
+    let operation = last.expect("the watch sent the operation at least once");
+    assert!(operation.done, "{operation:?}");
+    operation
+}
+
+fn result_json(operation: &Operation) -> serde_json::Value {
+    match &operation.result {
+        Some(operation::Result::Response(any)) => {
+            let result = OperationResult::decode(any.value.as_slice()).unwrap();
+            serde_json::from_str(&result.result_json).unwrap()
+        }
+        other => panic!("{} did not succeed: {other:?}", operation.name),
+    }
+}
+
+fn metadata(operation: &Operation) -> OperationMetadata {
+    OperationMetadata::decode(operation.metadata.as_ref().unwrap().value.as_slice()).unwrap()
+}
+
+fn forget_margins(model: &std::path::Path, data: &Dataset, forget: &[i64]) -> Tensor {
+    let (mut model, _) = checkpoint::load(model, tch::Device::Cpu).unwrap();
+    Outputs::compute(&mut model, data, forget)
+        .unwrap()
+        .margins()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
+    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
+    let url = cluster.create_database("e2e").unwrap();
+    let store = Store::connect(
+        &url,
+        StoreConfig {
+            lease: Duration::from_secs(3),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(200),
+        coalescing_window: Duration::from_secs(1),
+    };
+    let coordinator = Coordinator::new(store.clone(), config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    let artifacts = format!("file://{}", root.display());
+    let artifact_store = ArtifactStore::open(&artifacts).unwrap();
+
+    // The deployed model, version 0: an MLP trained on fmnist-tiny, in the artifact store.
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    let base = root.join("models/base.safetensors");
+    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+        .args([
+            "train",
+            "--dataset",
+            "fmnist-tiny",
+            "--device",
+            "cpu",
+            "--out",
+        ])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{trained:?}");
+    let base_sha = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
+
+    let mut client = LetheClient::connect(coordinator.endpoint()).await.unwrap();
+    client
+        .register_dataset(call(RegisterDatasetRequest {
+            dataset_id: "fmnist-tiny".into(),
+            uri: "builtin:fmnist-tiny".into(),
+            sha256: vec![],
+        }))
+        .await
+        .unwrap();
+    client
+        .register_model(call(RegisterModelRequest {
+            model_id: "shoes".into(),
+            dataset: "datasets/fmnist-tiny".into(),
+            uri: format!("{artifacts}/models/base.safetensors"),
+            sha256: base_sha.clone(),
+        }))
+        .await
+        .unwrap();
+
+    // Without an index a deletion request is refused up front.
+    let early = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: vec![1],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
+
+    let mut first = serve(&coordinator.endpoint(), &artifacts, "first");
+    let mut second = serve(&coordinator.endpoint(), &artifacts, "second");
+
+    let index = client
+        .create_index_build(call(CreateIndexBuildRequest {
+            model: "models/shoes".into(),
+            members: 128,
+            members_per_task: 32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let index = watch(&mut client, &index.name).await;
+    let built = result_json(&index);
+    assert_eq!(built["num_train"], 512, "{built}");
+    assert_eq!(
+        metadata(&index).tasks.unwrap().succeeded,
+        5,
+        "4 retrains and a reduce"
+    );
+
+    // Two requests within the coalescing window share one run, each with its own operation.
+    let forget_a: Vec<i64> = (0..8).map(|i| i * 17).collect();
+    let forget_b: Vec<i64> = (8..16).map(|i| i * 17).collect();
+    let mut requests = Vec::new();
+    for forget in [&forget_a, &forget_b] {
+        let operation = client
+            .create_deletion_request(call(CreateDeletionRequestRequest {
+                model: "models/shoes".into(),
+                forget: forget.clone(),
+                audit_oracles: 16,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        requests.push(operation.name);
+    }
+    let done_a = watch(&mut client, &requests[0]).await;
+    let done_b = watch(&mut client, &requests[1]).await;
+    let (result_a, result_b) = (result_json(&done_a), result_json(&done_b));
+    assert_eq!(result_a["run"], result_b["run"], "one run served both");
+    assert_eq!(metadata(&done_a).run, metadata(&done_b).run);
+    assert_eq!(result_a["model_version"], 1);
+    assert_eq!(result_a["forgotten_total"], 16);
+
+    // Download version 1 as a client would and check it is a checkpoint of the same model.
+    let object = StoredObject {
+        uri: result_a["model_uri"].as_str().unwrap().into(),
+        sha256: hex::decode(result_a["model_sha256"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+        size: result_a["model_size_bytes"].as_u64().unwrap(),
+    };
+    let v1 = dir.path().join("v1.safetensors");
+    artifact_store
+        .download_verified(&object, &v1)
+        .await
+        .unwrap();
+    let (_, info) = checkpoint::load(&v1, tch::Device::Cpu).unwrap();
+    let lineage = info.lineage.expect("a new version records its lineage");
+    assert_eq!(lineage.version, 1);
+    assert_eq!(lineage.base_sha256, hex::encode(&base_sha));
+
+    // The forget set's margins moved towards the oracles' (read from the run's own oracle
+    // retrains, which were trained without the forgotten examples).
+    let data = Dataset::load(&DatasetSpec::fmnist_tiny()).unwrap();
+    let mut forgotten: Vec<i64> = forget_a.iter().chain(&forget_b).copied().collect();
+    forgotten.sort_unstable();
+    let run: uuid::Uuid = result_a["run"].as_str().unwrap().parse().unwrap();
+    let oracle_files: Vec<(String, Vec<u8>, i64)> = lethe_store::sqlx::query_as(
+        "SELECT a.uri, a.sha256, a.size_bytes FROM artifacts a JOIN tasks t ON t.id = a.task_id \
+         WHERE t.job_id = $1 AND t.kind = 'retrain' AND a.name = 'members'",
+    )
+    .bind(run)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(oracle_files.len(), 1, "16 oracles in one range");
+    let mut oracle_margins = Vec::new();
+    for (i, (uri, sha256, size)) in oracle_files.into_iter().enumerate() {
+        let path = dir.path().join(format!("oracles-{i}.safetensors"));
+        let object = StoredObject {
+            uri,
+            sha256: sha256.try_into().unwrap(),
+            size: size as u64,
+        };
+        artifact_store
+            .download_verified(&object, &path)
+            .await
+            .unwrap();
+        let file = tensorio::read_safetensors(&path).unwrap();
+        let logits = file.get("logits").unwrap().to_kind(Kind::Float);
+        let labels = file.get("labels").unwrap().shallow_clone();
+        oracle_margins.push(margins(&logits, &labels));
+    }
+    let rows = Tensor::from_slice(&forgotten);
+    let oracle = Tensor::cat(&oracle_margins, 0)
+        .index_select(1, &rows)
+        .mean_dim([0].as_slice(), false, Kind::Float);
+    let gap = |m: &Tensor| (m - &oracle).abs().mean(Kind::Float).double_value(&[]);
+    let (before, after) = (
+        gap(&forget_margins(&base, &data, &forgotten)),
+        gap(&forget_margins(&v1, &data, &forgotten)),
+    );
+    eprintln!(
+        "forget-set margin gap to the oracles: {before:.3} at version 0, {after:.3} at version 1"
+    );
+    assert!(
+        after < 0.8 * before,
+        "forget margins should move towards the oracles': gap {before:.3} before, {after:.3} after"
+    );
+    let audit = &result_a["report"]["splits"]["forget"];
+    assert!(
+        audit["margin_gap_after"].as_f64().unwrap() < audit["margin_gap_before"].as_f64().unwrap(),
+        "{audit}"
+    );
+
+    // A second request makes version 2 from version 1; a worker dies holding one of its tasks.
+    let forget_c: Vec<i64> = (16..24).map(|i| i * 17).collect();
+    let request_c = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget_c,
+            audit_oracles: 16,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let victim_id: uuid::Uuid = loop {
+        let owner: Option<uuid::Uuid> = lethe_store::sqlx::query_scalar(
+            "SELECT t.lease_owner FROM tasks t JOIN jobs j ON j.id = t.job_id \
+             JOIN workers w ON w.id = t.lease_owner \
+             WHERE j.kind = 'deletion_run' AND j.id <> $1 AND t.state = 'leased' \
+               AND w.name = 'first' LIMIT 1",
+        )
+        .bind(run)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        if let Some(owner) = owner {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let done_c = watch(&mut client, &request_c.name).await;
+    let result_c = result_json(&done_c);
+    assert_eq!(result_c["model_version"], 2);
+    assert_eq!(result_c["forgotten_total"], 24);
+    let expired: i64 = lethe_store::sqlx::query_scalar(
+        "SELECT count(*) FROM task_attempts WHERE outcome = 'lease_expired' AND worker_id = $1",
+    )
+    .bind(victim_id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(expired >= 1, "the killed worker's task was taken back");
+
+    let versions = client
+        .list_model_versions(call(ListModelVersionsRequest {
+            model: "models/shoes".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let listed: Vec<(i32, i64)> = versions
+        .iter()
+        .map(|v| (v.version, v.forgotten_count))
+        .collect();
+    assert_eq!(listed, [(2, 24), (1, 16), (0, 0)]);
+
+    second.kill().unwrap();
+    second.wait().unwrap();
+    coordinator.shutdown().await.unwrap();
+}
