@@ -24,7 +24,9 @@ ALTER TABLE jobs ADD COLUMN model_id uuid REFERENCES models (id);
 ALTER TABLE jobs ADD COLUMN run_id uuid REFERENCES jobs (id);
 ALTER TABLE jobs ADD CONSTRAINT jobs_model_scoped
     CHECK ((kind IN ('index_build', 'deletion', 'deletion_run')) = (model_id IS NOT NULL));
-ALTER TABLE jobs ADD CONSTRAINT jobs_run_of_request CHECK (run_id IS NULL OR kind = 'deletion');
+-- A deletion request's run; for an index build, the retraining run whose version it indexes.
+ALTER TABLE jobs ADD CONSTRAINT jobs_run_of_request
+    CHECK (run_id IS NULL OR kind IN ('deletion', 'index_build'));
 
 -- What the planner scans: requests still waiting for a run, oldest first per model.
 CREATE INDEX jobs_pending_deletions ON jobs (model_id, created_at)
@@ -34,7 +36,9 @@ CREATE INDEX jobs_by_model ON jobs (model_id, kind, id DESC) WHERE model_id IS N
 
 -- Version 0 of a model is its `models` row; every succeeded run adds the next version. The
 -- parent of version v is v - 1 (runs on a model are serialised), and the requests that produced
--- a version are the jobs whose `run_id` is its run.
+-- a version are the jobs whose `run_id` is its run. An anchor is a version retrained from
+-- scratch once too much was forgotten: later runs predict their targets from it (with the
+-- index built for it) instead of from version 0.
 CREATE TABLE model_versions (
     model_id    uuid NOT NULL REFERENCES models (id),
     version     integer NOT NULL CHECK (version >= 1),
@@ -42,6 +46,7 @@ CREATE TABLE model_versions (
     uri         text NOT NULL CHECK (length(uri) BETWEEN 1 AND 2000),
     sha256      bytea NOT NULL CHECK (length(sha256) = 32),
     size_bytes  bigint NOT NULL CHECK (size_bytes >= 0),
+    anchor      boolean NOT NULL,
     -- Every training index forgotten since version 0, sorted: the next run's starting set.
     forgotten   bigint[] NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -57,12 +62,13 @@ DECLARE
     produced model_versions;
 BEGIN
     IF NEW.state = 'succeeded' THEN
-        INSERT INTO model_versions (model_id, version, run_id, uri, sha256, size_bytes, forgotten)
+        INSERT INTO model_versions (model_id, version, run_id, uri, sha256, size_bytes, anchor,
+                                    forgotten)
         SELECT NEW.model_id, (NEW.spec->>'version')::integer, NEW.id, a.uri, a.sha256,
-               a.size_bytes,
+               a.size_bytes, t.kind = 'full_retrain',
                ARRAY(SELECT value::bigint FROM jsonb_array_elements_text(NEW.spec->'forgotten'))
         FROM tasks t JOIN artifacts a ON a.task_id = t.id AND a.name = 'model'
-        WHERE t.job_id = NEW.id AND t.kind = 'match'
+        WHERE t.job_id = NEW.id AND t.kind IN ('match', 'full_retrain')
         RETURNING * INTO produced;
         IF produced.run_id IS NULL THEN
             RAISE EXCEPTION 'deletion run % succeeded without a model artifact', NEW.id;
@@ -80,8 +86,10 @@ BEGIN
             'model_sha256', encode(produced.sha256, 'hex'),
             'model_size_bytes', produced.size_bytes,
             'forgotten_total', cardinality(produced.forgotten),
+            'retrained', produced.anchor,
             'report', NEW.result) END
-    WHERE r.run_id = NEW.id AND r.state IN ('queued', 'running', 'cancelling');
+    WHERE r.run_id = NEW.id AND r.kind = 'deletion'
+      AND r.state IN ('queued', 'running', 'cancelling');
     RETURN NULL;
 END;
 $$;

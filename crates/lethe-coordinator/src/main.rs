@@ -29,6 +29,9 @@ struct Args {
     /// Seconds the oldest pending deletion request of a model waits for others to join its run.
     #[arg(long, env = "LETHE_COALESCING_WINDOW_SECONDS", default_value_t = 10.0)]
     coalescing_window_seconds: f64,
+    /// Fraction of the training set forgotten past which a run retrains from scratch.
+    #[arg(long, env = "LETHE_RETRAIN_THRESHOLD", default_value_t = 0.05)]
+    retrain_threshold: f64,
 }
 
 #[tokio::main]
@@ -48,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
     if !(args.coalescing_window_seconds.is_finite() && args.coalescing_window_seconds >= 0.0) {
         anyhow::bail!("--coalescing-window-seconds must be a non-negative number");
     }
+    if !(0.0..=1.0).contains(&args.retrain_threshold) {
+        anyhow::bail!("--retrain-threshold must lie in [0, 1]");
+    }
     let store_config = StoreConfig {
         lease: Duration::from_secs_f64(args.lease_seconds),
         max_connections: args.db_max_connections.max(1),
@@ -63,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
         coalescing_window: Duration::from_secs_f64(args.coalescing_window_seconds),
+        retrain_threshold: args.retrain_threshold,
         ..CoordinatorConfig::default()
     };
     Coordinator::new(store, config)

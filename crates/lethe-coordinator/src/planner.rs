@@ -12,9 +12,10 @@
 use std::collections::BTreeSet;
 
 use lethe_proto::tasks::{
-    self, AuditSpec, BuildIndexSpec, EnsembleTask, MatchSpec, ObjectRef, PredictSpec, RetrainSpec,
+    self, AuditSpec, BuildIndexSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef,
+    PredictSpec, RetrainSpec,
 };
-use lethe_store::{JobKind, NewJob, NewTask, RunInputs, StoreError, StoredRef};
+use lethe_store::{JobKind, NewJob, NewTask, RunInputs, RunPlan, StoreError, StoredRef};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -28,6 +29,11 @@ pub(crate) struct IndexBuildPlan {
     pub(crate) alpha: f64,
     pub(crate) members_per_task: usize,
     pub(crate) seed: u64,
+    /// Examples the indexed version was trained without (a retrained anchor's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) exclude: Vec<i64>,
+    /// The version whose predictions the index serves.
+    pub(crate) anchor_version: i32,
 }
 
 /// What one deletion request asks for, as stored in its job's spec.
@@ -61,7 +67,7 @@ pub(crate) fn index_build_tasks(plan: &IndexBuildPlan) -> Vec<NewTask> {
         alpha: plan.alpha,
         seed: plan.seed,
         members_per_task: plan.members_per_task,
-        exclude: Vec::new(),
+        exclude: plan.exclude.clone(),
     };
     let mut graph = retrain_tasks(&ensemble);
     let retrains = 0..graph.len();
@@ -94,16 +100,17 @@ fn retrain_tasks(ensemble: &EnsembleTask) -> Vec<NewTask> {
         .collect()
 }
 
-/// One run for every pending request of a model: the union of their forget sets is added to
-/// what earlier versions forgot, targets are predicted from version 0, and the fine-tune
-/// starts from the latest version.
-pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
+/// One run for every pending request of a model (DESIGN.md §1.8). The union of their forget
+/// sets is added to what the current version forgot. While the forgotten fraction stays within
+/// `retrain_threshold` since the anchor, DMM predicts targets from the anchor (version 0, or the latest version
+/// retrained from scratch) with its index and fine-tunes the current version; past it, the run
+/// retrains from scratch without everything forgotten, and an index for that new anchor is
+/// built beside it.
+pub(crate) fn deletion_run(
+    inputs: &RunInputs,
+    retrain_threshold: f64,
+) -> Result<RunPlan, StoreError> {
     let refuse = |message: String| Err(StoreError::FailedPrecondition(message));
-    let Some(index) = &inputs.index else {
-        return refuse(
-            "the model has no attribution index: build one (CreateIndexBuild) first".into(),
-        );
-    };
     let requests: Vec<DeletionRequestSpec> = inputs
         .requests
         .iter()
@@ -111,49 +118,89 @@ pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Corrupt(format!("deletion request spec: {e}")))?;
     let requested: BTreeSet<i64> = requests.iter().flat_map(|r| r.forget.clone()).collect();
-    let forgotten: Vec<i64> = requested
-        .iter()
-        .chain(&inputs.current.forgotten)
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let before: BTreeSet<i64> = inputs.current.forgotten.iter().copied().collect();
+    if requested.is_subset(&before) {
+        return refuse(format!(
+            "every example asked for is already forgotten by version {}",
+            inputs.current.version
+        ));
+    }
+    let forgotten: Vec<i64> = requested.union(&before).copied().collect();
+    let Some(num_train) = inputs.num_train else {
+        return refuse("the model has no attribution index: build one (CreateIndexBuild)".into());
+    };
     let audit_oracles = requests.iter().map(|r| r.audit_oracles).max().unwrap_or(0);
     // The first request's seed: a run is reproducible from its requests.
     let seed = requests.first().map_or(0, |r| r.seed);
-    let noise = index.noise.as_ref().map(object_ref);
     let dataset = object_ref(&inputs.dataset);
-    let base = object_ref(&inputs.base.object);
     let current = object_ref(&inputs.current.object);
+    let anchor = object_ref(&inputs.base.object);
+    // DMM's predictions are linear in the removal from the anchor: what counts is how much
+    // was forgotten since the anchor was trained.
+    let anchored: BTreeSet<i64> = inputs.base.forgotten.iter().copied().collect();
+    let since_anchor: Vec<i64> = forgotten
+        .iter()
+        .filter(|i| !anchored.contains(i))
+        .copied()
+        .collect();
+    let retrain = since_anchor.len() as f64 > retrain_threshold * num_train as f64;
 
-    let mut graph = vec![NewTask::new(
-        tasks::PREDICT,
-        to_json(&PredictSpec {
-            dataset: dataset.clone(),
-            base: base.clone(),
-            beta: object_ref(&index.beta),
-            beta_noise: noise,
-            forgotten: forgotten.clone(),
-        }),
-    )];
-    graph.push(
-        NewTask::new(
-            tasks::MATCH,
-            to_json(&MatchSpec {
+    let (mut graph, method, fresh_index) = if retrain {
+        let graph = vec![NewTask::new(
+            tasks::FULL_RETRAIN,
+            to_json(&FullRetrainSpec {
                 dataset: dataset.clone(),
-                base: base.clone(),
-                current: current.clone(),
-                forgotten: forgotten.clone(),
-                requested: requested.iter().copied().collect(),
+                model: anchor.clone(),
+                exclude: forgotten.clone(),
                 seed,
             }),
-        )
-        .after([0]),
-    );
+        )];
+        let index = index_build_for_retrain(inputs, &dataset, &anchor, &forgotten, seed);
+        (graph, "retrain", Some(index))
+    } else {
+        let Some(index) = &inputs.index else {
+            if inputs.index_pending {
+                return Ok(RunPlan::Wait);
+            }
+            return refuse(format!(
+                "version {} (the model's latest anchor) has no attribution index: build one \
+                 (CreateIndexBuild)",
+                inputs.base.version
+            ));
+        };
+        let graph = vec![
+            NewTask::new(
+                tasks::PREDICT,
+                to_json(&PredictSpec {
+                    dataset: dataset.clone(),
+                    base: anchor.clone(),
+                    beta: object_ref(&index.beta),
+                    beta_noise: index.noise.as_ref().map(object_ref),
+                    forgotten: since_anchor.clone(),
+                }),
+            ),
+            NewTask::new(
+                tasks::MATCH,
+                to_json(&MatchSpec {
+                    dataset: dataset.clone(),
+                    base: anchor.clone(),
+                    current: current.clone(),
+                    forgotten: since_anchor,
+                    requested: requested.iter().copied().collect(),
+                    excluded: inputs.base.forgotten.clone(),
+                    seed,
+                }),
+            )
+            .after([0]),
+        ];
+        (graph, "dmm", None)
+    };
+    // The task that writes the new version: the last one so far.
+    let produces = graph.len() - 1;
     if audit_oracles > 0 {
         let oracles = EnsembleTask {
             dataset: dataset.clone(),
-            model: base,
+            model: anchor,
             members: audit_oracles,
             alpha: 1.0,
             seed: seed ^ ORACLE_SEED_SALT,
@@ -162,7 +209,7 @@ pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
         };
         let first_oracle = graph.len();
         graph.extend(retrain_tasks(&oracles));
-        let audit_deps: Vec<usize> = std::iter::once(1)
+        let audit_deps: Vec<usize> = std::iter::once(produces)
             .chain(first_oracle..graph.len())
             .collect();
         graph.push(
@@ -183,14 +230,16 @@ pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
         .map(|r| r.priority)
         .max()
         .unwrap_or(0);
-    Ok(NewJob {
+    let run = NewJob {
         tenant: inputs.tenant.clone(),
         kind: JobKind::DeletionRun,
         request_id: None,
         spec: json!({
             "version": inputs.current.version + 1,
             "parent_version": inputs.current.version,
-            "index": index.job_id,
+            "anchor_version": inputs.base.version,
+            "method": method,
+            "index": inputs.index.as_ref().map(|index| index.job_id),
             "requests": inputs.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
             "requested": requested,
             "forgotten": forgotten,
@@ -200,7 +249,45 @@ pub(crate) fn deletion_run(inputs: &RunInputs) -> Result<NewJob, StoreError> {
         priority,
         deadline: None,
         tasks: graph,
-    })
+    };
+    Ok(RunPlan::Start { run, fresh_index })
+}
+
+/// The index of the version a full retrain makes: subset retrains of what remains, the same
+/// size as the model's current index.
+fn index_build_for_retrain(
+    inputs: &RunInputs,
+    dataset: &ObjectRef,
+    model: &ObjectRef,
+    forgotten: &[i64],
+    seed: u64,
+) -> NewJob {
+    let members = inputs
+        .index
+        .as_ref()
+        .and_then(|index| index.result.get("members"))
+        .and_then(|m| m.as_u64())
+        .map_or(DEFAULT_MEMBERS, |m| m as usize);
+    let plan = IndexBuildPlan {
+        model: String::new(),
+        dataset: dataset.clone(),
+        checkpoint: model.clone(),
+        members,
+        alpha: DEFAULT_ALPHA,
+        members_per_task: DEFAULT_MEMBERS_PER_TASK.min(members),
+        seed,
+        exclude: forgotten.to_vec(),
+        anchor_version: inputs.current.version + 1,
+    };
+    NewJob {
+        tenant: inputs.tenant.clone(),
+        kind: JobKind::IndexBuild,
+        request_id: None,
+        spec: to_json(&plan),
+        priority: 0,
+        deadline: None,
+        tasks: index_build_tasks(&plan),
+    }
 }
 
 /// Oracles must not share seeds with the subset retrains of the index.
@@ -234,19 +321,23 @@ mod tests {
                 object: stored("file:///m/v0"),
                 forgotten: vec![],
                 run_id: None,
+                anchor: true,
             },
             current: ModelVersion {
                 version: 2,
                 object: stored("file:///m/v2"),
                 forgotten: forgotten_before,
                 run_id: Some(Uuid::now_v7()),
+                anchor: false,
             },
             index: Some(IndexRef {
                 job_id: Uuid::now_v7(),
                 beta: stored("file:///beta"),
                 noise: None,
-                result: json!({}),
+                result: json!({"members": 64}),
             }),
+            index_pending: false,
+            num_train: Some(100),
             requests: requests
                 .iter()
                 .map(|(forget, oracles)| PendingRequest {
@@ -280,6 +371,8 @@ mod tests {
             alpha: 0.5,
             members_per_task: 32,
             seed: 1,
+            exclude: vec![],
+            anchor_version: 0,
         });
         let ranges: Vec<(usize, usize)> = graph[..4]
             .iter()
@@ -293,9 +386,19 @@ mod tests {
         assert_eq!(graph[4].depends_on, [0, 1, 2, 3]);
     }
 
+    fn started(plan: RunPlan) -> (NewJob, Option<NewJob>) {
+        match plan {
+            RunPlan::Start { run, fresh_index } => (run, fresh_index),
+            RunPlan::Wait => panic!("the planner waited"),
+        }
+    }
+
     #[test]
     fn coalesced_requests_forget_their_union_on_top_of_earlier_versions() {
-        let run = deletion_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5])).unwrap();
+        let plan = deletion_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5]), 0.05);
+        let (run, fresh_index) = started(plan.unwrap());
+        assert!(fresh_index.is_none());
+        assert_eq!(run.spec["method"], "dmm");
         assert_eq!(run.spec["version"], 3);
         assert_eq!(run.spec["forgotten"], json!([1, 3, 5, 9]));
         assert_eq!(run.spec["requested"], json!([3, 5, 9]));
@@ -320,11 +423,52 @@ mod tests {
     }
 
     #[test]
-    fn a_run_without_an_index_is_refused() {
+    fn past_the_threshold_a_run_retrains_and_indexes_the_new_anchor() {
+        // 4 forgotten and 3 more of 100 examples: past 5 %.
+        let plan = deletion_run(&inputs(&[(&[10, 11, 12], 8)], vec![1, 2, 3, 4]), 0.05);
+        let (run, fresh_index) = started(plan.unwrap());
+        assert_eq!(run.spec["method"], "retrain");
+        let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(kinds, [tasks::FULL_RETRAIN, tasks::RETRAIN, tasks::AUDIT]);
+        assert_eq!(run.tasks[2].depends_on, [0, 1]);
+        let retrain: FullRetrainSpec = serde_json::from_value(run.tasks[0].spec.clone()).unwrap();
+        assert_eq!(retrain.exclude, [1, 2, 3, 4, 10, 11, 12]);
+        let index = fresh_index.expect("an index for the new anchor");
+        assert_eq!(index.tasks.len(), 3, "64 members in 2 ranges and a reduce");
+        let member: RetrainSpec = serde_json::from_value(index.tasks[0].spec.clone()).unwrap();
+        assert_eq!(member.ensemble.exclude, retrain.exclude);
+    }
+
+    #[test]
+    fn after_a_retrain_targets_come_from_the_new_anchor() {
+        let mut after = inputs(&[(&[20], 0)], vec![1, 2, 3]);
+        after.base.forgotten = vec![1, 2];
+        let (run, _) = started(deletion_run(&after, 0.05).unwrap());
+        let predict: PredictSpec = serde_json::from_value(run.tasks[0].spec.clone()).unwrap();
+        assert_eq!(
+            predict.forgotten,
+            [3, 20],
+            "only what the anchor still knows"
+        );
+        let matching: MatchSpec = serde_json::from_value(run.tasks[1].spec.clone()).unwrap();
+        assert_eq!(matching.excluded, [1, 2]);
+        assert_eq!(run.spec["forgotten"], json!([1, 2, 3, 20]));
+    }
+
+    #[test]
+    fn a_run_waits_for_a_pending_index_and_is_refused_without_one() {
         let mut without = inputs(&[(&[1], 0)], vec![]);
         without.index = None;
+        without.index_pending = true;
+        assert!(matches!(deletion_run(&without, 0.05), Ok(RunPlan::Wait)));
+        without.index_pending = false;
         assert!(matches!(
-            deletion_run(&without),
+            deletion_run(&without, 0.05),
+            Err(StoreError::FailedPrecondition(_))
+        ));
+        let again = inputs(&[(&[1], 0)], vec![1]);
+        assert!(matches!(
+            deletion_run(&again, 0.05),
             Err(StoreError::FailedPrecondition(_))
         ));
     }

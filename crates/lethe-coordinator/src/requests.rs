@@ -52,6 +52,16 @@ impl Shared {
             .get_dataset(&tenant, &model.dataset)
             .await
             .map_err(from_store)?;
+        // The index serves the latest anchor: version 0, or the latest full retrain.
+        let versions = self
+            .store
+            .model_versions(&tenant, model.id)
+            .await
+            .map_err(from_store)?;
+        let anchor = versions
+            .into_iter()
+            .find(|version| version.anchor)
+            .ok_or_else(|| Status::internal("a model without version 0"))?;
         let members = match request.members {
             0 => DEFAULT_MEMBERS,
             n if !(2..=MAX_MEMBERS).contains(&n) => {
@@ -75,14 +85,13 @@ impl Shared {
                 uri: dataset.uri,
                 sha256: dataset.sha256.map(hex::encode),
             },
-            checkpoint: ObjectRef {
-                uri: model.uri,
-                sha256: model.sha256.map(hex::encode),
-            },
+            checkpoint: planner::object_ref(&anchor.object),
             members,
             alpha,
             members_per_task,
             seed: request.seed,
+            exclude: anchor.forgotten,
+            anchor_version: anchor.version,
         };
         let job = NewJob {
             tenant,
@@ -95,7 +104,7 @@ impl Shared {
         };
         let (job, created) = self
             .store
-            .create_job_about(&job, Some(model.id))
+            .create_index_build(&job, model.id, anchor.run_id)
             .await
             .map_err(from_store)?;
         if created {
@@ -222,7 +231,9 @@ impl Shared {
         for model in due {
             if let Some(run) = self
                 .store
-                .start_deletion_run(model, planner::deletion_run)
+                .start_deletion_run(model, |inputs| {
+                    planner::deletion_run(inputs, self.config.retrain_threshold)
+                })
                 .await?
             {
                 tracing::info!(run = %run.id, model = %model, "started a deletion run");

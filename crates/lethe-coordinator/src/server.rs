@@ -27,6 +27,10 @@ pub struct CoordinatorConfig {
     /// How long the oldest pending deletion request of a model waits for others to join its
     /// run: requests that arrive together are served by one fine-tune.
     pub coalescing_window: Duration,
+    /// Fraction of the training set forgotten past which a deletion run retrains from scratch
+    /// (and indexes the new version) instead of fine-tuning: DMM's linear predictions hold
+    /// for small removals.
+    pub retrain_threshold: f64,
 }
 
 impl Default for CoordinatorConfig {
@@ -35,6 +39,7 @@ impl Default for CoordinatorConfig {
             poll_interval: Duration::from_millis(500),
             maintenance_interval: Duration::from_secs(2),
             coalescing_window: Duration::from_secs(10),
+            retrain_threshold: 0.05,
         }
     }
 }

@@ -16,6 +16,9 @@ pub const PREDICT: &str = "predict";
 pub const MATCH: &str = "match";
 /// Margins of the version before and after against oracle retrains. Result only.
 pub const AUDIT: &str = "audit";
+/// A retrain from scratch without everything forgotten, once too much was forgotten for
+/// DMM's linear predictions. Artifact: `model`, the new version (a new anchor).
+pub const FULL_RETRAIN: &str = "full_retrain";
 
 /// An object a task reads, with the hash to check when one is known (hex).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,12 +65,14 @@ pub struct BuildIndexSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PredictSpec {
     pub dataset: DatasetRef,
-    /// Version 0 (θ0), whose outputs the prediction is anchored at.
+    /// The anchor (version 0, or the latest version retrained from scratch) whose outputs the
+    /// prediction starts from.
     pub base: ObjectRef,
     pub beta: ObjectRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_noise: Option<ObjectRef>,
-    /// Everything forgotten since version 0, this run's requests included, sorted.
+    /// What to forget relative to `base` (everything forgotten since that anchor, this run's
+    /// requests included), sorted.
     pub forgotten: Vec<i64>,
 }
 
@@ -80,6 +85,19 @@ pub struct MatchSpec {
     pub forgotten: Vec<i64>,
     /// What this run's requests asked for (the lineage records it).
     pub requested: Vec<i64>,
+    /// Examples the anchor (`base`) was retrained without: never used as retained points.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<i64>,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FullRetrainSpec {
+    pub dataset: DatasetRef,
+    /// A checkpoint of the model, for its architecture and recipe.
+    pub model: ObjectRef,
+    /// Everything forgotten: the retrain never sees it.
+    pub exclude: Vec<i64>,
     pub seed: u64,
 }
 

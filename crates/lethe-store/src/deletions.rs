@@ -34,6 +34,8 @@ pub struct ModelVersion {
     pub forgotten: Vec<i64>,
     /// The run that made it (none for version 0).
     pub run_id: Option<Uuid>,
+    /// Retrained from scratch: later runs predict from it (version 0 is an anchor too).
+    pub anchor: bool,
 }
 
 /// The latest succeeded index build of a model.
@@ -61,12 +63,33 @@ pub struct RunInputs {
     pub tenant: String,
     pub model_id: Uuid,
     pub dataset: StoredRef,
-    /// Version 0 (θ0): targets are predicted from its outputs.
+    /// The latest anchor (version 0, or the latest version retrained from scratch): targets
+    /// are predicted from its outputs.
     pub base: ModelVersion,
-    /// The version the run fine-tunes.
+    /// The version the run starts from.
     pub current: ModelVersion,
+    /// The index built for `base`, if it has succeeded.
     pub index: Option<IndexRef>,
+    /// Whether an index build for `base` is still running.
+    pub index_pending: bool,
+    /// The size of the training set, from any succeeded index build of the model.
+    pub num_train: Option<i64>,
     pub requests: Vec<PendingRequest>,
+}
+
+/// What the planner makes of the pending requests.
+// Made once per run and consumed at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum RunPlan {
+    /// Not yet (the index for the current anchor is still being built).
+    Wait,
+    /// A run; with `fresh_index`, an index build for the version the run makes (a full
+    /// retrain), started beside it.
+    Start {
+        run: NewJob,
+        fresh_index: Option<NewJob>,
+    },
 }
 
 /// An artifact of a task that the asking task depends on.
@@ -126,7 +149,7 @@ impl Store {
     pub async fn start_deletion_run(
         &self,
         model_id: Uuid,
-        plan: impl FnOnce(&RunInputs) -> Result<NewJob, StoreError>,
+        plan: impl FnOnce(&RunInputs) -> Result<RunPlan, StoreError>,
     ) -> Result<Option<Job>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let model = sqlx::query(
@@ -169,7 +192,7 @@ impl Store {
         if requests.is_empty() {
             return Ok(None);
         }
-        let base = ModelVersion {
+        let first = ModelVersion {
             version: 0,
             object: StoredRef {
                 uri: model.try_get("uri")?,
@@ -178,18 +201,41 @@ impl Store {
             },
             forgotten: Vec::new(),
             run_id: None,
+            anchor: true,
         };
-        let latest = sqlx::query(
-            "SELECT version, uri, sha256, size_bytes, forgotten, run_id FROM model_versions \
-             WHERE model_id = $1 ORDER BY version DESC LIMIT 1",
+        let latest = |anchors_only: bool| {
+            sqlx::query(
+                "SELECT version, uri, sha256, size_bytes, forgotten, run_id, anchor \
+                 FROM model_versions WHERE model_id = $1 AND (anchor OR NOT $2) \
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .bind(model_id)
+            .bind(anchors_only)
+        };
+        let current = match latest(false).fetch_optional(&mut *tx).await? {
+            Some(row) => version_row(&row)?,
+            None => first.clone(),
+        };
+        let base = match latest(true).fetch_optional(&mut *tx).await? {
+            Some(row) => version_row(&row)?,
+            None => first,
+        };
+        let index = latest_index(&mut tx, model_id, Some(base.run_id)).await?;
+        let index_pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE model_id = $1 AND kind = 'index_build' \
+               AND run_id IS NOT DISTINCT FROM $2 AND state IN ('queued', 'running'))",
         )
         .bind(model_id)
-        .fetch_optional(&mut *tx)
+        .bind(base.run_id)
+        .fetch_one(&mut *tx)
         .await?;
-        let current = match latest {
-            Some(row) => version_row(&row)?,
-            None => base.clone(),
-        };
+        let num_train = match &index {
+            Some(index) => Some(index.result.clone()),
+            None => latest_index(&mut tx, model_id, None)
+                .await?
+                .map(|index| index.result),
+        }
+        .and_then(|result| result.get("num_train").and_then(Value::as_i64));
         let inputs = RunInputs {
             tenant: model.try_get("tenant")?,
             model_id,
@@ -200,12 +246,22 @@ impl Store {
             },
             base,
             current,
-            index: latest_index(&mut tx, model_id).await?,
+            index,
+            index_pending,
+            num_train,
             requests,
         };
         let request_ids: Vec<Uuid> = inputs.requests.iter().map(|r| r.id).collect();
-        let run = match plan(&inputs).and_then(|run| validate(&run).map(|()| run)) {
-            Ok(run) => run,
+        let checked = plan(&inputs).and_then(|plan| {
+            if let RunPlan::Start { run, fresh_index } = &plan {
+                validate(run)?;
+                fresh_index.as_ref().map(validate).transpose()?;
+            }
+            Ok(plan)
+        });
+        let (run, fresh_index) = match checked {
+            Ok(RunPlan::Wait) => return Ok(None),
+            Ok(RunPlan::Start { run, fresh_index }) => (run, fresh_index),
             Err(refusal) => {
                 let error = json!({"code": "FAILED_PRECONDITION", "message": refusal.to_string()});
                 sqlx::query(
@@ -220,7 +276,7 @@ impl Store {
                 return Ok(None);
             }
         };
-        let row = insert_job(&mut tx, &run, Some(model_id), &request_hash(&run))
+        let row = insert_job(&mut tx, &run, Some(model_id), None, &request_hash(&run))
             .await?
             .ok_or_else(|| {
                 StoreError::InvalidArgument("a run must not carry a request_id".into())
@@ -231,6 +287,19 @@ impl Store {
             .bind(&request_ids)
             .execute(&mut *tx)
             .await?;
+        if let Some(build) = fresh_index {
+            insert_job(
+                &mut tx,
+                &build,
+                Some(model_id),
+                Some(run_id),
+                &request_hash(&build),
+            )
+            .await?
+            .ok_or_else(|| {
+                StoreError::InvalidArgument("an index build must not carry a request_id".into())
+            })?;
+        }
         tx.commit().await?;
         Ok(Some(rows::job(&row)?))
     }
@@ -252,7 +321,7 @@ impl Store {
         if !owned {
             return Ok(None);
         }
-        latest_index(&mut tx, model_id).await
+        latest_index(&mut tx, model_id, None).await
     }
 
     /// The versions of a model of `tenant`, newest first (version 0 last).
@@ -271,8 +340,8 @@ impl Store {
                 id: model_id.to_string(),
             })?;
         let mut versions = sqlx::query(
-            "SELECT version, uri, sha256, size_bytes, forgotten, run_id FROM model_versions \
-             WHERE model_id = $1 ORDER BY version DESC",
+            "SELECT version, uri, sha256, size_bytes, forgotten, run_id, anchor \
+             FROM model_versions WHERE model_id = $1 ORDER BY version DESC",
         )
         .bind(model_id)
         .fetch_all(&self.reads)
@@ -289,6 +358,7 @@ impl Store {
             },
             forgotten: Vec::new(),
             run_id: None,
+            anchor: true,
         });
         Ok(versions)
     }
@@ -387,9 +457,12 @@ impl Store {
     }
 }
 
+/// The latest succeeded index build of a model; with `anchor`, only one built for that anchor
+/// (the run that retrained it, or `None` for version 0).
 async fn latest_index(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     model_id: Uuid,
+    anchor: Option<Option<Uuid>>,
 ) -> Result<Option<IndexRef>, StoreError> {
     let row = sqlx::query(
         "SELECT j.id, j.result, a.uri, a.sha256, a.size_bytes, n.uri AS noise_uri, \
@@ -397,9 +470,12 @@ async fn latest_index(
          JOIN tasks t ON t.job_id = j.id JOIN artifacts a ON a.task_id = t.id AND a.name = 'beta' \
          LEFT JOIN artifacts n ON n.task_id = t.id AND n.name = 'beta_noise' \
          WHERE j.model_id = $1 AND j.kind = 'index_build' AND j.state = 'succeeded' \
+           AND (NOT $2 OR j.run_id IS NOT DISTINCT FROM $3) \
          ORDER BY j.id DESC LIMIT 1",
     )
     .bind(model_id)
+    .bind(anchor.is_some())
+    .bind(anchor.flatten())
     .fetch_optional(&mut **tx)
     .await?;
     row.map(|row| {
@@ -438,6 +514,7 @@ fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> 
         },
         forgotten: row.try_get("forgotten")?,
         run_id: row.try_get("run_id")?,
+        anchor: row.try_get("anchor")?,
     })
 }
 

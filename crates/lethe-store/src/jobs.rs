@@ -29,10 +29,36 @@ impl Store {
         new: &NewJob,
         model_id: Option<Uuid>,
     ) -> Result<(Job, bool), StoreError> {
+        self.create_job_linked(new, model_id, None).await
+    }
+
+    /// [`Store::create_job_about`] for an index build of the version that the retraining run
+    /// `anchor_run` made (`None`: version 0).
+    pub async fn create_index_build(
+        &self,
+        new: &NewJob,
+        model_id: Uuid,
+        anchor_run: Option<Uuid>,
+    ) -> Result<(Job, bool), StoreError> {
+        if new.kind != JobKind::IndexBuild {
+            return Err(StoreError::InvalidArgument(
+                "an index build is an `index_build` job".into(),
+            ));
+        }
+        self.create_job_linked(new, Some(model_id), anchor_run)
+            .await
+    }
+
+    async fn create_job_linked(
+        &self,
+        new: &NewJob,
+        model_id: Option<Uuid>,
+        run_id: Option<Uuid>,
+    ) -> Result<(Job, bool), StoreError> {
         validate(new)?;
         let request_hash = request_hash(new);
         let mut tx = self.pool.begin().await?;
-        let inserted = insert_job(&mut tx, new, model_id, &request_hash).await?;
+        let inserted = insert_job(&mut tx, new, model_id, run_id, &request_hash).await?;
         let Some(row) = inserted else {
             // Only a request_id can conflict. The competing insert has committed by now (ON
             // CONFLICT waits for it), so the first job is visible.
@@ -238,13 +264,14 @@ pub(crate) async fn insert_job(
     tx: &mut Transaction<'_, Postgres>,
     new: &NewJob,
     model_id: Option<Uuid>,
+    run_id: Option<Uuid>,
     request_hash: &[u8; 32],
 ) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
     let job_id = Uuid::now_v7();
     let inserted = sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
-         deadline_at, tasks_total, model_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         deadline_at, tasks_total, model_id, run_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
          ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(job_id)
@@ -257,6 +284,7 @@ pub(crate) async fn insert_job(
     .bind(new.deadline)
     .bind(new.tasks.len() as i32)
     .bind(model_id)
+    .bind(run_id)
     .fetch_optional(&mut **tx)
     .await?;
     if inserted.is_some() && !new.tasks.is_empty() {

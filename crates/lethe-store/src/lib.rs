@@ -36,7 +36,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 pub use cluster::{Durability, LocalCluster};
-pub use deletions::{IndexRef, ModelVersion, PendingRequest, RunInputs, StoredRef, TaskInput};
+pub use deletions::{
+    IndexRef, ModelVersion, PendingRequest, RunInputs, RunPlan, StoredRef, TaskInput,
+};
 pub use error::StoreError;
 pub use jobs::MAX_TASKS_PER_JOB;
 pub use registry::{Dataset, Model};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lethe_store::{
     ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, NewJob, NewTask, NewWorker,
-    RunInputs, Store, StoreConfig, StoreError,
+    RunInputs, RunPlan, Store, StoreConfig, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -109,7 +109,7 @@ async fn request(store: &Store, model: Uuid, forget: &[i64]) -> Uuid {
 }
 
 /// A one-task run that forgets the union of the requests on top of the current version.
-fn plan(inputs: &RunInputs) -> Result<NewJob, StoreError> {
+fn plan(inputs: &RunInputs) -> Result<RunPlan, StoreError> {
     assert!(inputs.index.is_some(), "the index build is found");
     let mut forgotten = inputs.current.forgotten.clone();
     for request in &inputs.requests {
@@ -123,7 +123,7 @@ fn plan(inputs: &RunInputs) -> Result<NewJob, StoreError> {
     }
     forgotten.sort_unstable();
     forgotten.dedup();
-    Ok(NewJob {
+    let run = NewJob {
         tenant: inputs.tenant.clone(),
         kind: JobKind::DeletionRun,
         request_id: None,
@@ -134,6 +134,10 @@ fn plan(inputs: &RunInputs) -> Result<NewJob, StoreError> {
             "match",
             json!({"from": inputs.current.object.uri}),
         )],
+    };
+    Ok(RunPlan::Start {
+        run,
+        fresh_index: None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The ML task kinds a served worker runs (specs in `lethe_proto::tasks`): subset and oracle
-//! retrains, the index reduce, and a deletion run's predict, match and audit. Each attempt
+//! retrains, the index reduce, and a deletion run's predict, match, full retrain and audit. Each attempt
 //! works in its own temporary directory, reads its inputs from the artifact store with their
 //! hashes checked, and writes its outputs under its attempt-scoped keys.
 
@@ -25,6 +25,7 @@ pub(crate) fn register(runner: &mut Runner, device: tch::Device) {
     runner.handle(tasks::PREDICT, deletion::Predict { device });
     runner.handle(tasks::MATCH, deletion::Match { device });
     runner.handle(tasks::AUDIT, deletion::Audit { device });
+    runner.handle(tasks::FULL_RETRAIN, deletion::FullRetrain { device });
 }
 
 /// Datasets a worker image carries, named by `builtin:NAME`. Only these names: a tenant must

@@ -107,6 +107,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
         coalescing_window: Duration::from_secs(1),
+        retrain_threshold: 0.05,
     };
     let coordinator = Coordinator::new(store.clone(), config)
         .spawn("127.0.0.1:0".parse().unwrap())
@@ -315,6 +316,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     };
     first.kill().unwrap();
     first.wait().unwrap();
+    let mut third = serve(&coordinator.endpoint(), &artifacts, "third");
     let done_c = watch(&mut client, &request_c.name).await;
     let result_c = result_json(&done_c);
     assert_eq!(result_c["model_version"], 2);
@@ -342,6 +344,77 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .collect();
     assert_eq!(listed, [(2, 24), (1, 16), (0, 0)]);
 
+    // Past 5 % of the training set forgotten since version 0, the next run retrains from
+    // scratch and indexes the new version; the request after it waits for that index, then
+    // fine-tunes from the retrained anchor.
+    // Indices 2 + 17i: none of them forgotten yet.
+    let forget = |range: std::ops::Range<i64>| range.map(|i| 2 + i * 17).collect::<Vec<i64>>();
+    let retrain = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget(0..8),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let retrained = result_json(&watch(&mut client, &retrain.name).await);
+    assert_eq!(retrained["model_version"], 3);
+    assert_eq!(retrained["retrained"], true, "{retrained}");
+    let after = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget(8..10),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let after = result_json(&watch(&mut client, &after.name).await);
+    assert_eq!(after["model_version"], 4);
+    assert_eq!(after["retrained"], false);
+    let fresh_index: i64 = lethe_store::sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE kind = 'index_build' AND state = 'succeeded' \
+           AND run_id = $1",
+    )
+    .bind(
+        retrained["run"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .unwrap(),
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(fresh_index, 1, "the retrained version was indexed");
+    let v4 = dir.path().join("v4.safetensors");
+    let object = StoredObject {
+        uri: after["model_uri"].as_str().unwrap().into(),
+        sha256: hex::decode(after["model_sha256"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap(),
+        size: after["model_size_bytes"].as_u64().unwrap(),
+    };
+    artifact_store
+        .download_verified(&object, &v4)
+        .await
+        .unwrap();
+    let lineage = checkpoint::load(&v4, tch::Device::Cpu)
+        .unwrap()
+        .1
+        .lineage
+        .unwrap();
+    assert_eq!(
+        lineage.base_sha256,
+        retrained["model_sha256"].as_str().unwrap(),
+        "version 4 is anchored at the retrained version 3"
+    );
+    assert_eq!(lineage.forgotten, forget(8..10));
+
+    third.kill().unwrap();
+    third.wait().unwrap();
     second.kill().unwrap();
     second.wait().unwrap();
     coordinator.shutdown().await.unwrap();

@@ -13,8 +13,8 @@ use lethe_ml::tensorio;
 use lethe_ml::unlearn::finetune::{match_targets, matching_examples};
 use lethe_ml::unlearn::lineage::Lineage;
 use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, IndexNoise};
-use lethe_ml::unlearn::{ForgetSet, Method, MethodConfig};
-use lethe_proto::tasks::{AuditSpec, MatchSpec, PredictSpec};
+use lethe_ml::unlearn::{unlearn, ForgetSet, Method, MethodConfig, Resources};
+use lethe_proto::tasks::{AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -35,6 +35,10 @@ pub(super) struct Match {
 }
 
 pub(super) struct Audit {
+    pub(super) device: tch::Device,
+}
+
+pub(super) struct FullRetrain {
     pub(super) device: tch::Device,
 }
 
@@ -170,7 +174,12 @@ impl TaskHandler for Match {
         let MethodConfig::Dmm { matching, .. } = dmm_defaults() else {
             unreachable!("the defaults of DMM are a DMM config")
         };
-        let retained = forgotten.retained(data.num_train);
+        let excluded: std::collections::BTreeSet<i64> = task.excluded.iter().copied().collect();
+        let retained: Vec<i64> = forgotten
+            .retained(data.num_train)
+            .into_iter()
+            .filter(|i| !excluded.contains(i))
+            .collect();
         let examples = matching_examples(forgotten.indices(), &retained, &matching, task.seed);
         let rows = Tensor::from_slice(&examples);
         let targets = predicted.index_select(0, &rows).unsqueeze(0);
@@ -202,6 +211,64 @@ impl TaskHandler for Match {
                 "requested": requested.len(),
                 "examples": summary.examples,
                 "final_loss": summary.final_loss,
+            })),
+        })
+    }
+}
+
+impl TaskHandler for FullRetrain {
+    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let task: FullRetrainSpec = spec(context)?;
+        let dir = workspace()?;
+        let data = load_dataset(context, &task.dataset, dir.path())?;
+        let forgotten = forget_set(&task.exclude, &data)?;
+        let (mut model, info, _) = load_checkpoint(
+            context,
+            &task.model,
+            dir.path(),
+            "model.safetensors",
+            &data,
+            self.device,
+        )?;
+        let Some(recipe) = info.recipe.clone() else {
+            return Err(TaskError::Fatal(format!(
+                "checkpoint {} records no training recipe, so it cannot be retrained",
+                task.model.uri
+            )));
+        };
+        stop_if_cancelled(context)?;
+        context.report(
+            0.1,
+            "retraining from scratch without the forgotten examples",
+        );
+        let summary = unlearn(
+            &mut model,
+            &MethodConfig::Retrain { recipe },
+            &forgotten,
+            &Resources::new(&data),
+            task.seed,
+        )
+        .map_err(ml_error)?;
+        stop_if_cancelled(context)?;
+        // A new anchor: its lineage starts over (the store records what it was retrained
+        // without).
+        let new_info = CheckpointInfo {
+            seed: model.member_seeds[0],
+            lineage: None,
+            ..info
+        };
+        let path = dir.path().join("model-retrained.safetensors");
+        checkpoint::save_member(&model, 0, &new_info, &path).map_err(ml_error)?;
+        let val: Vec<i64> = (data.num_train..data.num_targets()).collect();
+        let accuracy = Outputs::compute(&mut model, &data, &val)
+            .map_err(ml_error)?
+            .accuracy();
+        Ok(TaskOutput {
+            artifacts: vec![put(context, "model", &path)?],
+            result: Some(json!({
+                "retrained_without": forgotten.len(),
+                "examples": summary.examples,
+                "val_accuracy": accuracy.first().copied().unwrap_or(0.0),
             })),
         })
     }
