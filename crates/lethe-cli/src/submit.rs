@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_proto::google::longrunning::{operation, GetOperationRequest};
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, ListModelVersionsRequest,
-    OperationResult,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
+    ListModelVersionsRequest, OperationResult,
 };
 use prost::Message;
 
@@ -51,8 +51,26 @@ pub(crate) struct IndexArgs {
     members_per_task: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How β is estimated: subsample (subsampled influence) or trak (MLPs).
+    #[arg(long, value_enum, default_value = "subsample")]
+    estimator: EstimatorName,
+    /// TRAK: checkpoints trained on the whole training set (0: 4).
+    #[arg(long, default_value_t = 0)]
+    trak_checkpoints: u32,
+    /// TRAK: dimension of the gradient projection (0: 2048).
+    #[arg(long, default_value_t = 0)]
+    trak_projection_dim: u32,
+    /// TRAK: featurisation tasks the training set is split into (0: 4).
+    #[arg(long, default_value_t = 0)]
+    trak_shards: u32,
     #[command(flatten)]
     submission: Submission,
+}
+
+#[derive(Copy, Clone, Debug, clap::ValueEnum)]
+pub(crate) enum EstimatorName {
+    Subsample,
+    Trak,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +114,13 @@ pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result
                     members_per_task: args.members_per_task,
                     seed: args.seed,
                     priority: args.submission.priority,
+                    estimator: match args.estimator {
+                        EstimatorName::Subsample => IndexEstimator::Subsample,
+                        EstimatorName::Trak => IndexEstimator::Trak,
+                    } as i32,
+                    trak_checkpoints: args.trak_checkpoints,
+                    trak_projection_dim: args.trak_projection_dim,
+                    trak_shards: args.trak_shards,
                 };
                 let operation = client
                     .lethe()

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use lethe_proto::tasks::{
     self, AuditSpec, BuildIndexSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef,
-    PredictSpec, RetrainSpec,
+    PredictSpec, RetrainSpec, TrakCheckpointsSpec, TrakSettings, TrakShardSpec,
 };
 use lethe_store::{JobKind, NewJob, NewTask, RunInputs, RunPlan, StoreError, StoredRef};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,11 @@ pub(crate) struct IndexBuildPlan {
     pub(crate) exclude: Vec<i64>,
     /// The version whose predictions the index serves.
     pub(crate) anchor_version: i32,
+    /// TRAK instead of the subsample estimator, featurised in `trak_shards` tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trak: Option<TrakSettings>,
+    #[serde(default)]
+    pub(crate) trak_shards: usize,
 }
 
 /// What one deletion request asks for, as stored in its job's spec.
@@ -70,15 +75,43 @@ pub(crate) fn index_build_tasks(plan: &IndexBuildPlan) -> Vec<NewTask> {
         exclude: plan.exclude.clone(),
     };
     let mut graph = retrain_tasks(&ensemble);
-    let retrains = 0..graph.len();
+    let mut reduce_deps: Vec<usize> = (0..graph.len()).collect();
+    if let Some(trak) = &plan.trak {
+        let checkpoints = graph.len();
+        graph.push(NewTask::new(
+            tasks::TRAK_CHECKPOINTS,
+            to_json(&TrakCheckpointsSpec {
+                ensemble: ensemble.clone(),
+                trak: trak.clone(),
+            }),
+        ));
+        reduce_deps.push(checkpoints);
+        let shards = plan.trak_shards.max(1);
+        for shard in 0..shards {
+            reduce_deps.push(graph.len());
+            graph.push(
+                NewTask::new(
+                    tasks::TRAK_SHARD,
+                    to_json(&TrakShardSpec {
+                        ensemble: ensemble.clone(),
+                        trak: trak.clone(),
+                        shard,
+                        shards,
+                    }),
+                )
+                .after([checkpoints]),
+            );
+        }
+    }
     graph.push(
         NewTask::new(
             tasks::BUILD_INDEX,
             to_json(&BuildIndexSpec {
                 ensemble: ensemble.clone(),
+                trak: plan.trak.clone(),
             }),
         )
-        .after(retrains),
+        .after(reduce_deps),
     );
     graph
 }
@@ -278,6 +311,8 @@ fn index_build_for_retrain(
         seed,
         exclude: forgotten.to_vec(),
         anchor_version: inputs.current.version + 1,
+        trak: None,
+        trak_shards: 0,
     };
     NewJob {
         tenant: inputs.tenant.clone(),
@@ -373,6 +408,8 @@ mod tests {
             seed: 1,
             exclude: vec![],
             anchor_version: 0,
+            trak: None,
+            trak_shards: 0,
         });
         let ranges: Vec<(usize, usize)> = graph[..4]
             .iter()
@@ -384,6 +421,57 @@ mod tests {
         assert_eq!(ranges, [(0, 32), (32, 64), (64, 96), (96, 100)]);
         assert_eq!(graph[4].kind, tasks::BUILD_INDEX);
         assert_eq!(graph[4].depends_on, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_trak_build_adds_checkpoints_and_shards_before_the_reduce() {
+        let graph = index_build_tasks(&IndexBuildPlan {
+            model: "m".into(),
+            dataset: ObjectRef {
+                uri: "builtin:fmnist-tiny".into(),
+                sha256: None,
+            },
+            checkpoint: ObjectRef {
+                uri: "file:///m".into(),
+                sha256: None,
+            },
+            members: 64,
+            alpha: 0.5,
+            members_per_task: 32,
+            seed: 1,
+            exclude: vec![],
+            anchor_version: 0,
+            trak: Some(TrakSettings {
+                checkpoints: 2,
+                projection_dim: 256,
+                seed: 4,
+                relative_damping: 1e-3,
+            }),
+            trak_shards: 3,
+        });
+        let kinds: Vec<&str> = graph.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                tasks::RETRAIN,
+                tasks::RETRAIN,
+                tasks::TRAK_CHECKPOINTS,
+                tasks::TRAK_SHARD,
+                tasks::TRAK_SHARD,
+                tasks::TRAK_SHARD,
+                tasks::BUILD_INDEX
+            ]
+        );
+        assert_eq!(graph[3].depends_on, [2]);
+        assert_eq!(graph[6].depends_on, [0, 1, 2, 3, 4, 5]);
+        let shard: TrakShardSpec = serde_json::from_value(graph[5].spec.clone()).unwrap();
+        // 5,000 examples in 3 shards: 1,667 each, rounded up to 2,048.
+        assert_eq!(shard.examples(5_000), 4_096..5_000);
+        assert_eq!(
+            shard.examples(512),
+            512..512,
+            "past the end of a small split"
+        );
     }
 
     fn started(plan: RunPlan) -> (NewJob, Option<NewJob>) {

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1 as pb;
-use lethe_proto::tasks::ObjectRef;
+use lethe_proto::lethe::v1::IndexEstimator;
+use lethe_proto::tasks::{ObjectRef, TrakSettings};
 use lethe_store::{JobKind, NewJob};
 use tonic::Status;
 
@@ -79,6 +80,29 @@ impl Shared {
             n => n as usize,
         }
         .min(members);
+        let trak = match IndexEstimator::try_from(request.estimator) {
+            Ok(IndexEstimator::Unspecified | IndexEstimator::Subsample) => None,
+            Ok(IndexEstimator::Trak) => Some(TrakSettings {
+                checkpoints: match request.trak_checkpoints {
+                    0 => 4,
+                    n @ 1..=64 => n as usize,
+                    _ => return Err(invalid("trak_checkpoints", "must be at most 64")),
+                },
+                projection_dim: match request.trak_projection_dim {
+                    0 => 2048,
+                    n @ 16..=16384 => i64::from(n),
+                    _ => return Err(invalid("trak_projection_dim", "must be 16 to 16384")),
+                },
+                seed: request.seed,
+                relative_damping: 1e-3,
+            }),
+            Err(_) => return Err(invalid("estimator", "unknown estimator")),
+        };
+        let trak_shards = match request.trak_shards {
+            0 => 4,
+            n @ 1..=1024 => n as usize,
+            _ => return Err(invalid("trak_shards", "must be at most 1024")),
+        };
         let plan = IndexBuildPlan {
             model: model.name.clone(),
             dataset: ObjectRef {
@@ -92,6 +116,8 @@ impl Shared {
             seed: request.seed,
             exclude: anchor.forgotten,
             anchor_version: anchor.version,
+            trak,
+            trak_shards,
         };
         let job = NewJob {
             tenant,

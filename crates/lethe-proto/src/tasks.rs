@@ -7,9 +7,16 @@ use serde::{Deserialize, Serialize};
 /// forgotten examples (an audit). Artifacts: `members` (the range's masks and logits) and
 /// `manifest`.
 pub const RETRAIN: &str = "retrain";
-/// The reduce of an index build: β from every `retrain` input. Artifacts: `beta` and
-/// `beta_noise`.
+/// The reduce of an index build: β from every `retrain` input (and, for TRAK, the checkpoints
+/// and every shard's features). Artifacts: `beta`, and `beta_noise` for the subsample
+/// estimator.
 pub const BUILD_INDEX: &str = "build_index";
+/// TRAK's checkpoints: models trained on the whole training split. Artifacts:
+/// `checkpoint-0` … `checkpoint-{K-1}`.
+pub const TRAK_CHECKPOINTS: &str = "trak_checkpoints";
+/// TRAK's projected gradients of one shard of the training split, for every checkpoint.
+/// Artifact: `trak_features` (none for a shard past the end of a small training split).
+pub const TRAK_SHARD: &str = "trak_shard";
 /// DMM's predicted retrain outputs on every target. Artifact: `targets`.
 pub const PREDICT: &str = "predict";
 /// The matching fine-tune towards `predict`'s targets. Artifact: `model`, the new version.
@@ -60,6 +67,48 @@ pub struct RetrainSpec {
 pub struct BuildIndexSpec {
     #[serde(flatten)]
     pub ensemble: EnsembleTask,
+    /// TRAK instead of the subsample estimator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trak: Option<TrakSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrakSettings {
+    pub checkpoints: usize,
+    pub projection_dim: i64,
+    pub seed: u64,
+    /// λ of (ΦᵀΦ + λI)⁻¹, relative to the mean of ΦᵀΦ's diagonal.
+    pub relative_damping: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrakCheckpointsSpec {
+    #[serde(flatten)]
+    pub ensemble: EnsembleTask,
+    pub trak: TrakSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrakShardSpec {
+    #[serde(flatten)]
+    pub ensemble: EnsembleTask,
+    pub trak: TrakSettings,
+    /// Shard `shard` of `shards`: the training split is cut into `shards` ranges of equal
+    /// length, rounded up to a multiple of 512 examples.
+    pub shard: usize,
+    pub shards: usize,
+}
+
+impl TrakShardSpec {
+    /// The examples of this shard in a training split of `num_train` (empty past its end).
+    pub fn examples(&self, num_train: i64) -> std::ops::Range<i64> {
+        const ALIGN: i64 = 512;
+        let shards = self.shards.max(1) as i64;
+        let per_shard = ((num_train + shards - 1) / shards).max(1);
+        let per_shard = (per_shard + ALIGN - 1) / ALIGN * ALIGN;
+        let start = (self.shard as i64 * per_shard).min(num_train);
+        start..(start + per_shard).min(num_train)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 mod deletion;
 mod ensemble;
+mod trak;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ use serde::de::DeserializeOwned;
 pub(crate) fn register(runner: &mut Runner, device: tch::Device) {
     runner.handle(tasks::RETRAIN, ensemble::Retrain { device });
     runner.handle(tasks::BUILD_INDEX, ensemble::BuildIndex);
+    runner.handle(tasks::TRAK_CHECKPOINTS, trak::TrakCheckpoints);
+    runner.handle(tasks::TRAK_SHARD, trak::TrakFeatures);
     runner.handle(tasks::PREDICT, deletion::Predict { device });
     runner.handle(tasks::MATCH, deletion::Match { device });
     runner.handle(tasks::AUDIT, deletion::Audit { device });

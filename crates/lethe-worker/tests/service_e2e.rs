@@ -3,13 +3,15 @@
 //! builds the index, files two deletion requests that are coalesced into one run, watches
 //! them, downloads the new version and checks that its forget-set margins moved towards the
 //! oracles'. Then a second run (on top of the first version) loses a worker to SIGKILL in the
-//! middle of a task and still completes.
+//! middle of a task and still completes; a third passes the retrain threshold and retrains
+//! from scratch (indexing the new anchor beside it); a fourth fine-tunes from that anchor, and
+//! a fifth uses a TRAK index built in shards.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_coordinator::{Coordinator, CoordinatorConfig, TENANT_HEADER};
+use lethe_coordinator::{operation_name, Coordinator, CoordinatorConfig, TENANT_HEADER};
 use lethe_ml::checkpoint;
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::outputs::{margins, Outputs};
@@ -17,9 +19,9 @@ use lethe_ml::tensorio;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, ListModelVersionsRequest,
-    OperationMetadata, OperationResult, RegisterDatasetRequest, RegisterModelRequest,
-    WatchOperationRequest,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
+    ListModelVersionsRequest, OperationMetadata, OperationResult, RegisterDatasetRequest,
+    RegisterModelRequest, WatchOperationRequest,
 };
 use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 use prost::Message;
@@ -412,6 +414,45 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         "version 4 is anchored at the retrained version 3"
     );
     assert_eq!(lineage.forgotten, forget(8..10));
+
+    // A TRAK index of the retrained anchor (checkpoints, then featurisation shards, then the
+    // reduce) serves the next request.
+    let trak = client
+        .create_index_build(call(CreateIndexBuildRequest {
+            model: "models/shoes".into(),
+            members: 64,
+            estimator: IndexEstimator::Trak as i32,
+            trak_checkpoints: 2,
+            trak_projection_dim: 256,
+            trak_shards: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let trak = watch(&mut client, &trak.name).await;
+    let built = result_json(&trak);
+    assert_eq!(built["estimator"], "trak", "{built}");
+    assert!(built["trak_scale"].as_f64().unwrap() > 0.0, "{built}");
+    let with_trak = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget(10..11),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let with_trak = result_json(&watch(&mut client, &with_trak.name).await);
+    assert_eq!(with_trak["model_version"], 5);
+    let run: uuid::Uuid = with_trak["run"].as_str().unwrap().parse().unwrap();
+    let index_used: uuid::Uuid =
+        lethe_store::sqlx::query_scalar("SELECT (spec->>'index')::uuid FROM jobs WHERE id = $1")
+            .bind(run)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(operation_name(index_used), trak.name);
 
     third.kill().unwrap();
     third.wait().unwrap();

@@ -131,16 +131,23 @@ impl MlpWeights {
     }
 }
 
-/// Train-side features of one checkpoint (margin gradients, `n × k`) and out-to-loss weights.
+/// Train-side features of one checkpoint for `examples` (margin gradients, `len × k`), their
+/// out-to-loss weights, and their part of X = ΦᵀΦ (`k × k`, float64), summed over blocks of
+/// [`SHARD`] examples in order.
 fn train_features(
     weights: &MlpWeights,
     projection: &Projection,
     data: &Dataset,
-) -> Result<(Tensor, Tensor)> {
+    examples: Range<i64>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let mut features = Vec::new();
     let mut out_to_loss = Vec::new();
-    for start in (0..data.num_train).step_by(SHARD as usize) {
-        let len = SHARD.min(data.num_train - start);
+    let mut gram = Tensor::zeros(
+        [projection.dim, projection.dim],
+        (Kind::Double, Device::Cpu),
+    );
+    for start in examples.clone().step_by(SHARD as usize) {
+        let len = SHARD.min(examples.end - start);
         let x = data.x.narrow(0, start, len).view([len, -1]);
         let y = data.y.narrow(0, start, len).unsqueeze(1);
         let (inputs, logits) = weights.forward(&x);
@@ -149,7 +156,10 @@ fn train_features(
             .scatter_value(1, &y, f64::NEG_INFINITY)
             .softmax(1, Kind::Float);
         let output_weights = -others.scatter_value(1, &y, -1.0);
-        features.push(weights.projected_gradients(projection, &inputs, &output_weights));
+        let block = weights.projected_gradients(projection, &inputs, &output_weights);
+        let wide = block.to_kind(Kind::Double);
+        gram += wide.transpose(0, 1).matmul(&wide);
+        features.push(block);
         out_to_loss.push(
             1.0 - logits
                 .softmax(1, Kind::Float)
@@ -157,7 +167,11 @@ fn train_features(
                 .squeeze_dim(1),
         );
     }
-    Ok((Tensor::cat(&features, 0), Tensor::cat(&out_to_loss, 0)))
+    Ok((
+        Tensor::cat(&features, 0),
+        Tensor::cat(&out_to_loss, 0),
+        gram,
+    ))
 }
 
 /// Target-side features of one checkpoint: per-logit gradients, `T × C × k`.
@@ -192,7 +206,8 @@ pub struct TrakBuild {
 }
 
 /// Builds a TRAK index for `data` and writes it to `out`, calibrated on the members
-/// `calibration` of `ensemble` (subset retrains of the same data and model).
+/// `calibration` of `ensemble` (subset retrains of the same data and model): the checkpoints,
+/// one shard of features over the whole training split, and the reduce, in one process.
 pub fn build_trak_index(
     data: &Dataset,
     config: &TrakConfig,
@@ -201,12 +216,27 @@ pub fn build_trak_index(
     out: &Path,
     progress: &mut dyn FnMut(BuildProgress) -> ControlFlow<()>,
 ) -> Result<TrakBuild> {
-    if !matches!(config.model, ModelSpec::Mlp { .. }) {
-        return Err(MlError::spec(
-            "TRAK",
-            format!("only MLPs are supported, not {}", config.model),
-        ));
-    }
+    check_calibration(config, ensemble, &calibration, data)?;
+    let checkpoints = train_checkpoints(data, config)?;
+    let shard = featurize_shard(&checkpoints, config, data, 0..data.num_train)?;
+    write_trak_index(
+        &checkpoints,
+        config,
+        data,
+        &[shard],
+        ensemble,
+        calibration,
+        out,
+        progress,
+    )
+}
+
+fn check_calibration(
+    config: &TrakConfig,
+    ensemble: &EnsembleResults,
+    calibration: &Range<usize>,
+    data: &Dataset,
+) -> Result<()> {
     if config.checkpoints == 0 || calibration.len() < 2 || calibration.end > ensemble.seeds.len() {
         return Err(MlError::spec(
             "TRAK",
@@ -222,10 +252,24 @@ pub fn build_trak_index(
             "the ensemble was trained on other data",
         ));
     }
+    Ok(())
+}
+
+/// The K checkpoints of the index (`config.checkpoints` members, each trained on the whole
+/// training split with its own seed), on the CPU; saved as Lethe checkpoints when
+/// `config.save_checkpoints` says where.
+pub fn train_checkpoints(data: &Dataset, config: &TrakConfig) -> Result<Model> {
+    if !matches!(config.model, ModelSpec::Mlp { .. }) {
+        return Err(MlError::spec(
+            "TRAK",
+            format!("only MLPs are supported, not {}", config.model),
+        ));
+    }
+    if config.checkpoints == 0 {
+        return Err(MlError::spec("TRAK", "needs at least one checkpoint"));
+    }
     let data = data.to_device(Device::Cpu);
-    let seeds: Vec<u64> = (0..config.checkpoints)
-        .map(|index| seed::member_seed(config.seed, index as u64))
-        .collect();
+    let seeds = checkpoint_seeds(config);
     let mut model = Model::new(
         &config.model,
         &seeds,
@@ -235,7 +279,6 @@ pub fn build_trak_index(
     )?;
     let everything = vec![data.train_indices(); seeds.len()];
     train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
-
     if let Some(dir) = &config.save_checkpoints {
         for (member, member_seed) in seeds.iter().enumerate() {
             let info = crate::checkpoint::CheckpointInfo {
@@ -255,30 +298,180 @@ pub fn build_trak_index(
             )?;
         }
     }
-    let mut featurize_seconds = 0.0;
+    Ok(model)
+}
+
+/// The checkpoints saved by [`train_checkpoints`] (`checkpoint-K.safetensors`, in member
+/// order), as one member-batched model: what the shards and the reduce of a distributed build
+/// load.
+pub fn load_checkpoints(config: &TrakConfig, data: &Dataset, paths: &[&Path]) -> Result<Model> {
+    if paths.len() != config.checkpoints {
+        return Err(MlError::spec(
+            "TRAK",
+            format!(
+                "{} checkpoint files for {} checkpoints",
+                paths.len(),
+                config.checkpoints
+            ),
+        ));
+    }
+    let mut model = Model::new(
+        &config.model,
+        &checkpoint_seeds(config),
+        &data.sample_shape,
+        data.num_classes,
+        Device::Cpu,
+    )?;
+    for (member, path) in paths.iter().enumerate() {
+        let file = crate::tensorio::read_safetensors(path)?;
+        model.load_member_state(member as i64, &file.tensors, path)?;
+    }
+    Ok(model)
+}
+
+/// The seeds of the checkpoints, member by member.
+pub fn checkpoint_seeds(config: &TrakConfig) -> Vec<u64> {
+    (0..config.checkpoints)
+        .map(|index| seed::member_seed(config.seed, index as u64))
+        .collect()
+}
+
+/// The train-side features of a range of training examples for every checkpoint: what one
+/// shard of a distributed build computes. The reduce sums the shards' X and stacks their
+/// features, so a build split into shards aligned to 512 examples writes what one shard would.
+#[derive(Debug)]
+pub struct TrakShard {
+    pub examples: Range<i64>,
+    /// `K × len × k`, float32.
+    pub features: Tensor,
+    /// `K × len`: each example's out-to-loss weight 1 − p_y.
+    pub out_to_loss: Tensor,
+    /// `K × k × k`, float64: this shard's part of X = ΦᵀΦ.
+    pub gram: Tensor,
+    pub seconds: f64,
+}
+
+fn checkpoint_projection(config: &TrakConfig, weights: &MlpWeights) -> Result<Projection> {
+    Projection::new(
+        seed::mix_seed(config.seed, 0x7a4b),
+        config.projection_dim,
+        &weights.parameter_shapes(),
+    )
+}
+
+/// Featurises `examples` with every member of `checkpoints`.
+pub fn featurize_shard(
+    checkpoints: &Model,
+    config: &TrakConfig,
+    data: &Dataset,
+    examples: Range<i64>,
+) -> Result<TrakShard> {
+    if examples.is_empty() || examples.start < 0 || examples.end > data.num_train {
+        return Err(MlError::spec(
+            "TRAK shard",
+            format!(
+                "examples {examples:?} are not a range inside 0..{}",
+                data.num_train
+            ),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let data = data.to_device(Device::Cpu);
+    let (mut features, mut out_to_loss, mut grams) = (Vec::new(), Vec::new(), Vec::new());
+    for member in 0..checkpoints.members() {
+        let weights = MlpWeights::of_member(checkpoints, member)?;
+        let projection = checkpoint_projection(config, &weights)?;
+        let (phi, q, gram) = train_features(&weights, &projection, &data, examples.clone())?;
+        features.push(phi);
+        out_to_loss.push(q);
+        grams.push(gram);
+    }
+    Ok(TrakShard {
+        examples,
+        features: Tensor::stack(&features, 0),
+        out_to_loss: Tensor::stack(&out_to_loss, 0),
+        gram: Tensor::stack(&grams, 0),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The reduce of a TRAK build: from the checkpoints and the shards (in order, covering the
+/// training split), the scores, their calibration on `calibration` members of `ensemble`, and
+/// β written to `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_trak_index(
+    checkpoints: &Model,
+    config: &TrakConfig,
+    data: &Dataset,
+    shards: &[TrakShard],
+    ensemble: &EnsembleResults,
+    calibration: Range<usize>,
+    out: &Path,
+    progress: &mut dyn FnMut(BuildProgress) -> ControlFlow<()>,
+) -> Result<TrakBuild> {
+    check_calibration(config, ensemble, &calibration, data)?;
+    if checkpoints.members() as usize != config.checkpoints {
+        return Err(MlError::spec(
+            "TRAK",
+            format!(
+                "{} checkpoints given, the config names {}",
+                checkpoints.members(),
+                config.checkpoints
+            ),
+        ));
+    }
+    let mut covered = 0;
+    for shard in shards {
+        if shard.examples.start != covered || shard.features.size()[0] != checkpoints.members() {
+            return Err(MlError::spec(
+                "TRAK",
+                format!(
+                    "shard {:?} does not continue the shards before it at {covered}, or has \
+                     another number of checkpoints",
+                    shard.examples
+                ),
+            ));
+        }
+        covered = shard.examples.end;
+    }
+    if covered != data.num_train {
+        return Err(MlError::spec(
+            "TRAK",
+            format!(
+                "the shards cover 0..{covered}, the training split is 0..{}",
+                data.num_train
+            ),
+        ));
+    }
+    let data = data.to_device(Device::Cpu);
+    let featurize_seconds: f64 = shards.iter().map(|shard| shard.seconds).sum();
     let mut scorers = Vec::new();
     let mut targets = Vec::new();
     let mut out_to_loss = Tensor::zeros([data.num_train], (Kind::Float, Device::Cpu));
-    for member in 0..config.checkpoints as i64 {
-        let weights = MlpWeights::of_member(&model, member)?;
-        let projection = Projection::new(
-            seed::mix_seed(config.seed, 0x7a4b),
-            config.projection_dim,
-            &weights.parameter_shapes(),
-        )?;
-        let featurize_started = std::time::Instant::now();
-        let (features, q) = train_features(&weights, &projection, &data)?;
-        featurize_seconds += featurize_started.elapsed().as_secs_f64();
-        // X = Σ over shards of ΦᵀΦ: the partials a sharded featurisation would send.
+    for member in 0..checkpoints.members() {
+        let weights = MlpWeights::of_member(checkpoints, member)?;
+        let projection = checkpoint_projection(config, &weights)?;
+        let features = Tensor::cat(
+            &shards
+                .iter()
+                .map(|shard| shard.features.get(member))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let q = Tensor::cat(
+            &shards
+                .iter()
+                .map(|shard| shard.out_to_loss.get(member))
+                .collect::<Vec<_>>(),
+            0,
+        );
+        // X = Σ over shards of ΦᵀΦ.
         let mut gram = Tensor::zeros(
             [config.projection_dim, config.projection_dim],
             (Kind::Double, Device::Cpu),
         );
-        for start in (0..data.num_train).step_by(SHARD as usize) {
-            let shard = features
-                .narrow(0, start, SHARD.min(data.num_train - start))
-                .to_kind(Kind::Double);
-            gram += shard.transpose(0, 1).matmul(&shard);
+        for shard in shards {
+            gram += shard.gram.get(member);
         }
         let damping =
             config.relative_damping * gram.diagonal(0, 0, 1).mean(Kind::Double).double_value(&[]);

@@ -404,6 +404,48 @@ fn trak_lds_on_fmnist_tiny_is_clearly_above_zero() {
     )
     .unwrap();
     eprintln!("fmnist-tiny TRAK LDS {report:?}, scale {}", build.scale);
+
+    // The same build from the saved checkpoints in two shards, as workers run it, writes the
+    // same index.
+    use lethe_ml::attribution::trak::{featurize_shard, load_checkpoints, write_trak_index};
+    let paths: Vec<_> = (0..2)
+        .map(|k| dir.path().join(format!("checkpoint-{k}.safetensors")))
+        .collect();
+    let paths: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    let checkpoints = load_checkpoints(&config, &data, &paths).unwrap();
+    let shards = vec![
+        featurize_shard(&checkpoints, &config, &data, 0..256).unwrap(),
+        featurize_shard(&checkpoints, &config, &data, 256..data.num_train).unwrap(),
+    ];
+    let sharded = dir.path().join("trak-sharded.safetensors");
+    let rebuilt = write_trak_index(
+        &checkpoints,
+        &config,
+        &data,
+        &shards,
+        &ensemble,
+        0..96,
+        &sharded,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert!(
+        (rebuilt.scale - build.scale).abs() <= 1e-4 * build.scale.abs(),
+        "scale {} sharded, {} whole",
+        rebuilt.scale,
+        build.scale
+    );
+    let (one, two) = (
+        BetaReader::open(&index).unwrap(),
+        BetaReader::open(&sharded).unwrap(),
+    );
+    let rows: Vec<i64> = (0..data.num_train).step_by(37).collect();
+    let difference = (one.stored_rows(&rows).unwrap() - two.stored_rows(&rows).unwrap())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(difference < 1e-3, "sharded β differs by {difference}");
+    assert!(featurize_shard(&checkpoints, &config, &data, 0..data.num_train + 1).is_err());
     // Measured 0.196 with these settings; chance is 0.
     assert!(
         report.lds > 0.1,

@@ -85,6 +85,11 @@ impl TaskHandler for Predict {
         else {
             unreachable!("the defaults of DMM are a DMM config")
         };
+        // A TRAK index has no noise model and carries its own calibrated scale.
+        let (denoise, multiplier) = match index.noise {
+            Some(_) => (denoise, multiplier),
+            None => (lethe_ml::unlearn::targets::Denoise::None, 1.0),
+        };
         let targets = all_targets(&data);
         let anchor = Outputs::compute(&mut base, &data, &targets)
             .map_err(ml_error)?
