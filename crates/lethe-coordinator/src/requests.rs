@@ -37,17 +37,18 @@ fn request_id(id: String) -> Option<String> {
 }
 
 impl Shared {
+    /// The model a request names (`models/{id}`), of the caller's tenant.
+    async fn model(&self, tenant: &str, name: &str) -> Result<lethe_store::Model, Status> {
+        let id = resource_id("model", "models", name)?;
+        self.store.get_model(tenant, id).await.map_err(from_store)
+    }
+
     pub(crate) async fn create_index_build(
         &self,
         tenant: String,
         request: pb::CreateIndexBuildRequest,
     ) -> Result<Operation, Status> {
-        let name = resource_id("model", "models", &request.model)?;
-        let model = self
-            .store
-            .get_model(&tenant, name)
-            .await
-            .map_err(from_store)?;
+        let model = self.model(&tenant, &request.model).await?;
         let dataset = self
             .store
             .get_dataset(&tenant, &model.dataset)
@@ -144,12 +145,7 @@ impl Shared {
         tenant: String,
         request: pb::CreateDeletionRequestRequest,
     ) -> Result<Operation, Status> {
-        let name = resource_id("model", "models", &request.model)?;
-        let model = self
-            .store
-            .get_model(&tenant, name)
-            .await
-            .map_err(from_store)?;
+        let model = self.model(&tenant, &request.model).await?;
         if request.forget.is_empty() || request.forget.len() > MAX_FORGET {
             return Err(invalid(
                 "forget",
@@ -218,12 +214,7 @@ impl Shared {
         tenant: String,
         request: pb::ListModelVersionsRequest,
     ) -> Result<pb::ListModelVersionsResponse, Status> {
-        let name = resource_id("model", "models", &request.model)?;
-        let model = self
-            .store
-            .get_model(&tenant, name)
-            .await
-            .map_err(from_store)?;
+        let model = self.model(&tenant, &request.model).await?;
         let versions = self
             .store
             .model_versions(&tenant, model.id)

@@ -183,27 +183,6 @@ impl TaskHandler for BuildIndex {
                 result: Some(report),
             });
         }
-        let accuracy = ensemble.val_accuracy();
-        // Validation accuracy of the subset models: a retrain that learnt nothing would make
-        // β noise, and this is where an operator sees it.
-        let mean = accuracy.iter().sum::<f64>() / accuracy.len().max(1) as f64;
-        let mut report = json!({
-            "members": ensemble.seeds.len(),
-            "num_train": ensemble.manifest.num_train,
-            "num_targets": ensemble.manifest.num_targets,
-            "dataset_hash": ensemble.manifest.dataset_hash,
-            "subset_val_accuracy_mean": mean,
-        });
-        if let Some(trak) = &task.trak {
-            let (beta, scale) =
-                super::trak::reduce(context, &task.ensemble, trak, &ensemble, dir.path())?;
-            report["estimator"] = "trak".into();
-            report["trak_scale"] = scale.into();
-            return Ok(TaskOutput {
-                artifacts: vec![put(context, "beta", &beta)?],
-                result: Some(report),
-            });
-        }
         let beta = dir.path().join("beta.safetensors");
         let rows = ensemble.manifest.num_train.max(1) as f64;
         let mut progress = |done: lethe_ml::attribution::subsample::BuildProgress| {
