@@ -390,9 +390,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_index_build_fans_out_and_reduces() {
-        let graph = index_build_tasks(&IndexBuildPlan {
+    fn index_plan(
+        members: usize,
+        trak: Option<TrakSettings>,
+        trak_shards: usize,
+    ) -> IndexBuildPlan {
+        IndexBuildPlan {
             model: "m".into(),
             dataset: ObjectRef {
                 uri: "builtin:fmnist-tiny".into(),
@@ -402,15 +405,20 @@ mod tests {
                 uri: "file:///m".into(),
                 sha256: None,
             },
-            members: 100,
+            members,
             alpha: 0.5,
             members_per_task: 32,
             seed: 1,
             exclude: vec![],
             anchor_version: 0,
-            trak: None,
-            trak_shards: 0,
-        });
+            trak,
+            trak_shards,
+        }
+    }
+
+    #[test]
+    fn an_index_build_fans_out_and_reduces() {
+        let graph = index_build_tasks(&index_plan(100, None, 0));
         let ranges: Vec<(usize, usize)> = graph[..4]
             .iter()
             .map(|t| {
@@ -425,30 +433,13 @@ mod tests {
 
     #[test]
     fn a_trak_build_adds_checkpoints_and_shards_before_the_reduce() {
-        let graph = index_build_tasks(&IndexBuildPlan {
-            model: "m".into(),
-            dataset: ObjectRef {
-                uri: "builtin:fmnist-tiny".into(),
-                sha256: None,
-            },
-            checkpoint: ObjectRef {
-                uri: "file:///m".into(),
-                sha256: None,
-            },
-            members: 64,
-            alpha: 0.5,
-            members_per_task: 32,
-            seed: 1,
-            exclude: vec![],
-            anchor_version: 0,
-            trak: Some(TrakSettings {
-                checkpoints: 2,
-                projection_dim: 256,
-                seed: 4,
-                relative_damping: 1e-3,
-            }),
-            trak_shards: 3,
-        });
+        let trak = TrakSettings {
+            checkpoints: 2,
+            projection_dim: 256,
+            seed: 4,
+            relative_damping: 1e-3,
+        };
+        let graph = index_build_tasks(&index_plan(64, Some(trak), 3));
         let kinds: Vec<&str> = graph.iter().map(|t| t.kind.as_str()).collect();
         assert_eq!(
             kinds,
