@@ -25,6 +25,7 @@ lint: setup
 
 test: lint
 	cargo test --workspace
+	scripts/check-deploy.sh
 
 demo: build
 	scripts/demo.sh
