@@ -371,25 +371,17 @@ impl Store {
         attempt: i32,
         worker: Uuid,
     ) -> Result<Vec<TaskInput>, StoreError> {
-        let current = sqlx::query("SELECT state, attempt, lease_owner FROM tasks WHERE id = $1")
-            .bind(task)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "task",
-                id: task.to_string(),
-            })?;
-        let state = crate::TaskState::parse(current.try_get("state")?)?;
-        let current_attempt: i32 = current.try_get("attempt")?;
-        let owner: Option<Uuid> = current.try_get("lease_owner")?;
-        if state != crate::TaskState::Leased || current_attempt != attempt || owner != Some(worker)
-        {
-            return Err(StoreError::Fenced {
-                task,
-                attempt,
-                state,
-                current_attempt,
-            });
+        let holds: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND state = 'leased' \
+                            AND attempt = $2 AND lease_owner = $3)",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(worker)
+        .fetch_one(&self.pool)
+        .await?;
+        if !holds {
+            return Err(self.fenced(task, attempt).await);
         }
         let rows = sqlx::query(
             "SELECT t.id, t.kind, t.spec, a.name, a.uri, a.sha256, a.size_bytes \

@@ -166,20 +166,10 @@ impl Store {
     /// workers learn it from the next heartbeat) and the job is `cancelling` until they have.
     /// Cancelling a finished job changes nothing and returns it.
     pub async fn cancel_job(&self, tenant: &str, id: Uuid) -> Result<Job, StoreError> {
-        let run: Option<Uuid> =
-            sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1 AND tenant = $2")
-                .bind(id)
-                .bind(tenant)
-                .fetch_optional(&self.pool)
-                .await?
-                .flatten();
-        if let Some(run) = run {
-            self.cancel_request_in_run(tenant, id, run).await?;
-            return self.get_job(tenant, id).await;
-        }
         let mut tx = self.pool.begin().await?;
         let state = lock_job(&mut tx, id, Some(tenant)).await?;
-        // A planner may have put the request into a run since it was read above.
+        // A deletion request served by a run is cancelled through its run, which is locked
+        // before its requests.
         let joined: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)

@@ -461,7 +461,7 @@ impl Store {
     }
 
     /// Why a call quoting `(task, attempt)` matched nothing.
-    async fn fenced(&self, task: Uuid, attempt: i32) -> StoreError {
+    pub(crate) async fn fenced(&self, task: Uuid, attempt: i32) -> StoreError {
         let row = sqlx::query("SELECT state, attempt FROM tasks WHERE id = $1")
             .bind(task)
             .fetch_optional(&self.pool)

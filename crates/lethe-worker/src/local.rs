@@ -4,7 +4,7 @@ pub(crate) mod audit;
 pub(crate) mod ensemble;
 pub(crate) mod evaluate;
 pub(crate) mod index;
-mod options;
+pub(crate) mod options;
 mod progress;
 pub(crate) mod train;
 pub(crate) mod unlearn;

@@ -19,6 +19,8 @@ use lethe_proto::tasks::{self, DatasetRef, ObjectRef};
 use lethe_runner::{Runner, TaskContext, TaskError, TaskInput};
 use serde::de::DeserializeOwned;
 
+use crate::local::options::checkpoint_fits;
+
 /// Registers every ML task kind, running on `device`.
 pub(crate) fn register(runner: &mut Runner, device: tch::Device) {
     runner.handle(tasks::RETRAIN, ensemble::Retrain { device });
@@ -86,12 +88,15 @@ fn parse_hash(hash: Option<&str>) -> Result<Option<[u8; 32]>, TaskError> {
     .transpose()
 }
 
-/// Downloads a registered object (its hash checked when it has one) to `dest`.
-fn fetch(context: &TaskContext, object: &ObjectRef, dest: &Path) -> Result<(), TaskError> {
+/// Downloads a registered object (its hash checked when it has one) to `dest`; returns what
+/// was read, hash included.
+fn fetch(
+    context: &TaskContext,
+    object: &ObjectRef,
+    dest: &Path,
+) -> Result<StoredObject, TaskError> {
     let sha256 = parse_hash(object.sha256.as_deref())?;
-    block_on(context.artifacts.download(&object.uri, sha256, dest))
-        .map(|_| ())
-        .map_err(artifact_error)
+    block_on(context.artifacts.download(&object.uri, sha256, dest)).map_err(artifact_error)
 }
 
 /// Downloads a committed artifact (hash and size checked) to `dest`.
@@ -179,7 +184,7 @@ fn load_dataset(
 }
 
 /// A checkpoint, downloaded into `dir` as `file_name`, loaded on `device` and checked
-/// against the dataset. Returns its path too, for its hash.
+/// against the dataset. Returns its SHA-256 (hex) too, as read.
 fn load_checkpoint(
     context: &TaskContext,
     object: &ObjectRef,
@@ -187,25 +192,23 @@ fn load_checkpoint(
     file_name: &str,
     data: &Dataset,
     device: tch::Device,
-) -> Result<(Model, CheckpointInfo, PathBuf), TaskError> {
+) -> Result<(Model, CheckpointInfo, String), TaskError> {
     let path = dir.join(file_name);
-    fetch(context, object, &path)?;
+    let read = fetch(context, object, &path)?;
     let (model, info) = checkpoint::load(&path, device).map_err(ml_error)?;
-    check_fits(&info, data, &object.uri)?;
-    Ok((model, info, path))
+    check_fits(&info, data, Path::new(&object.uri))?;
+    Ok((model, info, hex::encode(read.sha256)))
 }
 
-fn check_fits(info: &CheckpointInfo, data: &Dataset, uri: &str) -> Result<(), TaskError> {
-    let same_shape = info.sample_shape == data.sample_shape && info.num_classes == data.num_classes;
-    let same_data = info
-        .dataset_hash
-        .as_deref()
-        .is_none_or(|hash| hash == data.content_hash);
-    if same_shape && same_data {
-        return Ok(());
+/// A checkpoint may only be used with the data it was trained on.
+fn check_fits(info: &CheckpointInfo, data: &Dataset, origin: &Path) -> Result<(), TaskError> {
+    match checkpoint_fits(info, data, origin) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TaskError::Fatal(format!(
+            "checkpoint {} was trained on other data than dataset {} (content hashes differ)",
+            origin.display(),
+            data.spec
+        ))),
+        Err(mismatch) => Err(TaskError::Fatal(format!("{mismatch:#}"))),
     }
-    Err(TaskError::Fatal(format!(
-        "checkpoint {uri} was trained on other data than dataset {} (shape or content hash differs)",
-        data.spec
-    )))
 }

@@ -2,56 +2,28 @@
 //! a worker killed with SIGKILL in the middle of a task costs its operation nothing, and a
 //! worker sent SIGTERM drains and exits cleanly.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lethe_coordinator::{Coordinator, CoordinatorConfig};
-use lethe_store::{
-    Durability, JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig,
-};
+use common::{serve, stack, Stack};
+use lethe_coordinator::CoordinatorConfig;
+use lethe_store::{JobKind, JobState, NewJob, NewTask};
 use serde_json::json;
-
-fn serve(endpoint: &str, artifacts: &str, name: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args([
-            "serve",
-            "--coordinator",
-            endpoint,
-            "--artifacts",
-            artifacts,
-            "--name",
-            name,
-            "--cpu",
-        ])
-        .args(["--drain-grace-seconds", "5"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lethe-worker serve")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
-    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
-    let url = cluster.create_database("serve").unwrap();
-    let store = Store::connect(
-        &url,
-        StoreConfig {
-            lease: Duration::from_secs(2),
-            ..StoreConfig::default()
-        },
-    )
-    .await
-    .unwrap();
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(250),
         ..CoordinatorConfig::default()
     };
-    let coordinator = Coordinator::new(store.clone(), config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let Stack {
+        cluster: _cluster,
+        store,
+        coordinator,
+    } = stack("serve", Duration::from_secs(2), config).await;
     let dir = tempfile::tempdir().unwrap();
     let artifacts = format!("file://{}/artifacts", dir.path().display());
 
@@ -67,8 +39,18 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
             .collect(),
     };
     let job = store.create_job(&job).await.unwrap().0.id;
-    let mut victim = serve(&coordinator.endpoint(), &artifacts, "victim");
-    let mut survivor = serve(&coordinator.endpoint(), &artifacts, "survivor");
+    let mut victim = serve(
+        &coordinator.endpoint(),
+        &artifacts,
+        "victim",
+        Stdio::piped(),
+    );
+    let mut survivor = serve(
+        &coordinator.endpoint(),
+        &artifacts,
+        "survivor",
+        Stdio::piped(),
+    );
 
     // Kill the victim once it holds a lease.
     let victim_id: uuid::Uuid = loop {

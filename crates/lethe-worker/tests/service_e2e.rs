@@ -7,11 +7,14 @@
 //! from scratch (indexing the new anchor beside it); a fourth fine-tunes from that anchor, and
 //! a fifth uses a TRAK index built in shards.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{serve, stack, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_coordinator::{operation_name, Coordinator, CoordinatorConfig, TENANT_HEADER};
+use lethe_coordinator::{operation_name, CoordinatorConfig, TENANT_HEADER};
 use lethe_ml::checkpoint;
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::outputs::{margins, Outputs};
@@ -23,23 +26,12 @@ use lethe_proto::lethe::v1::{
     ListModelVersionsRequest, OperationMetadata, OperationResult, RegisterDatasetRequest,
     RegisterModelRequest, WatchOperationRequest,
 };
-use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 use tonic::transport::Channel;
 
 const TENANT: &str = "acme";
-
-fn serve(endpoint: &str, artifacts: &str, name: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args(["serve", "--coordinator", endpoint, "--artifacts", artifacts])
-        .args(["--name", name, "--cpu", "--drain-grace-seconds", "5"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lethe-worker serve")
-}
 
 fn call<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -94,27 +86,17 @@ fn forget_margins(model: &std::path::Path, data: &Dataset, forget: &[i64]) -> Te
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
-    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
-    let url = cluster.create_database("e2e").unwrap();
-    let store = Store::connect(
-        &url,
-        StoreConfig {
-            lease: Duration::from_secs(3),
-            ..StoreConfig::default()
-        },
-    )
-    .await
-    .unwrap();
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
         coalescing_window: Duration::from_secs(1),
         retrain_threshold: 0.05,
     };
-    let coordinator = Coordinator::new(store.clone(), config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let Stack {
+        cluster: _cluster,
+        store,
+        coordinator,
+    } = stack("e2e", Duration::from_secs(3), config).await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("artifacts");
     let artifacts = format!("file://{}", root.display());
@@ -168,8 +150,8 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap_err();
     assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
 
-    let mut first = serve(&coordinator.endpoint(), &artifacts, "first");
-    let mut second = serve(&coordinator.endpoint(), &artifacts, "second");
+    let mut first = serve(&coordinator.endpoint(), &artifacts, "first", Stdio::null());
+    let mut second = serve(&coordinator.endpoint(), &artifacts, "second", Stdio::null());
 
     let index = client
         .create_index_build(call(CreateIndexBuildRequest {
@@ -318,7 +300,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     };
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut third = serve(&coordinator.endpoint(), &artifacts, "third");
+    let mut third = serve(&coordinator.endpoint(), &artifacts, "third", Stdio::null());
     let done_c = watch(&mut client, &request_c.name).await;
     let result_c = result_json(&done_c);
     assert_eq!(result_c["model_version"], 2);

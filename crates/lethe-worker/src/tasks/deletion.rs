@@ -17,7 +17,6 @@ use lethe_ml::unlearn::{unlearn, ForgetSet, Method, MethodConfig, Resources};
 use lethe_proto::tasks::{AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use super::ensemble::gather_ensemble;
@@ -121,12 +120,6 @@ impl TaskHandler for Predict {
     }
 }
 
-fn sha256_hex(path: &std::path::Path) -> Result<String, TaskError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| TaskError::Retryable(format!("read {}: {e}", path.display())))?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
-}
-
 impl TaskHandler for Match {
     fn needs_inputs(&self) -> bool {
         true
@@ -138,7 +131,7 @@ impl TaskHandler for Match {
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.forgotten, &data)?;
         let requested = forget_set(&task.requested, &data)?;
-        let (mut current, info, current_path) = load_checkpoint(
+        let (mut current, info, current_sha256) = load_checkpoint(
             context,
             &task.current,
             dir.path(),
@@ -149,7 +142,7 @@ impl TaskHandler for Match {
         let lineage = match &info.lineage {
             Some(lineage) => lineage.clone(),
             // The current version is version 0: it anchors the lineage.
-            None => Lineage::start(sha256_hex(&current_path)?),
+            None => Lineage::start(current_sha256),
         };
         if let Some(expected) = &task.base.sha256 {
             if *expected != lineage.base_sha256 {
@@ -300,7 +293,7 @@ impl TaskHandler for Audit {
         let after_path = dir.path().join("after.safetensors");
         fetch_input(context, one_input(context, "model")?, &after_path)?;
         let (mut after, info) = checkpoint::load(&after_path, self.device).map_err(ml_error)?;
-        super::check_fits(&info, &data, "the new version")?;
+        super::check_fits(&info, &data, &after_path)?;
         let oracle_dir = dir.path().join("oracles");
         std::fs::create_dir_all(&oracle_dir)
             .map_err(|e| TaskError::Retryable(format!("create {}: {e}", oracle_dir.display())))?;
