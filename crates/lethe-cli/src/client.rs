@@ -434,8 +434,14 @@ pub(crate) fn print_operation(operation: &Operation, detailed: bool) {
         }
         Some(operation::Result::Response(any)) => {
             if let Ok(result) = OperationResult::decode(any.value.as_slice()) {
-                if !result.result_json.is_empty() {
-                    println!("  result: {}", result.result_json);
+                let parsed: Option<serde_json::Value> =
+                    serde_json::from_str(&result.result_json).ok();
+                match parsed.as_ref().and_then(crate::summary::deletion) {
+                    Some(lines) => lines.iter().for_each(|line| println!("  {line}")),
+                    None if !result.result_json.is_empty() => {
+                        println!("  result: {}", result.result_json)
+                    }
+                    None => {}
                 }
             }
         }

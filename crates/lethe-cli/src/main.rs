@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod submit;
+mod summary;
 
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "Lethe: make trained models forget")]

@@ -3,8 +3,9 @@
 //! - An index build fans out into `retrain` tasks, one per range of `members_per_task`
 //!   subset models, and a `build_index` reduce that depends on all of them.
 //! - A deletion run is `predict` → `match`, and with an audit, `retrain` tasks for oracles (on
-//!   everything but the forgotten examples, in parallel with the rest) and an `audit` that
-//!   depends on the match and the oracles.
+//!   everything but the forgotten examples) and for originals (copies of the anchor, with
+//!   their weights), in parallel with the rest, and an `audit` that depends on the match and
+//!   on them.
 //!
 //! Runs are planned from the store's [`RunInputs`] under the model's lock, by any replica's
 //! maintenance loop once the oldest pending request has waited out the coalescing window.
@@ -12,7 +13,7 @@
 use std::collections::BTreeSet;
 
 use lethe_proto::tasks::{
-    self, AuditSpec, BuildIndexSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef,
+    self, AuditDmm, AuditSpec, BuildIndexSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef,
     PredictSpec, RetrainSpec, TrakCheckpointsSpec, TrakSettings, TrakShardSpec,
 };
 use lethe_store::{JobKind, NewJob, NewTask, RunInputs, RunPlan, StoreError, StoredRef};
@@ -73,6 +74,7 @@ pub(crate) fn index_build_tasks(plan: &IndexBuildPlan) -> Vec<NewTask> {
         seed: plan.seed,
         members_per_task: plan.members_per_task,
         exclude: plan.exclude.clone(),
+        keep_weights: false,
     };
     let mut graph = retrain_tasks(&ensemble);
     let mut reduce_deps: Vec<usize> = (0..graph.len()).collect();
@@ -178,7 +180,7 @@ pub(crate) fn deletion_run(
         .collect();
     let retrain = since_anchor.len() as f64 > retrain_threshold * num_train as f64;
 
-    let (mut graph, method, fresh_index) = if retrain {
+    let (mut graph, method, fresh_index, audited_dmm) = if retrain {
         let graph = vec![NewTask::new(
             tasks::FULL_RETRAIN,
             to_json(&FullRetrainSpec {
@@ -189,7 +191,7 @@ pub(crate) fn deletion_run(
             }),
         )];
         let index = index_build_for_retrain(inputs, &dataset, &anchor, &forgotten, seed);
-        (graph, "retrain", Some(index))
+        (graph, "retrain", Some(index), None)
     } else {
         let Some(index) = &inputs.index else {
             if inputs.index_pending {
@@ -218,7 +220,7 @@ pub(crate) fn deletion_run(
                     dataset: dataset.clone(),
                     base: anchor.clone(),
                     current: current.clone(),
-                    forgotten: since_anchor,
+                    forgotten: since_anchor.clone(),
                     requested: requested.iter().copied().collect(),
                     excluded: inputs.base.forgotten.clone(),
                     seed,
@@ -226,24 +228,44 @@ pub(crate) fn deletion_run(
             )
             .after([0]),
         ];
-        (graph, "dmm", None)
+        let audited = AuditDmm {
+            beta: object_ref(&index.beta),
+            beta_noise: index.noise.as_ref().map(object_ref),
+            since_anchor,
+            seed,
+        };
+        (graph, "dmm", None, Some(audited))
     };
     // The task that writes the new version: the last one so far.
     let produces = graph.len() - 1;
     if audit_oracles > 0 {
+        // N' oracles are compared with; half as many again are held out for the noise floor.
+        let held_out = audit_oracles.div_ceil(2);
         let oracles = EnsembleTask {
             dataset: dataset.clone(),
-            model: anchor,
-            members: audit_oracles,
+            model: anchor.clone(),
+            members: audit_oracles + held_out,
             alpha: 1.0,
             seed: seed ^ ORACLE_SEED_SALT,
             members_per_task: ORACLES_PER_TASK,
             exclude: forgotten.clone(),
+            keep_weights: false,
         };
-        let first_oracle = graph.len();
+        let first_retrain = graph.len();
         graph.extend(retrain_tasks(&oracles));
+        if audited_dmm.is_some() {
+            // N originals: copies of the anchor from other seeds, for DMM to be applied to.
+            let originals = EnsembleTask {
+                members: audit_oracles,
+                seed: seed ^ ORIGINAL_SEED_SALT,
+                exclude: inputs.base.forgotten.clone(),
+                keep_weights: true,
+                ..oracles
+            };
+            graph.extend(retrain_tasks(&originals));
+        }
         let audit_deps: Vec<usize> = std::iter::once(produces)
-            .chain(first_oracle..graph.len())
+            .chain(first_retrain..graph.len())
             .collect();
         graph.push(
             NewTask::new(
@@ -252,6 +274,8 @@ pub(crate) fn deletion_run(
                     dataset,
                     before: current,
                     forgotten: forgotten.clone(),
+                    held_out,
+                    dmm: audited_dmm,
                 }),
             )
             .after(audit_deps),
@@ -327,6 +351,8 @@ fn index_build_for_retrain(
 
 /// Oracles must not share seeds with the subset retrains of the index.
 const ORACLE_SEED_SALT: u64 = 0x6f72_6163_6c65_7321;
+/// Nor originals with either.
+const ORIGINAL_SEED_SALT: u64 = 0x6f72_6967_696e_616c;
 
 fn to_json(spec: &impl Serialize) -> serde_json::Value {
     serde_json::to_value(spec).expect("task specs serialise")
@@ -482,7 +508,7 @@ mod tests {
         assert_eq!(run.spec["forgotten"], json!([1, 3, 5, 9]));
         assert_eq!(run.spec["requested"], json!([3, 5, 9]));
         let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
-        // The larger audit wins: 20 oracles in ranges of 16.
+        // The larger audit wins: 20 + 10 held-out oracles and 20 originals, in ranges of 16.
         assert_eq!(
             kinds,
             [
@@ -490,15 +516,30 @@ mod tests {
                 tasks::MATCH,
                 tasks::RETRAIN,
                 tasks::RETRAIN,
+                tasks::RETRAIN,
+                tasks::RETRAIN,
                 tasks::AUDIT
             ]
         );
-        assert_eq!(run.tasks[4].depends_on, [1, 2, 3]);
+        assert_eq!(run.tasks[6].depends_on, [1, 2, 3, 4, 5]);
         let matching: MatchSpec = serde_json::from_value(run.tasks[1].spec.clone()).unwrap();
         assert_eq!(matching.current.uri, "file:///m/v2");
         assert_eq!(matching.base.uri, "file:///m/v0");
         let oracle: RetrainSpec = serde_json::from_value(run.tasks[2].spec.clone()).unwrap();
         assert_eq!(oracle.ensemble.exclude, [1, 3, 5, 9]);
+        assert_eq!(oracle.ensemble.members, 30);
+        assert!(!oracle.ensemble.keep_weights);
+        let original: RetrainSpec = serde_json::from_value(run.tasks[4].spec.clone()).unwrap();
+        assert_eq!(original.ensemble.members, 20);
+        assert!(original.ensemble.keep_weights, "DMM is applied to them");
+        assert!(original.ensemble.exclude.is_empty(), "copies of version 0");
+        assert_ne!(original.ensemble.seed, oracle.ensemble.seed);
+        let audit: AuditSpec = serde_json::from_value(run.tasks[6].spec.clone()).unwrap();
+        assert_eq!(audit.held_out, 10);
+        assert_eq!(
+            audit.dmm.expect("DMM is audited").since_anchor,
+            [1, 3, 5, 9]
+        );
     }
 
     #[test]
@@ -508,8 +549,14 @@ mod tests {
         let (run, fresh_index) = started(plan.unwrap());
         assert_eq!(run.spec["method"], "retrain");
         let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
-        assert_eq!(kinds, [tasks::FULL_RETRAIN, tasks::RETRAIN, tasks::AUDIT]);
+        assert_eq!(
+            kinds,
+            [tasks::FULL_RETRAIN, tasks::RETRAIN, tasks::AUDIT],
+            "oracles, but no originals: a retrain is exact"
+        );
         assert_eq!(run.tasks[2].depends_on, [0, 1]);
+        let audit: AuditSpec = serde_json::from_value(run.tasks[2].spec.clone()).unwrap();
+        assert!(audit.dmm.is_none());
         let retrain: FullRetrainSpec = serde_json::from_value(run.tasks[0].spec.clone()).unwrap();
         assert_eq!(retrain.exclude, [1, 2, 3, 4, 10, 11, 12]);
         let index = fresh_index.expect("an index for the new anchor");

@@ -21,7 +21,9 @@ pub const TRAK_SHARD: &str = "trak_shard";
 pub const PREDICT: &str = "predict";
 /// The matching fine-tune towards `predict`'s targets. Artifact: `model`, the new version.
 pub const MATCH: &str = "match";
-/// Margins of the version before and after against oracle retrains. Result only.
+/// KLoM of the method applied to originals against oracle retrains (with the do-nothing
+/// baseline and the noise floor), and the margins of the version before and after. Result
+/// only.
 pub const AUDIT: &str = "audit";
 /// A retrain from scratch without everything forgotten, once too much was forgotten for
 /// DMM's linear predictions. Artifact: `model`, the new version (a new anchor).
@@ -52,6 +54,10 @@ pub struct EnsembleTask {
     /// Training indices no member sees (oracles).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<i64>,
+    /// Keep every member's weights in its `members` artifact: an audit's originals, which the
+    /// audited method is then applied to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_weights: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,5 +161,25 @@ pub struct AuditSpec {
     pub dataset: DatasetRef,
     /// The version before the run, for the "before" figures.
     pub before: ObjectRef,
+    /// Everything forgotten: what the oracles were trained without.
     pub forgotten: Vec<i64>,
+    /// Oracles (the last ones) left out of the comparison: their KLoM against the others is
+    /// the noise floor.
+    #[serde(default)]
+    pub held_out: usize,
+    /// How DMM is audited; absent for a run that retrained from scratch, which is exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmm: Option<AuditDmm>,
+}
+
+/// DMM as the run applied it, for the audit to apply to the originals: independently trained
+/// copies of the anchor (DESIGN.md §1.7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditDmm {
+    pub beta: ObjectRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_noise: Option<ObjectRef>,
+    /// The examples forgotten since the anchor: the forget set DMM is given.
+    pub since_anchor: Vec<i64>,
+    pub seed: u64,
 }

@@ -1,20 +1,25 @@
 //! A deletion run's tasks. `predict`: DMM's predicted retrain logits on every target,
 //! anchored at version 0 with everything forgotten so far. `match`: the matching fine-tune of
 //! the latest version towards them, written as the next version with its lineage. `audit`:
-//! how far the margins of the version before and after lie from oracles retrained without
-//! the forgotten examples.
+//! KLoM of DMM applied the same way to independently trained originals, against oracles
+//! retrained without the forgotten examples (DESIGN.md §1.7), and how far the margins of the
+//! version before and after lie from the oracles'.
 
 use std::collections::BTreeMap;
 
+use lethe_ml::audit::{audit, Splits};
 use lethe_ml::checkpoint::{self, CheckpointInfo};
 use lethe_ml::data::Dataset;
+use lethe_ml::ensemble::load_members;
 use lethe_ml::outputs::{margins, Outputs};
 use lethe_ml::tensorio;
-use lethe_ml::unlearn::finetune::{match_targets, matching_examples};
+use lethe_ml::unlearn::finetune::{match_targets, matching_examples, MatchingConfig};
 use lethe_ml::unlearn::lineage::Lineage;
-use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, IndexNoise};
+use lethe_ml::unlearn::targets::{
+    dmm_targets, predicted_shift, AttributionIndex, Denoise, IndexNoise,
+};
 use lethe_ml::unlearn::{unlearn, ForgetSet, Method, MethodConfig, Resources};
-use lethe_proto::tasks::{AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
+use lethe_proto::tasks::{AuditDmm, AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
@@ -41,9 +46,55 @@ pub(super) struct FullRetrain {
     pub(super) device: tch::Device,
 }
 
-/// The shipped DMM settings (DESIGN.md §1.5): denoising, multiplier and matching recipe.
-fn dmm_defaults() -> MethodConfig {
-    MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
+/// The shipped DMM settings (DESIGN.md §1.5) for an index: denoising, multiplier and the
+/// matching recipe.
+struct DmmSettings {
+    denoise: Denoise,
+    multiplier: f64,
+    matching: MatchingConfig,
+}
+
+impl DmmSettings {
+    fn for_index(index: &AttributionIndex) -> Self {
+        let MethodConfig::Dmm {
+            denoise,
+            multiplier,
+            matching,
+        } = MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
+        else {
+            unreachable!("the defaults of DMM are a DMM config")
+        };
+        // A TRAK index has no noise model and carries its own calibrated scale.
+        let (denoise, multiplier) = match index.noise {
+            Some(_) => (denoise, multiplier),
+            None => (Denoise::None, 1.0),
+        };
+        DmmSettings {
+            denoise,
+            multiplier,
+            matching,
+        }
+    }
+
+    fn matching() -> MatchingConfig {
+        let MethodConfig::Dmm { matching, .. } =
+            MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
+        else {
+            unreachable!("the defaults of DMM are a DMM config")
+        };
+        matching
+    }
+}
+
+/// The training examples a fine-tune may use as retain points: neither forgotten now nor
+/// excluded from the anchor's training.
+fn retained_without(forgotten: &ForgetSet, excluded: &[i64], data: &Dataset) -> Vec<i64> {
+    let excluded: std::collections::BTreeSet<i64> = excluded.iter().copied().collect();
+    forgotten
+        .retained(data.num_train)
+        .into_iter()
+        .filter(|i| !excluded.contains(i))
+        .collect()
 }
 
 fn forget_set(indices: &[i64], data: &Dataset) -> Result<ForgetSet, TaskError> {
@@ -76,19 +127,11 @@ impl TaskHandler for Predict {
         stop_if_cancelled(context)?;
         context.report(0.3, "reading β rows of the forget set");
         let index = AttributionIndex::open(&beta).map_err(ml_error)?;
-        let MethodConfig::Dmm {
+        let DmmSettings {
             denoise,
             multiplier,
             ..
-        } = dmm_defaults()
-        else {
-            unreachable!("the defaults of DMM are a DMM config")
-        };
-        // A TRAK index has no noise model and carries its own calibrated scale.
-        let (denoise, multiplier) = match index.noise {
-            Some(_) => (denoise, multiplier),
-            None => (lethe_ml::unlearn::targets::Denoise::None, 1.0),
-        };
+        } = DmmSettings::for_index(&index);
         let targets = all_targets(&data);
         let anchor = Outputs::compute(&mut base, &data, &targets)
             .map_err(ml_error)?
@@ -169,15 +212,8 @@ impl TaskHandler for Match {
         }
         stop_if_cancelled(context)?;
         context.report(0.2, "matching fine-tune");
-        let MethodConfig::Dmm { matching, .. } = dmm_defaults() else {
-            unreachable!("the defaults of DMM are a DMM config")
-        };
-        let excluded: std::collections::BTreeSet<i64> = task.excluded.iter().copied().collect();
-        let retained: Vec<i64> = forgotten
-            .retained(data.num_train)
-            .into_iter()
-            .filter(|i| !excluded.contains(i))
-            .collect();
+        let matching = DmmSettings::matching();
+        let retained = retained_without(&forgotten, &task.excluded, &data);
         let examples = matching_examples(forgotten.indices(), &retained, &matching, task.seed);
         let rows = Tensor::from_slice(&examples);
         let targets = predicted.index_select(0, &rows).unsqueeze(0);
@@ -282,6 +318,64 @@ impl TaskHandler for Audit {
         let dir = workspace()?;
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.forgotten, &data)?;
+        let oracle_dir = dir.path().join("oracles");
+        create_dir(&oracle_dir)?;
+        let oracles = gather_ensemble(context, &oracle_dir, |ensemble| !ensemble.keep_weights)?;
+        if oracles.manifest.spec.exclude != forgotten.indices() {
+            return Err(TaskError::Fatal(
+                "the oracles were not retrained without exactly the forgotten examples".into(),
+            ));
+        }
+        let total = oracles.seeds.len();
+        if task.held_out >= total {
+            return Err(TaskError::Fatal(format!(
+                "{} held-out oracles leave none of {total} to compare with",
+                task.held_out
+            )));
+        }
+        let compared = (total - task.held_out) as i64;
+        let oracle_logits = oracles.logits.to_kind(Kind::Float);
+        let labels = data.y.shallow_clone();
+        let reference = margins(&oracle_logits.narrow(0, 0, compared), &labels);
+        let splits = Splits::new(forgotten.indices(), data.num_train, data.num_val);
+        let noise_floor = (task.held_out > 0)
+            .then(|| {
+                let held_out = oracle_logits.narrow(0, compared, task.held_out as i64);
+                audit(&held_out, &labels, &reference, &splits)
+            })
+            .transpose()
+            .map_err(ml_error)?;
+        stop_if_cancelled(context)?;
+
+        let mut report = json!({
+            "oracles": compared,
+            "held_out_oracles": task.held_out,
+            "noise_floor": noise_floor,
+        });
+        if let Some(dmm) = &task.dmm {
+            context.report(0.3, "DMM on the originals");
+            let originals = audit_dmm(context, dmm, &data, dir.path(), self.device)?;
+            let do_nothing =
+                audit(&originals.before, &labels, &reference, &splits).map_err(ml_error)?;
+            let audited =
+                audit(&originals.after, &labels, &reference, &splits).map_err(ml_error)?;
+            // The share of the distance between doing nothing and the oracles' own spread
+            // that DMM closed on the forget set.
+            let gap_closure = noise_floor.as_ref().map(|floor| {
+                (do_nothing.forget.klom.p95 - audited.forget.klom.p95)
+                    / (do_nothing.forget.klom.p95 - floor.forget.klom.p95)
+            });
+            report["method"] = "dmm".into();
+            report["models"] = audited.models.into();
+            report["result"] = json!(audited);
+            report["do_nothing"] = json!(do_nothing);
+            report["gap_closure"] = json!(gap_closure);
+        } else {
+            // A retrain from scratch is exact: it is one more oracle.
+            report["method"] = "retrain".into();
+        }
+        stop_if_cancelled(context)?;
+        context.report(0.9, "margins of the versions before and after");
         let (mut before, _, _) = load_checkpoint(
             context,
             &task.before,
@@ -294,28 +388,16 @@ impl TaskHandler for Audit {
         fetch_input(context, one_input(context, "model")?, &after_path)?;
         let (mut after, info) = checkpoint::load(&after_path, self.device).map_err(ml_error)?;
         super::check_fits(&info, &data, &after_path)?;
-        let oracle_dir = dir.path().join("oracles");
-        std::fs::create_dir_all(&oracle_dir)
-            .map_err(|e| TaskError::Retryable(format!("create {}: {e}", oracle_dir.display())))?;
-        let oracles = gather_ensemble(context, &oracle_dir)?;
-        if oracles.manifest.spec.exclude != forgotten.indices() {
-            return Err(TaskError::Fatal(
-                "the oracles were not retrained without exactly the forgotten examples".into(),
-            ));
-        }
-        stop_if_cancelled(context)?;
-        context.report(0.5, "margins of the versions and the oracles");
         let targets = all_targets(&data);
-        let oracle_margins = margins(&oracles.logits.to_kind(Kind::Float), &oracles.labels);
-        let before_margins = Outputs::compute(&mut before, &data, &targets)
-            .map_err(ml_error)?
-            .margins()
-            .get(0);
-        let after_margins = Outputs::compute(&mut after, &data, &targets)
-            .map_err(ml_error)?
-            .margins()
-            .get(0);
-        let report = margin_report(
+        let version_margins = |model: &mut lethe_ml::model::Model| {
+            Outputs::compute(model, &data, &targets)
+                .map(|outputs| outputs.margins().get(0))
+                .map_err(ml_error)
+        };
+        let (before_margins, after_margins) =
+            (version_margins(&mut before)?, version_margins(&mut after)?);
+        let oracle_margins = margins(&oracle_logits, &labels);
+        report["version"] = margin_report(
             &oracle_margins,
             &before_margins,
             &after_margins,
@@ -324,12 +406,74 @@ impl TaskHandler for Audit {
         );
         Ok(TaskOutput {
             artifacts: Vec::new(),
-            result: Some(json!({
-                "oracles": oracles.seeds.len(),
-                "splits": report,
-            })),
+            result: Some(report),
         })
     }
+}
+
+/// Logits (`N × T × C`) of the originals before and after DMM.
+struct AuditedOriginals {
+    before: Tensor,
+    after: Tensor,
+}
+
+/// Applies DMM to the originals exactly as the run applied it to the deployed model: targets
+/// predicted from each original's own logits with the run's index, then the matching
+/// fine-tune on the same examples.
+fn audit_dmm(
+    context: &TaskContext,
+    dmm: &AuditDmm,
+    data: &Dataset,
+    dir: &std::path::Path,
+    device: tch::Device,
+) -> Result<AuditedOriginals, TaskError> {
+    let originals_dir = dir.join("originals");
+    create_dir(&originals_dir)?;
+    let originals = gather_ensemble(context, &originals_dir, |ensemble| ensemble.keep_weights)?;
+    let mut models = load_members(&originals_dir, data, device).map_err(ml_error)?;
+    let excluded = originals.manifest.spec.exclude.clone();
+    let beta = dir.join("beta.safetensors");
+    fetch(context, &dmm.beta, &beta)?;
+    if let Some(noise) = &dmm.beta_noise {
+        fetch(context, noise, &IndexNoise::path_for(&beta))?;
+    }
+    let index = AttributionIndex::open(&beta).map_err(ml_error)?;
+    let forget = forget_set(&dmm.since_anchor, data)?;
+    let settings = DmmSettings::for_index(&index);
+    let targets = all_targets(data);
+    let before = Outputs::compute(&mut models, data, &targets)
+        .map_err(ml_error)?
+        .logits;
+    let shift = predicted_shift(&index, &forget, settings.denoise).map_err(ml_error)?;
+    let predicted =
+        dmm_targets(&before, &shift, settings.multiplier, &targets).map_err(ml_error)?;
+    let examples = matching_examples(
+        forget.indices(),
+        &retained_without(&forget, &excluded, data),
+        &settings.matching,
+        dmm.seed,
+    );
+    let rows = Tensor::from_slice(&examples).to_device(predicted.device());
+    stop_if_cancelled(context)?;
+    match_targets(
+        &mut models,
+        data,
+        &examples,
+        forget.indices(),
+        &predicted.index_select(1, &rows),
+        &settings.matching,
+        dmm.seed,
+    )
+    .map_err(ml_error)?;
+    let after = Outputs::compute(&mut models, data, &targets)
+        .map_err(ml_error)?
+        .logits;
+    Ok(AuditedOriginals { before, after })
+}
+
+fn create_dir(path: &std::path::Path) -> Result<(), TaskError> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| TaskError::Retryable(format!("create {}: {e}", path.display())))
 }
 
 /// Per split (forget, retain, validation): the mean absolute distance of each target's margin

@@ -11,8 +11,7 @@ use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
 use serde_json::json;
 
 use super::{
-    fetch_input, inputs_named, load_checkpoint, load_dataset, ml_error, put, spec,
-    stop_if_cancelled, workspace,
+    fetch_input, load_checkpoint, load_dataset, ml_error, put, spec, stop_if_cancelled, workspace,
 };
 
 /// What `run_member_range` names its files; the reduce rebuilds the directory from them.
@@ -54,7 +53,7 @@ fn ensemble_spec(
         base_seed: task.seed,
         group_size: task.members_per_task,
         exclude: task.exclude.clone(),
-        keep_weights: false,
+        keep_weights: task.keep_weights,
     };
     ensemble
         .validate(data.num_train)
@@ -123,20 +122,31 @@ fn group_file(members: &std::ops::Range<usize>) -> String {
     )
 }
 
-/// Rebuilds an ensemble directory in `dir` from the `members` and `manifest` inputs.
+/// Rebuilds an ensemble directory in `dir` from the `members` and `manifest` inputs of the
+/// `retrain` tasks whose ensemble `wanted` accepts (an audit has two: oracles and originals).
 pub(super) fn gather_ensemble(
     context: &TaskContext,
     dir: &Path,
+    wanted: impl Fn(&EnsembleTask) -> bool,
 ) -> Result<EnsembleResults, TaskError> {
-    let manifest = inputs_named(context, "manifest");
-    let first = manifest
-        .first()
-        .ok_or_else(|| TaskError::Fatal("no `manifest` input".into()))?;
-    fetch_input(context, first, &dir.join(MANIFEST))?;
-    for input in inputs_named(context, "members") {
-        stop_if_cancelled(context)?;
+    let mut retrains = Vec::new();
+    for input in &context.inputs {
+        if input.task_kind != lethe_proto::tasks::RETRAIN {
+            continue;
+        }
         let range: RetrainSpec = serde_json::from_value(input.task_spec.clone())
             .map_err(|e| TaskError::Fatal(format!("retrain input spec: {e}")))?;
+        if wanted(&range.ensemble) {
+            retrains.push((input, range));
+        }
+    }
+    let (manifest, _) = retrains
+        .iter()
+        .find(|(input, _)| input.name == "manifest")
+        .ok_or_else(|| TaskError::Fatal("no `manifest` input".into()))?;
+    fetch_input(context, manifest, &dir.join(MANIFEST))?;
+    for (input, range) in retrains.iter().filter(|(input, _)| input.name == "members") {
+        stop_if_cancelled(context)?;
         fetch_input(
             context,
             input,
@@ -154,7 +164,7 @@ impl TaskHandler for BuildIndex {
     fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
         let task: BuildIndexSpec = spec(context)?;
         let dir = workspace()?;
-        let ensemble = gather_ensemble(context, dir.path())?;
+        let ensemble = gather_ensemble(context, dir.path(), |_| true)?;
         if ensemble.seeds.len() != task.ensemble.members {
             return Err(TaskError::Fatal(format!(
                 "the retrains hold {} members, the build asked for {}",
