@@ -80,7 +80,8 @@ pub(crate) struct DeletionArgs {
     /// Training indices to forget, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     forget: Vec<i64>,
-    /// Oracle retrains to audit the new version against (0: no audit).
+    /// Audit size N (0: no audit): DMM applied to N originals, judged by KLoM against N
+    /// retrains without the forgotten examples (and N/2 more for the noise floor).
     #[arg(long, default_value_t = 0)]
     audit_oracles: u32,
     #[arg(long, default_value_t = 0)]

@@ -44,11 +44,11 @@ fn audit(report: &Value) -> Option<Vec<String>> {
         )),
     }
     lines.push(
-        "  |                          | forget KLoM P95 | retain KLoM P95 | val KLoM P95 | forget acc | retain acc | val acc |"
+        "  |                            | forget KLoM P95 | retain KLoM P95 | val KLoM P95 | forget acc | retain acc | val acc |"
             .into(),
     );
     lines.push(
-        "  |--------------------------|-----------------|-----------------|--------------|------------|------------|---------|"
+        "  |----------------------------|-----------------|-----------------|--------------|------------|------------|---------|"
             .into(),
     );
     for (key, name) in [
@@ -83,7 +83,7 @@ fn row(name: &str, audit: &Value) -> Option<String> {
     let klom = |split: &str| audit[split]["klom"]["p95"].as_f64();
     let accuracy = |split: &str| audit[split]["accuracy"].as_f64();
     Some(format!(
-        "  | {name:<24} | {:>15.3} | {:>15.3} | {:>12.3} | {:>10.3} | {:>10.3} | {:>7.3} |",
+        "  | {name:<26} | {:>15.3} | {:>15.3} | {:>12.3} | {:>10.3} | {:>10.3} | {:>7.3} |",
         klom("forget")?,
         klom("retain")?,
         klom("val")?,

@@ -2,16 +2,19 @@
 //! gRPC on top of the PostgreSQL store. It keeps no authority in memory: in-process wake-ups
 //! only shorten waits, and every decision is a guarded update in the store.
 
+mod metrics;
 mod operations;
 mod planner;
 mod registry;
 mod requests;
 mod server;
+pub mod settings;
 mod status;
 mod tenant;
 mod wake;
 mod worker_api;
 
+pub use metrics::serve_metrics;
 pub use operations::operation_name;
 pub use server::{Coordinator, CoordinatorConfig, RunningCoordinator};
 pub use tenant::{DEFAULT_TENANT, TENANT_HEADER};

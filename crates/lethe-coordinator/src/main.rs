@@ -1,80 +1,144 @@
 //! `lethe-coordinator`: serves the public and worker APIs against a PostgreSQL database.
 
-use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use lethe_coordinator::{Coordinator, CoordinatorConfig};
-use lethe_store::{Store, StoreConfig};
+use clap::{Parser, Subcommand};
+use lethe_coordinator::settings::{Database, Flags, Settings};
+use lethe_coordinator::{serve_metrics, Coordinator};
+use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "lethe-coordinator", version, about)]
-struct Args {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// PostgreSQL URL; migrations are applied at start.
-    #[arg(long, env = "LETHE_DATABASE_URL")]
-    database_url: String,
-    /// Seconds a task stays leased without a heartbeat.
-    #[arg(long, env = "LETHE_LEASE_SECONDS", default_value_t = 30.0)]
-    lease_seconds: f64,
-    /// Largest number of database connections.
-    #[arg(long, env = "LETHE_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    db_max_connections: u32,
-    /// Milliseconds between database re-reads of a waiting long-poll.
-    #[arg(long, env = "LETHE_POLL_INTERVAL_MS", default_value_t = 500)]
-    poll_interval_ms: u64,
-    /// Seconds the oldest pending deletion request of a model waits for others to join its run.
-    #[arg(long, env = "LETHE_COALESCING_WINDOW_SECONDS", default_value_t = 10.0)]
-    coalescing_window_seconds: f64,
-    /// Fraction of the training set forgotten past which a run retrains from scratch.
-    #[arg(long, env = "LETHE_RETRAIN_THRESHOLD", default_value_t = 0.05)]
-    retrain_threshold: f64,
+#[command(
+    name = "lethe-coordinator",
+    version,
+    about,
+    after_help = "Every flag is also a key of the --config file (`--lease-seconds` is \
+                  `lease_seconds`) and a LETHE_ variable (LETHE_LEASE_SECONDS). Precedence: \
+                  defaults < file < environment < flags."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    flags: Flags,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the gRPC APIs (what runs without a subcommand).
+    Serve,
+    /// Apply the database migrations and exit (a deployment's migration job).
+    Migrate,
+    /// Print the settings as they resolve, as a TOML file, with secrets hidden.
+    DumpConfig,
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
-    if !(args.lease_seconds.is_finite() && args.lease_seconds >= 1.0) {
-        anyhow::bail!(
-            "--lease-seconds must be at least 1, got {}",
-            args.lease_seconds
-        );
+    let cli = Cli::parse();
+    let outcome = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
-    if !(args.coalescing_window_seconds.is_finite() && args.coalescing_window_seconds >= 0.0) {
-        anyhow::bail!("--coalescing-window-seconds must be a non-negative number");
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::DumpConfig = command {
+        let settings = cli.flags.unvalidated(std::env::vars())?;
+        print!("{}", lethe_config::to_toml(&settings.redacted())?);
+        settings.validate()?;
+        return Ok(());
     }
-    if !(0.0..=1.0).contains(&args.retrain_threshold) {
-        anyhow::bail!("--retrain-threshold must lie in [0, 1]");
+    let settings = cli.flags.settings(std::env::vars())?;
+    match command {
+        Command::DumpConfig => unreachable!("handled above"),
+        Command::Migrate => {
+            let url = database_url(&settings).await?;
+            lethe_store::migrate(&url)
+                .await
+                .context("applying migrations (database_url)")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Serve => serve(settings).await,
     }
+}
+
+/// The database URL, starting the embedded cluster first when that is the setting.
+async fn database_url(settings: &Settings) -> anyhow::Result<String> {
+    match settings.database()? {
+        Database::Url(url) => Ok(url),
+        Database::Embedded(dir) => {
+            let started = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+                let cluster = LocalCluster::init(&dir, Durability::Durable).with_context(|| {
+                    format!("creating the embedded database in {}", dir.display())
+                })?;
+                cluster.start().with_context(|| {
+                    format!("starting the embedded database in {}", dir.display())
+                })?;
+                // However this process ends, the cluster stops after it.
+                cluster.stop_when_process_exits(std::process::id())?;
+                let url = cluster.create_database("lethe")?;
+                tracing::info!(directory = %dir.display(), port = cluster.port(), "embedded PostgreSQL started");
+                Ok(url)
+            });
+            started.await?
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store_config = StoreConfig {
-        lease: Duration::from_secs_f64(args.lease_seconds),
-        max_connections: args.db_max_connections.max(1),
+        lease: Duration::from_secs_f64(settings.lease_seconds),
+        max_connections: settings.db_max_connections,
         ..StoreConfig::default()
     };
-    let store = Store::connect(&args.database_url, store_config)
+    let url = database_url(&settings).await?;
+    let store = Store::connect(&url, store_config)
         .await
-        .context("connecting to the database (--database-url)")?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+        .context("connecting to the database (database_url)")?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {} (listen)", settings.listen))?;
     tracing::info!(address = %listener.local_addr()?, "coordinator serving");
-    let config = CoordinatorConfig {
-        poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
-        coalescing_window: Duration::from_secs_f64(args.coalescing_window_seconds),
-        retrain_threshold: args.retrain_threshold,
-        ..CoordinatorConfig::default()
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match settings.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address} (metrics_listen)"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+            Some(tokio::spawn(serve_metrics(
+                listener,
+                store.clone(),
+                async {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
     };
-    Coordinator::new(store, config)
+    Coordinator::new(store, settings.coordinator_config())
         .serve(listener, shutdown_signal())
         .await?;
+    let _ = stop_metrics.send(());
+    if let Some(metrics) = metrics {
+        metrics.await??;
+    }
     tracing::info!("coordinator stopped");
     Ok(())
 }

@@ -29,6 +29,18 @@ pub const AUDIT: &str = "audit";
 /// DMM's linear predictions. Artifact: `model`, the new version (a new anchor).
 pub const FULL_RETRAIN: &str = "full_retrain";
 
+/// Every ML task kind, in the order a deletion run's graph goes.
+pub const ALL: [&str; 8] = [
+    RETRAIN,
+    BUILD_INDEX,
+    TRAK_CHECKPOINTS,
+    TRAK_SHARD,
+    PREDICT,
+    MATCH,
+    AUDIT,
+    FULL_RETRAIN,
+];
+
 /// An object a task reads, with the hash to check when one is known (hex).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {

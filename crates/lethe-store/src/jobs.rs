@@ -151,6 +151,15 @@ impl Store {
         rows.iter().map(rows::task).collect()
     }
 
+    /// Tasks ready to be claimed, by kind: the queue workers are scaled on.
+    pub async fn queue_depth(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT kind, count(*) FROM tasks WHERE state = 'available' GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
     /// How far a job has got: its tasks by state, and the summed progress that running
     /// tasks last reported.
     pub async fn task_counts(&self, job_id: Uuid) -> Result<TaskCounts, StoreError> {

@@ -83,6 +83,19 @@ pub struct Store {
     config: StoreConfig,
 }
 
+/// Brings the schema of the database at `url` up to date and disconnects: what a migration
+/// job runs before coordinators of a new release start.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 impl Store {
     /// Connects and brings the schema up to date (migrations take an advisory lock, so
     /// replicas starting together apply them once).

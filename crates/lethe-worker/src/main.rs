@@ -39,7 +39,15 @@ enum Command {
     /// Audit an unlearning method: apply it to N originals and compare with oracles (KLoM).
     Audit(local::audit::AuditArgs),
     /// Serve a coordinator: take tasks, run them, report, until SIGTERM (then drain).
-    Serve(serve::ServeArgs),
+    #[command(
+        after_help = "Every flag is also a key of the --config file (`--drain-grace-seconds` \
+                            is `drain_grace_seconds`) and a LETHE_ variable \
+                            (LETHE_DRAIN_GRACE_SECONDS). Precedence: defaults < file < \
+                            environment < flags."
+    )]
+    Serve(serve::ServeFlags),
+    /// Print the settings `serve` would run with, as a TOML file.
+    DumpConfig(serve::ServeFlags),
 }
 
 fn main() -> ExitCode {
@@ -51,7 +59,8 @@ fn main() -> ExitCode {
         Command::Index(command) => local::index::run(command),
         Command::Unlearn(args) => local::unlearn::run(args),
         Command::Audit(args) => local::audit::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(flags) => serve::run(flags),
+        Command::DumpConfig(flags) => serve::dump_config(flags),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,43 +4,131 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::Args;
 use lethe_artifacts::ArtifactStore;
+use lethe_config::ConfigError;
 use lethe_proto::lethe::v1::Device;
 use lethe_runner::{Runner, RunnerConfig};
+use serde::{Deserialize, Serialize};
 
-#[derive(Args, Debug)]
-pub(crate) struct ServeArgs {
+/// The worker's settings: built-in defaults < TOML file < `LETHE_<KEY>` variables < flags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Settings {
     /// The coordinator's gRPC endpoint.
-    #[arg(
-        long,
-        env = "LETHE_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
     coordinator: String,
     /// Where artifacts live: file:///path or s3://bucket/prefix (S3 settings from AWS_*).
-    #[arg(long, env = "LETHE_ARTIFACTS")]
-    artifacts: String,
-    /// Name shown to operators; defaults to the host name and process id.
-    #[arg(long)]
+    artifacts: Option<String>,
+    /// Name shown to operators; by default the host name and process id.
     name: Option<String>,
     /// Tasks run at once.
-    #[arg(long, default_value_t = 1)]
     slots: u32,
     /// Run on the CPU even when CUDA is available.
-    #[arg(long)]
     cpu: bool,
     /// Seconds running tasks may take to finish after SIGTERM before they are handed back.
-    #[arg(long, default_value_t = 30.0)]
     drain_grace_seconds: f64,
 }
 
-pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if !(args.drain_grace_seconds.is_finite() && args.drain_grace_seconds >= 0.0) {
-        anyhow::bail!("--drain-grace-seconds must be a non-negative number");
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            coordinator: "http://127.0.0.1:50051".into(),
+            artifacts: None,
+            name: None,
+            slots: 1,
+            cpu: false,
+            drain_grace_seconds: 30.0,
+        }
     }
-    let artifacts = ArtifactStore::open(&args.artifacts).context("opening --artifacts")?;
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.artifacts.is_none() {
+            return Err(ConfigError::key(
+                "artifacts",
+                "is required: file:///path or s3://bucket/prefix",
+            ));
+        }
+        if self.slots == 0 {
+            return Err(ConfigError::key("slots", "must be at least 1"));
+        }
+        if !(self.drain_grace_seconds.is_finite() && self.drain_grace_seconds >= 0.0) {
+            return Err(ConfigError::key(
+                "drain_grace_seconds",
+                format!(
+                    "must be a non-negative number, got {}",
+                    self.drain_grace_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Command-line flags of `serve` and `dump-config`: each overrides the key of the same name
+/// (`--drain-grace-seconds` is `drain_grace_seconds` and LETHE_DRAIN_GRACE_SECONDS).
+#[derive(Args, Debug, Default, Serialize)]
+pub(crate) struct ServeFlags {
+    /// A TOML file of settings (keys as the flags, with `_`); also `LETHE_CONFIG`.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The coordinator's gRPC endpoint [default: http://127.0.0.1:50051].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator: Option<String>,
+    /// Where artifacts live: file:///path or s3://bucket/prefix (S3 settings from AWS_*).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifacts: Option<String>,
+    /// Name shown to operators [default: the host name and process id].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Tasks run at once [default: 1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<u32>,
+    /// Run on the CPU even when CUDA is available (`--cpu` or `--cpu=false`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<bool>,
+    /// Seconds running tasks may take to finish after SIGTERM before they are handed back
+    /// [default: 30].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain_grace_seconds: Option<f64>,
+}
+
+impl ServeFlags {
+    fn unvalidated(&self) -> Result<Settings, ConfigError> {
+        lethe_config::load(self.config.as_deref(), std::env::vars(), self)
+    }
+}
+
+/// `lethe-worker dump-config`: the settings as they resolve, as a TOML file.
+pub(crate) fn dump_config(flags: ServeFlags) -> anyhow::Result<()> {
+    let settings = flags.unvalidated()?;
+    print!("{}", lethe_config::to_toml(&settings)?);
+    settings.validate()?;
+    Ok(())
+}
+
+pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = flags.unvalidated()?;
+    args.validate()?;
+    let artifacts_url = args.artifacts.clone().unwrap_or_default();
+    let artifacts = ArtifactStore::open(&artifacts_url).context("opening artifacts")?;
     let cuda = !args.cpu && tch::Cuda::is_available();
     let device = if cuda { Device::Cuda } else { Device::Cpu };
     let tch_device = if cuda {

@@ -38,13 +38,38 @@ pub(crate) async fn stack(database: &str, lease: Duration, config: CoordinatorCo
     }
 }
 
+/// A worker process, killed when dropped: a failing test must not leave workers polling a
+/// coordinator that is gone.
+pub(crate) struct Worker(Child);
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `lethe-worker serve` on the CPU against `endpoint`, writing to `artifacts`.
-pub(crate) fn serve(endpoint: &str, artifacts: &str, name: &str, stderr: Stdio) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+pub(crate) fn serve(endpoint: &str, artifacts: &str, name: &str, stderr: Stdio) -> Worker {
+    let child = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
         .args(["serve", "--coordinator", endpoint, "--artifacts", artifacts])
         .args(["--name", name, "--cpu", "--drain-grace-seconds", "5"])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .expect("start lethe-worker serve")
+        .expect("start lethe-worker serve");
+    Worker(child)
 }

@@ -1,0 +1,280 @@
+//! The coordinator's settings: built-in defaults < TOML file < `LETHE_<KEY>` variables <
+//! flags (see `lethe-config`). `lethe-coordinator dump-config` prints what they resolve to.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lethe_config::ConfigError;
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to serve gRPC on (the public API, the worker API, health and reflection).
+    pub listen: SocketAddr,
+    /// PostgreSQL URL; migrations are applied at start. Secret: `dump-config` hides its
+    /// password.
+    pub database_url: Option<String>,
+    /// Instead of `database_url`: a private PostgreSQL cluster in this directory, created if
+    /// missing, started with the coordinator and stopped when it exits (the local stack).
+    pub embedded_database: Option<PathBuf>,
+    /// Seconds a task stays leased without a heartbeat.
+    pub lease_seconds: f64,
+    /// Largest number of database connections.
+    pub db_max_connections: u32,
+    /// Milliseconds between database re-reads of a waiting long-poll.
+    pub poll_interval_ms: u64,
+    /// Seconds the oldest pending deletion request of a model waits for others to join its run.
+    pub coalescing_window_seconds: f64,
+    /// Fraction of the training set forgotten past which a run retrains from scratch.
+    pub retrain_threshold: f64,
+    /// Address to serve Prometheus metrics on (`/metrics`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:50051".parse().expect("a valid address"),
+            database_url: None,
+            embedded_database: None,
+            lease_seconds: 30.0,
+            db_max_connections: 16,
+            poll_interval_ms: 500,
+            coalescing_window_seconds: 10.0,
+            retrain_threshold: 0.05,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// Where the coordinator's database is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Database {
+    Url(String),
+    Embedded(PathBuf),
+}
+
+impl Settings {
+    /// Checks what the types alone cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.lease_seconds.is_finite() && self.lease_seconds >= 1.0) {
+            return Err(ConfigError::key(
+                "lease_seconds",
+                format!("must be at least 1, got {}", self.lease_seconds),
+            ));
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError::key("db_max_connections", "must be at least 1"));
+        }
+        if self.poll_interval_ms < 10 {
+            return Err(ConfigError::key("poll_interval_ms", "must be at least 10"));
+        }
+        if !(self.coalescing_window_seconds.is_finite() && self.coalescing_window_seconds >= 0.0) {
+            return Err(ConfigError::key(
+                "coalescing_window_seconds",
+                format!(
+                    "must be a non-negative number, got {}",
+                    self.coalescing_window_seconds
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.retrain_threshold) {
+            return Err(ConfigError::key(
+                "retrain_threshold",
+                format!("must lie in [0, 1], got {}", self.retrain_threshold),
+            ));
+        }
+        self.database().map(|_| ())
+    }
+
+    pub fn database(&self) -> Result<Database, ConfigError> {
+        match (&self.database_url, &self.embedded_database) {
+            (Some(url), None) => Ok(Database::Url(url.clone())),
+            (None, Some(dir)) => Ok(Database::Embedded(dir.clone())),
+            (None, None) => Err(ConfigError::key(
+                "database_url",
+                "is required (or embedded_database for a private local cluster)",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::key(
+                "embedded_database",
+                "conflicts with database_url: give one of them",
+            )),
+        }
+    }
+
+    /// The settings with secrets hidden, for printing.
+    pub fn redacted(&self) -> Self {
+        Settings {
+            database_url: self
+                .database_url
+                .as_deref()
+                .map(lethe_config::redact_url_password),
+            ..self.clone()
+        }
+    }
+
+    pub fn coordinator_config(&self) -> CoordinatorConfig {
+        CoordinatorConfig {
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            coalescing_window: Duration::from_secs_f64(self.coalescing_window_seconds),
+            retrain_threshold: self.retrain_threshold,
+            ..CoordinatorConfig::default()
+        }
+    }
+}
+
+/// Command-line flags: each overrides the key of the same name.
+#[derive(clap::Args, Debug, Default, Serialize)]
+pub struct Flags {
+    /// A TOML file of settings (keys as the flags, with `_`); also `LETHE_CONFIG`.
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:50051].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// PostgreSQL URL; migrations are applied at start.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// A private PostgreSQL cluster in this directory instead of --database-url (local use).
+    #[arg(long, global = true, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded_database: Option<PathBuf>,
+    /// Seconds a task stays leased without a heartbeat [default: 30].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<f64>,
+    /// Largest number of database connections [default: 16].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_max_connections: Option<u32>,
+    /// Milliseconds between database re-reads of a waiting long-poll [default: 500].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+    /// Seconds the oldest pending deletion request of a model waits for others [default: 10].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalescing_window_seconds: Option<f64>,
+    /// Fraction of the training set forgotten past which a run retrains [default: 0.05].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrain_threshold: Option<f64>,
+    /// Address to serve Prometheus metrics on, at /metrics [default: none].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Flags {
+    /// The settings these flags select, over the file and the environment, validated.
+    pub fn settings(
+        &self,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let settings = self.unvalidated(environment)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The layered settings before the checks across keys, for `dump-config` to show them
+    /// even when they are incomplete.
+    pub fn unvalidated(
+        &self,
+        environment: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        lethe_config::load(self.config.as_deref(), environment, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let flags = Flags {
+            lease_seconds: Some(5.0),
+            ..Flags::default()
+        };
+        let settings = flags
+            .settings(env(&[
+                ("LETHE_DATABASE_URL", "postgres://u:p@h/d"),
+                ("LETHE_LEASE_SECONDS", "9"),
+                ("LETHE_RETRAIN_THRESHOLD", "0.1"),
+            ]))
+            .unwrap();
+        assert_eq!(settings.lease_seconds, 5.0);
+        assert_eq!(settings.retrain_threshold, 0.1);
+        assert_eq!(
+            settings.database().unwrap(),
+            Database::Url("postgres://u:p@h/d".into())
+        );
+        assert_eq!(
+            settings.redacted().database_url.as_deref(),
+            Some("postgres://u:********@h/d")
+        );
+    }
+
+    #[test]
+    fn invalid_settings_name_their_key() {
+        let cases = [
+            (vec![], "database_url"),
+            (
+                vec![
+                    ("LETHE_DATABASE_URL", "x"),
+                    ("LETHE_EMBEDDED_DATABASE", "/d"),
+                ],
+                "embedded_database",
+            ),
+            (
+                vec![("LETHE_DATABASE_URL", "x"), ("LETHE_LEASE_SECONDS", "0.5")],
+                "lease_seconds",
+            ),
+            (
+                vec![
+                    ("LETHE_DATABASE_URL", "x"),
+                    ("LETHE_RETRAIN_THRESHOLD", "2"),
+                ],
+                "retrain_threshold",
+            ),
+            (
+                vec![("LETHE_DATABASE_URL", "x"), ("LETHE_LISTEN", "nowhere")],
+                "listen",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let error = Flags::default().settings(env(&pairs)).unwrap_err();
+            assert!(error.to_string().contains(key), "{pairs:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_dump_of_the_defaults_loads_back() {
+        let settings = Settings {
+            database_url: Some("postgres://u@h/d".into()),
+            ..Settings::default()
+        };
+        let dumped = lethe_config::to_toml(&settings).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &dumped).unwrap();
+        let flags = Flags {
+            config: Some(file.path().to_path_buf()),
+            ..Flags::default()
+        };
+        assert_eq!(flags.settings(env(&[])).unwrap(), settings, "{dumped}");
+    }
+}
