@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test demo bench-ensemble bench-attribution bench-quality bench-coordinator clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator clean
 
 setup:
 	@scripts/setup.sh
@@ -26,6 +26,15 @@ lint: setup
 test: lint
 	cargo test --workspace
 	scripts/check-deploy.sh
+	scripts/validate-compose.sh
+	scripts/validate-k8s.sh
+
+# The deployment files without a Docker engine or a cluster (deploy/README.md). check-deploy
+# reads the binaries' --help: build them first (make test does).
+validate-deploy: setup
+	scripts/check-deploy.sh
+	scripts/validate-compose.sh
+	scripts/validate-k8s.sh
 
 demo: build
 	scripts/demo.sh

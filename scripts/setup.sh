@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql)
+# docker-compose: `docker-compose config` for scripts/validate-compose.sh (no engine is needed).
+DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql docker-compose)
 VENV=.venv
 STAMP="$VENV/.lethe-requirements"
 

@@ -10,5 +10,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/lethe-coordinator /src/target/release/lethe /usr/local/bin/
 USER 65534
-EXPOSE 50051
+# gRPC; Prometheus metrics when metrics_listen is set (deploy/config/coordinator.toml).
+EXPOSE 50051 9464
 ENTRYPOINT ["lethe-coordinator"]
