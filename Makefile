@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator bench-report clean
 
 setup:
 	@scripts/setup.sh
@@ -56,6 +56,10 @@ bench-quality: setup
 # PostgreSQL cluster (durable settings), two rounds of 20,000 no-op tasks each.
 bench-coordinator: setup
 	cargo run --release -p lethe-coordinator --example bench_coordinator -- --out bench/results/coordinator.json
+
+# No benchmark is run: docs/BENCHMARKS.md and docs/benchmarks/*.png from bench/results/*.json.
+bench-report: setup
+	python bench/report.py --results bench/results --out docs/BENCHMARKS.md --img-dir docs/benchmarks
 
 clean:
 	cargo clean
