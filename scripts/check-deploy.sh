@@ -15,4 +15,21 @@ if ! "$python" -c 'import yaml' 2>/dev/null; then
     echo "check-deploy: $python has no PyYAML (make setup installs scripts/requirements.txt)" >&2
     exit 1
 fi
-exec "$python" scripts/check_deploy.py --bin-dir "${LETHE_BIN_DIR:-target/debug}" "$@"
+bin=${LETHE_BIN_DIR:-target/debug}
+"$python" scripts/check_deploy.py --bin-dir "$bin" "$@"
+
+# Keys are not enough: each example file must load, values and all, in the binary it is for.
+# The secrets they leave to the environment get placeholders here.
+for program in coordinator worker; do
+    file=deploy/config/$program.toml
+    case $program in
+        coordinator) command=("$bin/lethe-coordinator" dump-config --config "$file") ;;
+        worker) command=("$bin/lethe-worker" dump-config --config "$file") ;;
+    esac
+    if ! env LETHE_DATABASE_URL=postgres://check@localhost/lethe LETHE_ARTIFACTS=file:///check \
+        "${command[@]}" >/dev/null; then
+        echo "check-deploy: $file does not load in lethe-$program (above)" >&2
+        exit 1
+    fi
+done
+echo "check-deploy: deploy/config/coordinator.toml and worker.toml load in their binaries"

@@ -65,9 +65,11 @@ class Option:
 class Interface:
     """The settings one program (and subcommand) reads, parsed from its --help."""
 
-    def __init__(self, program, sub, options=None, error=None):
+    def __init__(self, program, sub, options=None, error=None, env_rule=False):
         self.program, self.sub, self.error = program, sub, error
         self.options = {o.key: o for o in options or []}
+        # Whether the help states that every flag --foo-bar is also LETHE_FOO_BAR.
+        self.env_rule = env_rule
 
     @property
     def name(self):
@@ -107,6 +109,10 @@ def parse_help(text):
     return options
 
 
+# What a binary's --help says when it reads every flag's key from a LETHE_ variable too.
+ENV_RULE = "and a LETHE_ variable"
+
+
 class Binaries:
     def __init__(self, bin_dir):
         self.bin_dir = bin_dir
@@ -127,7 +133,8 @@ class Binaries:
                     error = f"`{command_name(program, sub)} --help` fails: {first[0] if first else run.returncode}"
                     self.cache[(program, sub)] = Interface(program, sub, error=error)
                 else:
-                    self.cache[(program, sub)] = Interface(program, sub, parse_help(run.stdout))
+                    self.cache[(program, sub)] = Interface(
+                        program, sub, parse_help(run.stdout), env_rule=ENV_RULE in run.stdout)
         return self.cache[(program, sub)]
 
 
@@ -312,10 +319,10 @@ class Checker:
                     report.error(s.path, s.line, f"{who} sets {s.name}, which `{interface.name}` does not read"
                                  f"{suggest(s.name, interface.env_names())} (it reads: {known_list(interface.env_names())})")
                     continue
-                if option.env is None:
-                    report.note(s.path, s.line, f"{who} sets {s.name}: `{interface.name} --help` shows the flag "
-                                f"--{option.flag} but no variable for it (read once the binary reads every key from the environment)")
-                elif option.env != s.name:
+                if option.env is None and not interface.env_rule:
+                    report.error(s.path, s.line, f"{who} sets {s.name}: `{interface.name} --help` shows the flag "
+                                 f"--{option.flag} but reads no variable for it")
+                elif option.env is not None and option.env != s.name:
                     report.note(s.path, s.line, f"{who} sets {s.name}, but `{interface.name} --help` names the variable of --{option.flag} {option.env}")
                 if s.value is not None:
                     problem = value_problem(option, s.value)

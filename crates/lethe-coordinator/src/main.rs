@@ -9,15 +9,13 @@ use lethe_coordinator::settings::{Database, Flags, Settings};
 use lethe_coordinator::{serve_metrics, Coordinator};
 use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 
+/// How the settings are named in each layer: shown by every command's --help.
+const SETTINGS_HELP: &str = "Every flag is also a key of the --config file (`--lease-seconds` \
+                             is `lease_seconds`) and a LETHE_ variable (LETHE_LEASE_SECONDS). \
+                             Precedence: defaults < file < environment < flags.";
+
 #[derive(Parser, Debug)]
-#[command(
-    name = "lethe-coordinator",
-    version,
-    about,
-    after_help = "Every flag is also a key of the --config file (`--lease-seconds` is \
-                  `lease_seconds`) and a LETHE_ variable (LETHE_LEASE_SECONDS). Precedence: \
-                  defaults < file < environment < flags."
-)]
+#[command(name = "lethe-coordinator", version, about, after_help = SETTINGS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,10 +26,13 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the gRPC APIs (what runs without a subcommand).
+    #[command(after_help = SETTINGS_HELP)]
     Serve,
     /// Apply the database migrations and exit (a deployment's migration job).
+    #[command(after_help = SETTINGS_HELP)]
     Migrate,
     /// Print the settings as they resolve, as a TOML file, with secrets hidden.
+    #[command(after_help = SETTINGS_HELP)]
     DumpConfig,
 }
 

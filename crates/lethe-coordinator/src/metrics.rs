@@ -40,26 +40,42 @@ async fn scrape(State(store): State<Store>) -> Response {
     }
 }
 
-/// The text exposition format. Every task kind appears, at 0 when none waits, so that a
+/// The text exposition format. Every task kind appears, at 0 when it has no task, so that a
 /// series does not vanish when its queue drains.
-fn exposition(depth: &[(String, i64)]) -> String {
-    let mut text = String::from(
-        "# HELP lethe_queue_depth Tasks ready to be claimed by a worker, by task kind.\n\
-         # TYPE lethe_queue_depth gauge\n",
-    );
-    for kind in lethe_proto::tasks::ALL {
-        let count = depth
+fn exposition(depth: &[(String, String, i64)]) -> String {
+    let mut text = String::new();
+    for (name, state, help) in [
+        (
+            "lethe_queue_depth",
+            "available",
+            "Tasks ready to be claimed by a worker, by task kind.",
+        ),
+        (
+            "lethe_tasks_leased",
+            "leased",
+            "Tasks a worker holds (running), by task kind.",
+        ),
+    ] {
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        let count_of = |kind: &str| {
+            depth
+                .iter()
+                .find(|(k, s, _)| k == kind && s == state)
+                .map_or(0, |(_, _, count)| *count)
+        };
+        let others = depth
             .iter()
-            .find(|(k, _)| k == kind)
-            .map_or(0, |(_, count)| *count);
-        text.push_str(&format!("lethe_queue_depth{{kind=\"{kind}\"}} {count}\n"));
-    }
-    for (kind, count) in depth {
-        if !lethe_proto::tasks::ALL.contains(&kind.as_str()) {
-            text.push_str(&format!(
-                "lethe_queue_depth{{kind=\"{}\"}} {count}\n",
-                kind.replace('\\', "\\\\").replace('"', "\\\"")
-            ));
+            .map(|(kind, _, _)| kind.as_str())
+            .filter(|kind| !lethe_proto::tasks::ALL.contains(kind));
+        let mut kinds: Vec<&str> = lethe_proto::tasks::ALL
+            .iter()
+            .copied()
+            .chain(others)
+            .collect();
+        kinds.dedup();
+        for kind in kinds {
+            let label = kind.replace('\\', "\\\\").replace('"', "\\\"");
+            text.push_str(&format!("{name}{{kind=\"{label}\"}} {}\n", count_of(kind)));
         }
     }
     text
@@ -71,10 +87,19 @@ mod tests {
 
     #[test]
     fn every_kind_is_exposed_even_when_empty() {
-        let text = exposition(&[("retrain".into(), 7), ("noop".into(), 2)]);
+        let row = |kind: &str, state: &str, count| (kind.to_string(), state.to_string(), count);
+        let text = exposition(&[
+            row("noop", "available", 2),
+            row("noop", "leased", 1),
+            row("retrain", "available", 7),
+            row("retrain", "leased", 3),
+        ]);
         assert!(text.contains("# TYPE lethe_queue_depth gauge\n"));
         assert!(text.contains("lethe_queue_depth{kind=\"retrain\"} 7\n"));
         assert!(text.contains("lethe_queue_depth{kind=\"match\"} 0\n"));
         assert!(text.contains("lethe_queue_depth{kind=\"noop\"} 2\n"));
+        assert!(text.contains("lethe_tasks_leased{kind=\"retrain\"} 3\n"));
+        assert!(text.contains("lethe_tasks_leased{kind=\"audit\"} 0\n"));
+        assert_eq!(text.matches("lethe_tasks_leased{kind=\"noop\"}").count(), 1);
     }
 }

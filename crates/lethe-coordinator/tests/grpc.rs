@@ -876,3 +876,52 @@ async fn datasets_and_models_are_registered_once_per_tenant_and_name() {
         "refused registrations wrote nothing"
     );
 }
+
+/// Reads `/metrics` with a bare HTTP/1.1 request and returns the value of one series.
+async fn scrape(address: std::net::SocketAddr, series: &str) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {response}"))
+}
+
+#[tokio::test]
+async fn metrics_expose_queue_depth_and_leases_by_kind() {
+    let stack = stack().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(lethe_coordinator::serve_metrics(
+        listener,
+        stack.store.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let queued = "lethe_queue_depth{kind=\"noop\"}";
+    let leased = "lethe_tasks_leased{kind=\"noop\"}";
+    assert_eq!(
+        scrape(address, "lethe_queue_depth{kind=\"retrain\"}").await,
+        0
+    );
+    stack.noop_job("acme", 3).await;
+    assert_eq!(scrape(address, queued).await, 3);
+    let worker = stack.register("w1").await;
+    stack
+        .acquire(&worker, Duration::from_secs(1))
+        .await
+        .expect("a task");
+    assert_eq!(scrape(address, queued).await, 2);
+    assert_eq!(scrape(address, leased).await, 1);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

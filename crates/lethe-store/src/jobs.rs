@@ -151,10 +151,12 @@ impl Store {
         rows.iter().map(rows::task).collect()
     }
 
-    /// Tasks ready to be claimed, by kind: the queue workers are scaled on.
-    pub async fn queue_depth(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Tasks ready to be claimed and tasks leased, by kind: the queue workers are scaled on,
+    /// and the work they hold. Rows are (kind, state, count).
+    pub async fn queue_depth(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT kind, count(*) FROM tasks WHERE state = 'available' GROUP BY kind ORDER BY kind",
+            "SELECT kind, state, count(*) FROM tasks WHERE state IN ('available', 'leased') \
+             GROUP BY kind, state ORDER BY kind, state",
         )
         .fetch_all(&self.reads)
         .await?)

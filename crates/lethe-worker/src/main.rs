@@ -39,14 +39,10 @@ enum Command {
     /// Audit an unlearning method: apply it to N originals and compare with oracles (KLoM).
     Audit(local::audit::AuditArgs),
     /// Serve a coordinator: take tasks, run them, report, until SIGTERM (then drain).
-    #[command(
-        after_help = "Every flag is also a key of the --config file (`--drain-grace-seconds` \
-                            is `drain_grace_seconds`) and a LETHE_ variable \
-                            (LETHE_DRAIN_GRACE_SECONDS). Precedence: defaults < file < \
-                            environment < flags."
-    )]
+    #[command(after_help = serve::SETTINGS_HELP)]
     Serve(serve::ServeFlags),
     /// Print the settings `serve` would run with, as a TOML file.
+    #[command(after_help = serve::SETTINGS_HELP)]
     DumpConfig(serve::ServeFlags),
 }
 

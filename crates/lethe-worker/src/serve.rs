@@ -14,6 +14,11 @@ use lethe_proto::lethe::v1::Device;
 use lethe_runner::{Runner, RunnerConfig};
 use serde::{Deserialize, Serialize};
 
+/// How the settings are named in each layer: shown by `serve --help` and `dump-config --help`.
+pub(crate) const SETTINGS_HELP: &str = "Every flag is also a key of the --config file \
+    (`--drain-grace-seconds` is `drain_grace_seconds`) and a LETHE_ variable \
+    (LETHE_DRAIN_GRACE_SECONDS). Precedence: defaults < file < environment < flags.";
+
 /// The worker's settings: built-in defaults < TOML file < `LETHE_<KEY>` variables < flags.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
