@@ -105,11 +105,6 @@ pub trait TaskHandler: Send + Sync {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    #[error("connecting to the coordinator at {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
     #[error("the coordinator refused: {0}")]
     Rpc(#[from] tonic::Status),
 }
@@ -170,24 +165,34 @@ impl Runner {
             .map_err(|_| {
                 RunnerError::Rpc(tonic::Status::invalid_argument("bad coordinator endpoint"))
             })?
-            .connect()
-            .await
-            .map_err(|source| RunnerError::Connect {
-                endpoint: self.config.endpoint.clone(),
-                source,
-            })?;
+            .connect_lazy();
         let mut client = WorkerServiceClient::new(channel);
-        let registered = client
-            .register_worker(RegisterWorkerRequest {
-                name: self.config.name.clone(),
-                device: self.config.device as i32,
-                memory_bytes: self.config.memory_bytes,
-                slots: self.config.slots.max(1),
-                version: env!("CARGO_PKG_VERSION").into(),
-                kinds: self.handlers.keys().cloned().collect(),
-            })
-            .await?
-            .into_inner();
+        let request = RegisterWorkerRequest {
+            name: self.config.name.clone(),
+            device: self.config.device as i32,
+            memory_bytes: self.config.memory_bytes,
+            slots: self.config.slots.max(1),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kinds: self.handlers.keys().cloned().collect(),
+        };
+        tokio::pin!(shutdown);
+        // A coordinator that is not up yet (or restarting) is waited for, as a supervisor
+        // would otherwise have to restart the worker until it is.
+        let mut backoff = Duration::from_millis(200);
+        let registered = loop {
+            match client.register_worker(request.clone()).await {
+                Ok(answer) => break answer.into_inner(),
+                Err(status) if is_transient(&status) => {
+                    tracing::warn!(endpoint = %self.config.endpoint, error = %status, "coordinator unreachable; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return Ok(RunSummary::default()),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(status) => return Err(status.into()),
+            }
+        };
         let heartbeat = registered
             .heartbeat_interval
             .and_then(|d| Duration::try_from(d).ok())
@@ -230,6 +235,23 @@ impl Runner {
     }
 }
 
+/// The longest wait between retries of a call to the coordinator.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Whether a failed call may succeed if repeated: the coordinator or the network was
+/// unavailable, rather than the coordinator refusing it.
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::ResourceExhausted
+    )
+}
+
 async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
     for handle in handles {
         let _ = handle.await;
@@ -266,7 +288,7 @@ impl Shared {
                     Err(status) => {
                         tracing::warn!(error = %status, "acquiring a task failed; retrying");
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 },
@@ -497,15 +519,35 @@ impl Shared {
             result_json: output.result.map(|r| r.to_string()).unwrap_or_default(),
             acquire_next: !self.stopping.load(Ordering::SeqCst),
         };
-        match self.client.clone().complete_task(request).await {
-            Ok(answer) => {
-                self.count(|s| s.completed += 1);
-                Ok(answer.into_inner().next_task)
-            }
-            Err(status) => {
-                tracing::warn!(task = %task.task_id, error = %status, "completion refused");
-                self.count(|s| s.fenced += 1);
-                Err(())
+        // A completion whose answer is lost may have committed. Replaying it is safe (the
+        // coordinator answers a committed replay with success), so transient failures are
+        // retried for about a lease; only a definite refusal lets the caller delete the
+        // attempt's objects.
+        let mut backoff = Duration::from_millis(200);
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.client.clone().complete_task(request.clone()).await {
+                Ok(answer) => {
+                    self.count(|s| s.completed += 1);
+                    return Ok(answer.into_inner().next_task);
+                }
+                Err(status) if is_transient(&status) && waited < self.heartbeat * 3 => {
+                    tracing::warn!(task = %task.task_id, error = %status, "completion not delivered; retrying");
+                    tokio::time::sleep(backoff).await;
+                    waited += backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(status) if is_transient(&status) => {
+                    // Unknown whether it committed: keep the objects (a leftover is only waste).
+                    tracing::warn!(task = %task.task_id, error = %status, "completion undelivered; giving up, objects kept");
+                    self.count(|s| s.fenced += 1);
+                    return Ok(None);
+                }
+                Err(status) => {
+                    tracing::warn!(task = %task.task_id, error = %status, "completion refused");
+                    self.count(|s| s.fenced += 1);
+                    return Err(());
+                }
             }
         }
     }

@@ -240,3 +240,40 @@ async fn a_draining_runner_hands_back_what_it_cannot_finish() {
             .unwrap();
     assert_eq!(outcomes, ["interrupted", "succeeded"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_started_before_its_coordinator_waits_for_it() {
+    let stack = stack().await;
+    let job = stack.noop_job(1, json!({"seconds": 0.1})).await;
+    // A port nobody serves yet; the second coordinator comes up on it a second later.
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let config = RunnerConfig {
+        endpoint: format!("http://{address}"),
+        name: "early".into(),
+        device: Device::Cpu,
+        memory_bytes: 1 << 34,
+        slots: 1,
+        poll_wait: Duration::from_secs(2),
+        drain_grace: Duration::from_millis(300),
+    };
+    let (stop, runner) = spawn_runner(Runner::new(config, stack.artifacts.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !runner.is_finished(),
+        "the runner gave up on a coordinator that is not up yet"
+    );
+    let late = Coordinator::new(stack.store.clone(), CoordinatorConfig::default())
+        .spawn(address)
+        .await
+        .unwrap();
+    assert_eq!(
+        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        JobState::Succeeded
+    );
+    let _ = stop.send(());
+    assert_eq!(runner.await.unwrap().completed, 1);
+    drop(late);
+}

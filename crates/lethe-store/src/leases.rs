@@ -121,7 +121,7 @@ impl Store {
 
     /// Commits an attempt's result: the task succeeds, its artifacts are recorded (once per
     /// name), and dependents whose last dependency this was become available, in one
-    /// statement. It touches no job row, so completions of one job's tasks never queue behind
+    /// statement. Replaying a completion that committed succeeds again and changes nothing. It touches no job row, so completions of one job's tasks never queue behind
     /// each other; the job is finalised just after (see [`Store::finalize_job`]).
     pub async fn complete(
         &self,
@@ -178,7 +178,16 @@ impl Store {
         .await;
         let row = match row {
             Ok(Some(row)) => row,
-            Ok(None) => return Err(self.refuse_completion(task, attempt, worker).await),
+            Ok(None) => {
+                if let Some(job_id) = self.committed_by(task, attempt, worker).await? {
+                    return Ok(Completion {
+                        job_id,
+                        job_done: false,
+                        tasks_released: 0,
+                    });
+                }
+                return Err(self.refuse_completion(task, attempt, worker).await);
+            }
             // Two artifacts with one name: the caller's mistake, and nothing was written.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(StoreError::InvalidArgument(format!(
@@ -429,6 +438,28 @@ impl Store {
     /// A completion that matched no leased attempt. If the attempt is still the current lease
     /// but its job is being cancelled, the attempt ends as cancelled; otherwise the caller was
     /// fenced out.
+    /// The job of a task whose `attempt` by `worker` has already committed: a completion
+    /// replayed after its answer was lost in transit. Answering it as a success makes
+    /// completions idempotent, so a worker may retry one without risking that it deletes the
+    /// objects of a result that did commit.
+    async fn committed_by(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT t.job_id FROM task_attempts a JOIN tasks t ON t.id = a.task_id \
+             WHERE a.task_id = $1 AND a.attempt = $2 AND a.worker_id = $3 \
+               AND a.outcome = 'succeeded'",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn refuse_completion(&self, task: Uuid, attempt: i32, worker: Uuid) -> StoreError {
         let cancelled = async {
             let mut tx = self.pool.begin().await?;

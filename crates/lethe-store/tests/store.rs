@@ -192,9 +192,15 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
         tasks[0].interruptions, 1,
         "an expired lease is an interruption, not a failure"
     );
-    // A completion repeated after success is fenced, and commits nothing twice.
+    // A completion replayed by the worker whose attempt committed (its answer was lost)
+    // succeeds again and commits nothing twice; anyone else's is fenced.
+    let replay = store
+        .complete(second.id, 2, fresh, &[artifact("model")], None)
+        .await
+        .unwrap();
+    assert_eq!((replay.job_id, replay.job_done), (job.id, false));
     assert!(matches!(
-        store.complete(second.id, 2, fresh, &[], None).await,
+        store.complete(second.id, 2, stale, &[], None).await,
         Err(StoreError::Fenced { .. })
     ));
     let artifacts: i64 = sqlx::query_scalar("SELECT count(*) FROM artifacts")
