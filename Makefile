@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator bench-report clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator bench-report chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -60,6 +60,15 @@ bench-coordinator: setup
 # No benchmark is run: docs/BENCHMARKS.md and docs/benchmarks/*.png from bench/results/*.json.
 bench-report: setup
 	python bench/report.py --results bench/results --out docs/BENCHMARKS.md --img-dir docs/benchmarks
+
+# The full fault campaign (crates/lethe-worker/tests/chaos.rs): 100 worker kills, 10 coordinator
+# restarts, 3 PostgreSQL restarts and 5 artifact-store faults under a stream of requests; about
+# 20 minutes on 2 cores. Writes its figures into bench/results/reliability.json. make test runs
+# a short campaign.
+chaos: setup
+	cargo build --release -p lethe-coordinator -p lethe-worker
+	LETHE_CHAOS=full LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
+		cargo test --release -p lethe-worker --test chaos -- --nocapture
 
 clean:
 	cargo clean

@@ -109,9 +109,27 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ..StoreConfig::default()
     };
     let url = database_url(&settings).await?;
-    let store = Store::connect(&url, store_config)
-        .await
-        .context("connecting to the database (database_url)")?;
+    // A database that is not up yet, or restarting, is waited for; a refusal (a wrong URL or
+    // password, a failed migration) ends the process.
+    let mut backoff = Duration::from_millis(200);
+    let store = loop {
+        match Store::connect(&url, store_config.clone()).await {
+            Ok(store) => break store,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "database unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown_signal() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                return Err(
+                    anyhow::Error::new(error).context("connecting to the database (database_url)")
+                )
+            }
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {} (listen)", settings.listen))?;

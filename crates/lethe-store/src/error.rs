@@ -49,20 +49,24 @@ impl StoreError {
     /// connection dropped), as opposed to a refusal that will not change.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Database(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                ) || e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    // Serialization failure, deadlock, admin shutdown, cannot connect now.
-                    .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "57P01" | "57P03"))
-            }
+            StoreError::Database(e) => transient(e),
+            // Migrations run on connect: a database that restarts meanwhile drops them.
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => transient(e),
             _ => false,
         }
     }
+}
+
+fn transient(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        // Serialization failure, deadlock, admin shutdown, cannot connect now.
+        .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "57P01" | "57P03"))
 }
