@@ -62,13 +62,16 @@ bench-report: setup
 	python bench/report.py --results bench/results --out docs/BENCHMARKS.md --img-dir docs/benchmarks
 
 # The full fault campaign (crates/lethe-worker/tests/chaos.rs): 100 worker kills, 10 coordinator
-# restarts, 3 PostgreSQL restarts and 5 artifact-store faults under a stream of requests; about
-# 20 minutes on 2 cores. Writes its figures into bench/results/reliability.json. make test runs
-# a short campaign.
+# restarts, 3 PostgreSQL restarts and 5 artifact-store faults under a stream of requests, then
+# the bad-input suite (crates/lethe-coordinator/tests/bad_input.rs, 500+ hostile requests).
+# Both write their figures into bench/results/reliability.json. make test runs a short
+# campaign and the whole suite.
 chaos: setup
 	cargo build --release -p lethe-coordinator -p lethe-worker
 	LETHE_CHAOS=full LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
 		cargo test --release -p lethe-worker --test chaos -- --nocapture
+	LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
+		cargo test --release -p lethe-coordinator --test bad_input -- --nocapture
 
 clean:
 	cargo clean

@@ -111,7 +111,7 @@ impl Operations for OperationsApi {
         };
         let after = match request.page_token.as_str() {
             "" => None,
-            token => Some(PageToken::decode(token, &request.filter)?),
+            token => Some(PageToken::decode(token, &request.filter, &tenant)?),
         };
         let page = self
             .shared
@@ -126,6 +126,7 @@ impl Operations for OperationsApi {
                 PageToken {
                     after,
                     filter: request.filter.clone(),
+                    tenant: tenant.clone(),
                 }
                 .encode()
             })
@@ -299,7 +300,7 @@ impl Lethe for OperationsApi {
         let job = NewJob {
             tenant,
             kind: JobKind::Noop,
-            request_id: Some(request.request_id).filter(|id| !id.is_empty()),
+            request_id: crate::requests::request_id(request.request_id)?,
             spec: serde_json::json!({"tasks": request.tasks, "task": spec}),
             priority,
             deadline: None,
@@ -531,11 +532,13 @@ fn parse_filter(filter: &str) -> Result<JobFilter, Status> {
     Ok(parsed)
 }
 
-/// Opaque to clients; binds a page to the filter it was made with (AIP-158).
+/// Opaque to clients; binds a page to the filter it was made with (AIP-158) and to the
+/// tenant it was issued to.
 #[derive(Serialize, Deserialize)]
 struct PageToken {
     after: Uuid,
     filter: String,
+    tenant: String,
 }
 
 impl PageToken {
@@ -543,11 +546,14 @@ impl PageToken {
         hex::encode(serde_json::to_vec(self).unwrap_or_default())
     }
 
-    fn decode(token: &str, filter: &str) -> Result<Uuid, Status> {
+    fn decode(token: &str, filter: &str, tenant: &str) -> Result<Uuid, Status> {
         let token: PageToken = hex::decode(token)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(|| invalid("page_token", "not a token this API issued"))?;
+        if token.tenant != tenant {
+            return Err(invalid("page_token", "was issued to another tenant"));
+        }
         if token.filter != filter {
             return Err(invalid("page_token", "was issued for a different filter"));
         }
@@ -587,15 +593,20 @@ mod tests {
         let token = PageToken {
             after: id,
             filter: "kind=noop".into(),
+            tenant: "acme".into(),
         }
         .encode();
-        assert_eq!(PageToken::decode(&token, "kind=noop").unwrap(), id);
+        assert_eq!(PageToken::decode(&token, "kind=noop", "acme").unwrap(), id);
+        for (filter, tenant) in [("", "acme"), ("kind=noop", "globex")] {
+            assert_eq!(
+                PageToken::decode(&token, filter, tenant)
+                    .unwrap_err()
+                    .code(),
+                Code::InvalidArgument
+            );
+        }
         assert_eq!(
-            PageToken::decode(&token, "").unwrap_err().code(),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            PageToken::decode("zz", "").unwrap_err().code(),
+            PageToken::decode("zz", "", "acme").unwrap_err().code(),
             Code::InvalidArgument
         );
     }

@@ -32,8 +32,16 @@ pub(crate) fn parse_priority(priority: i32) -> Result<i16, Status> {
         .ok_or_else(|| invalid("priority", "must be -100 to 100"))
 }
 
-fn request_id(id: String) -> Option<String> {
-    Some(id).filter(|id| !id.is_empty())
+/// The idempotency key of a Create call: absent when empty, else at most 200 characters
+/// without control characters.
+pub(crate) fn request_id(id: String) -> Result<Option<String>, Status> {
+    if id.chars().count() > 200 || id.chars().any(char::is_control) {
+        return Err(invalid(
+            "request_id",
+            "must be at most 200 characters, without control characters",
+        ));
+    }
+    Ok(Some(id).filter(|id| !id.is_empty()))
 }
 
 impl Shared {
@@ -77,10 +85,15 @@ impl Shared {
             _ => return Err(invalid("alpha", "must lie in (0, 1)")),
         };
         let members_per_task = match request.members_per_task {
-            0 => DEFAULT_MEMBERS_PER_TASK,
+            0 => DEFAULT_MEMBERS_PER_TASK.min(members),
+            n if n as usize > members => {
+                return Err(invalid(
+                    "members_per_task",
+                    format!("{n} is more than the {members} members"),
+                ))
+            }
             n => n as usize,
-        }
-        .min(members);
+        };
         let trak = match IndexEstimator::try_from(request.estimator) {
             Ok(IndexEstimator::Unspecified | IndexEstimator::Subsample) => None,
             Ok(IndexEstimator::Trak) => Some(TrakSettings {
@@ -123,7 +136,7 @@ impl Shared {
         let job = NewJob {
             tenant,
             kind: JobKind::IndexBuild,
-            request_id: request_id(request.request_id),
+            request_id: request_id(request.request_id)?,
             spec: serde_json::to_value(&plan).expect("plans serialise"),
             priority: parse_priority(request.priority)?,
             deadline: None,
@@ -186,6 +199,17 @@ impl Shared {
             ));
         }
         let forget: BTreeSet<i64> = request.forget.iter().copied().collect();
+        if forget.len() != request.forget.len() {
+            let mut seen = BTreeSet::new();
+            let repeated = request.forget.iter().find(|&&i| !seen.insert(i));
+            return Err(invalid(
+                "forget",
+                format!(
+                    "index {} appears more than once: name each training index once",
+                    repeated.copied().unwrap_or_default()
+                ),
+            ));
+        }
         let spec = DeletionRequestSpec {
             model: model.name.clone(),
             forget: forget.into_iter().collect(),
@@ -195,7 +219,7 @@ impl Shared {
         let job = NewJob {
             tenant,
             kind: JobKind::Deletion,
-            request_id: request_id(request.request_id),
+            request_id: request_id(request.request_id)?,
             spec: serde_json::to_value(&spec).expect("specs serialise"),
             priority: parse_priority(request.priority)?,
             deadline: None,

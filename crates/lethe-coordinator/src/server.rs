@@ -108,6 +108,9 @@ impl Coordinator {
         let result = tonic::transport::Server::builder()
             // Above the longest long-poll, so the server never cuts one short.
             .timeout(MAX_LONG_POLL + Duration::from_secs(30))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::status::undecodable_is_invalid_argument,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(WorkerServiceServer::new(WorkerApi {

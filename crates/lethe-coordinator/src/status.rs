@@ -13,11 +13,14 @@ const DOMAIN: &str = "lethe.dev";
 
 pub(crate) fn from_store(error: StoreError) -> Status {
     match error {
-        StoreError::NotFound { what, id } => Status::with_error_details(
-            Code::NotFound,
-            format!("{what} {id} not found"),
-            ErrorDetails::with_resource_info(what, id, "", ""),
-        ),
+        StoreError::NotFound { what, id } => {
+            let id = bounded(id);
+            Status::with_error_details(
+                Code::NotFound,
+                format!("{what} {id} not found"),
+                ErrorDetails::with_resource_info(what, id, "", ""),
+            )
+        }
         StoreError::Fenced { task, attempt, state, current_attempt } => Status::with_error_details(
             Code::Aborted,
             format!(
@@ -67,7 +70,7 @@ pub(crate) fn from_store(error: StoreError) -> Status {
 }
 
 pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> Status {
-    let problem = problem.into();
+    let problem = bounded(problem.into());
     Status::with_error_details(
         Code::InvalidArgument,
         format!("{field}: {problem}"),
@@ -75,7 +78,41 @@ pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> Status {
     )
 }
 
+/// Messages quote what the caller sent, which can be any size; a status travels in HTTP/2
+/// headers, which clients cap (a few KiB to 16 KiB). Quotes past this are cut.
+const MAX_QUOTED: usize = 300;
+
+fn bounded(text: String) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
 /// Parses a UUID given by the caller, naming the field when it is not one.
 pub(crate) fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, Status> {
     uuid::Uuid::parse_str(text).map_err(|_| invalid(field, format!("{text:?} is not a UUID")))
+}
+
+/// tonic answers a request whose bytes do not decode (garbage, a truncated message, a string
+/// that is not UTF-8) with INTERNAL, as if the server were at fault. It is the caller's input:
+/// this turns those answers into INVALID_ARGUMENT, keeping tonic's message, which says what
+/// did not decode.
+pub(crate) fn undecodable_is_invalid_argument<B>(
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let headers = response.headers();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"13");
+    let undecodable = headers
+        .get("grpc-message")
+        .is_some_and(|message| message.as_bytes().starts_with(b"failed%20to%20decode"));
+    if internal && undecodable {
+        response.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
+        );
+    }
+    response
 }

@@ -45,8 +45,10 @@ impl WorkerService for WorkerApi {
             device,
             memory_bytes: i64::try_from(request.memory_bytes)
                 .map_err(|_| invalid("memory_bytes", "too large"))?,
-            slots: i32::try_from(request.slots.max(1))
-                .map_err(|_| invalid("slots", "too large"))?,
+            slots: match request.slots {
+                0 => return Err(invalid("slots", "must be at least 1")),
+                n => i32::try_from(n).map_err(|_| invalid("slots", "too large"))?,
+            },
             version: request.version.chars().take(100).collect(),
             kinds: request.kinds,
         };

@@ -166,11 +166,17 @@ fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError>
     }
     let scheme_ok = ["file:///", "s3://"].iter().any(|s| uri.starts_with(s))
         || (builtin_allowed && is_builtin(uri));
-    let escapes = uri.split('/').any(|segment| segment == "..");
+    // URL parsers treat a percent-encoded dot as a dot, so `%2e%2e` is `..` too.
+    let decoded_dots = uri.replace("%2e", ".").replace("%2E", ".");
+    let escapes = decoded_dots
+        .split('/')
+        .any(|segment| segment == ".." || segment == ".")
+        || uri.contains("%2f")
+        || uri.contains("%2F");
     if !scheme_ok || escapes || uri.len() > 2000 || uri.chars().any(char::is_control) {
         return Err(StoreError::InvalidArgument(format!(
-            "uri {uri:?}: a file:/// or s3:// URL of at most 2000 characters, without '..' \
-             (datasets may also be builtin:NAME)"
+            "uri {uri:?}: a file:/// or s3:// URL of at most 2000 characters, without '.' or \
+             '..' segments, encoded or not (datasets may also be builtin:NAME)"
         )));
     }
     Ok(())

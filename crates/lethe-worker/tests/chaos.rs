@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "../../lethe-coordinator/tests/support/reliability.rs"]
+mod reliability;
+
 use lethe_coordinator::TENANT_HEADER;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
@@ -25,6 +28,7 @@ use lethe_proto::lethe::v1::{
 };
 use lethe_store::sqlx::{self, PgPool};
 use lethe_store::{Durability, LocalCluster};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -298,7 +302,14 @@ async fn workload(
     // Each model's first index build, and whether it has succeeded: deletions need it.
     let mut first_index: [Option<uuid::Uuid>; MODELS] = [None; MODELS];
     let mut indexed = [false; MODELS];
-    let mut next_example = [0i64; MODELS];
+    // Each model's training examples in a random order: requests forget the next four.
+    let mut unforgotten: Vec<Vec<i64>> = (0..MODELS)
+        .map(|_| {
+            let mut all: Vec<i64> = (0..512).collect();
+            all.shuffle(&mut rng);
+            all
+        })
+        .collect();
     let mut sent = 0usize;
     while !stop.load(Ordering::SeqCst) {
         let lethe = clients[0].clone();
@@ -314,7 +325,15 @@ async fn workload(
                 indexed[model] = state.as_deref() == Some("succeeded");
             }
         }
-        let ready: Vec<usize> = (0..MODELS).filter(|m| indexed[*m]).collect();
+        // Half of each training set stays: past that, a model only gets index builds.
+        let ready: Vec<usize> = (0..MODELS)
+            .filter(|m| indexed[*m] && unforgotten[*m].len() >= 256)
+            .collect();
+        let unindexed = unindexed.or_else(|| {
+            let all_indexed = first_index.iter().all(Option::is_some);
+            (all_indexed && ready.is_empty() && indexed.iter().any(|i| *i))
+                .then(|| rng.random_range(0..MODELS))
+        });
         if unindexed.is_none() && ready.is_empty() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
@@ -336,7 +355,7 @@ async fn workload(
             };
             match submit(create).await {
                 Ok(name) => {
-                    first_index[model].get_or_insert(job_id(&name));
+                    first_index[model].get_or_insert_with(|| job_id(&name));
                     accepted.push(name);
                     accepted_so_far.fetch_add(1, Ordering::SeqCst);
                 }
@@ -345,8 +364,7 @@ async fn workload(
             continue;
         }
         let model = ready[rng.random_range(0..ready.len())];
-        let forget: Vec<i64> = (0..4).map(|i| next_example[model] + 7 * i).collect();
-        next_example[model] += 1 + 28 * (next_example[model] % 2);
+        let forget: Vec<i64> = (0..4).filter_map(|_| unforgotten[model].pop()).collect();
         let request = CreateDeletionRequestRequest {
             request_id,
             model: format!("models/m{model}"),
@@ -566,7 +584,7 @@ async fn the_service_keeps_its_promises_under_faults() {
         eprintln!("crash: {crash}");
     }
     if let Ok(path) = std::env::var("LETHE_RELIABILITY_OUT") {
-        merge_into(Path::new(&path), &report);
+        reliability::merge_into(Path::new(&path), &report);
     }
     assert!(
         figures["lost"] == 0
@@ -701,31 +719,6 @@ async fn invariants(pool: &PgPool, accepted: &[String]) -> BTreeMap<&'static str
         .unwrap();
     figures.insert("orphaned_leases", leased);
     figures
-}
-
-/// Writes `report`'s keys into the JSON object at `path`, keeping the keys other campaigns
-/// wrote there, and sums the crash counts of both into `crashes`.
-fn merge_into(path: &Path, report: &serde_json::Value) {
-    let mut merged: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    for (key, value) in report.as_object().unwrap() {
-        merged.insert(key.clone(), value.clone());
-    }
-    let crashes: u64 = ["chaos_crashes", "bad_input_crashes"]
-        .iter()
-        .filter_map(|key| merged.get(*key).and_then(|v| v.as_u64()))
-        .sum();
-    merged.insert("crashes".into(), crashes.into());
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(
-        path,
-        serde_json::to_string_pretty(&serde_json::Value::Object(merged)).unwrap() + "\n",
-    )
-    .unwrap();
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,28 @@
+//! `bench/results/reliability.json` is written by two campaigns: the fault campaign
+//! (`lethe-worker/tests/chaos.rs`) and the bad-input suite (`bad_input.rs`). Each merges its
+//! keys into the file and keeps the other's.
+
+use std::path::Path;
+
+/// Writes `report`'s keys into the JSON object at `path`, keeping the keys already there, and
+/// sums both campaigns' crash counts into `crashes`.
+pub(crate) fn merge_into(path: &Path, report: &serde_json::Value) {
+    let mut merged: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    for (key, value) in report.as_object().expect("a report is a JSON object") {
+        merged.insert(key.clone(), value.clone());
+    }
+    let crashes: u64 = ["chaos_crashes", "bad_input_crashes"]
+        .iter()
+        .filter_map(|key| merged.get(*key).and_then(|v| v.as_u64()))
+        .sum();
+    merged.insert("crashes".into(), crashes.into());
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create the results directory");
+    }
+    let text =
+        serde_json::to_string_pretty(&serde_json::Value::Object(merged)).expect("JSON serialises");
+    std::fs::write(path, text + "\n").expect("write the reliability figures");
+}
