@@ -136,13 +136,14 @@ fn field(tag: u32, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-macro_rules! lethe {
-    ($tenant:expr, $method:ident, $request:expr) => {{
+/// A call of `$client` as `$tenant`: `rpc!(LetheClient, "acme", get_model, request)`.
+macro_rules! rpc {
+    ($client:ident, $tenant:expr, $method:ident, $request:expr) => {{
         let (tenant, request) = ($tenant.to_string(), $request);
         move |channel: Channel| -> Reply {
             let (tenant, request) = (tenant.clone(), request.clone());
             Box::pin(async move {
-                LetheClient::new(channel)
+                $client::new(channel)
                     .$method(as_tenant(&tenant, request))
                     .await
                     .map(|_| ())
@@ -151,19 +152,16 @@ macro_rules! lethe {
     }};
 }
 
+macro_rules! lethe {
+    ($tenant:expr, $method:ident, $request:expr) => {
+        rpc!(LetheClient, $tenant, $method, $request)
+    };
+}
+
 macro_rules! operations {
-    ($tenant:expr, $method:ident, $request:expr) => {{
-        let (tenant, request) = ($tenant.to_string(), $request);
-        move |channel: Channel| -> Reply {
-            let (tenant, request) = (tenant.clone(), request.clone());
-            Box::pin(async move {
-                OperationsClient::new(channel)
-                    .$method(as_tenant(&tenant, request))
-                    .await
-                    .map(|_| ())
-            })
-        }
-    }};
+    ($tenant:expr, $method:ident, $request:expr) => {
+        rpc!(OperationsClient, $tenant, $method, $request)
+    };
 }
 
 macro_rules! workers {

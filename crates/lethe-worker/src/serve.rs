@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use lethe_artifacts::ArtifactStore;
 use lethe_config::ConfigError;
@@ -133,7 +132,7 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
     let args = flags.unvalidated()?;
     args.validate()?;
     let artifacts_url = args.artifacts.clone().unwrap_or_default();
-    let artifacts = ArtifactStore::open(&artifacts_url).context("opening artifacts")?;
+    let artifacts = open_artifacts(&artifacts_url)?;
     let cuda = !args.cpu && tch::Cuda::is_available();
     let device = if cuda { Device::Cuda } else { Device::Cpu };
     let tch_device = if cuda {
@@ -170,6 +169,31 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
         summary.completed, summary.failed, summary.cancelled, summary.fenced, summary.handed_back
     );
     Ok(())
+}
+
+/// How long a worker waits for an artifact store it cannot open before giving up: an outage
+/// passes, a wrong setting does not.
+const ARTIFACTS_PATIENCE: Duration = Duration::from_secs(60);
+
+fn open_artifacts(url: &str) -> anyhow::Result<ArtifactStore> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match ArtifactStore::open(url) {
+            Ok(store) => return Ok(store),
+            Err(error) if started.elapsed() < ARTIFACTS_PATIENCE => {
+                tracing::warn!(%error, "cannot open the artifact store; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "opening artifacts (tried for {} s)",
+                    ARTIFACTS_PATIENCE.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
