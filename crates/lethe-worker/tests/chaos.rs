@@ -287,15 +287,29 @@ async fn open_jobs(pool: &PgPool) -> Option<i64> {
     .ok()
 }
 
+/// What the stream and the fault loop share.
+struct Progress {
+    /// Set when the faults are done: the stream stops.
+    stop: Arc<AtomicBool>,
+    /// Operations the service has accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// Whether the second replica serves: requests go through it only then.
+    second_up: Arc<AtomicBool>,
+}
+
 /// The stream of work: a first index build per model, then deletion requests (some audited)
 /// and more index builds, until `stop`. Returns the operations the service accepted.
 async fn workload(
     endpoints: [String; 2],
     pool: PgPool,
-    stop: Arc<AtomicBool>,
-    accepted_so_far: Arc<AtomicUsize>,
+    progress: Progress,
     seed: u64,
 ) -> Vec<String> {
+    let Progress {
+        stop,
+        accepted: accepted_so_far,
+        second_up,
+    } = progress;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let clients = [client(endpoints[0].clone()), client(endpoints[1].clone())];
     let mut accepted = Vec::new();
@@ -383,7 +397,8 @@ async fn workload(
         };
         // Half of them through the second replica, or the first when it is down (the same
         // request_id makes a repeat harmless).
-        let via = &clients[rng.random_range(0..2)];
+        let second = second_up.load(Ordering::SeqCst) && rng.random_range(0..2) == 1;
+        let via = &clients[usize::from(second)];
         let outcome = match submit(deletion(via)).await {
             Err(status) if transient(&status) => submit(deletion(&lethe)).await,
             other => other,
@@ -454,11 +469,15 @@ async fn the_service_keeps_its_promises_under_faults() {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let accepted_so_far = Arc::new(AtomicUsize::new(0));
+    let second_up = Arc::new(AtomicBool::new(false));
     let stream = tokio::spawn(workload(
         endpoints.clone(),
         pool.clone(),
-        stop.clone(),
-        accepted_so_far.clone(),
+        Progress {
+            stop: stop.clone(),
+            accepted: accepted_so_far.clone(),
+            second_up: second_up.clone(),
+        },
         7,
     ));
 
@@ -498,8 +517,12 @@ async fn the_service_keeps_its_promises_under_faults() {
             if restarts % 2 == 0 {
                 fleet.start_coordinator(1);
                 fleet.start_worker(1);
+                second_up.store(true, Ordering::SeqCst);
             } else if let Some(mut second) = fleet.coordinators[1].take() {
+                second_up.store(false, Ordering::SeqCst);
                 second.kill();
+                // Its workers go with it.
+                fleet.workers.retain(|(replica, _)| *replica == 0);
             }
             if let Some(mut first) = fleet.coordinators[0].take() {
                 first.kill();
@@ -538,6 +561,7 @@ async fn the_service_keeps_its_promises_under_faults() {
     let accepted = stream.await.unwrap();
     if let Some(mut second) = fleet.coordinators[1].take() {
         second.kill();
+        fleet.workers.retain(|(replica, _)| *replica == 0);
     }
     let quiet_by = Instant::now() + Duration::from_secs(300);
     loop {
