@@ -375,6 +375,7 @@ async fn workload(
                 }
                 Err(status) => panic!("an index build was refused: {status:?}"),
             }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
             continue;
         }
         let model = ready[rng.random_range(0..ready.len())];
