@@ -185,7 +185,8 @@ def goal_lines(goals):
         if value is None:
             verdict = "not recorded in the JSON"
         else:
-            met = {">=": value >= threshold, ">": value > threshold}[direction]
+            met = {">=": value >= threshold, ">": value > threshold,
+                   "==": value == threshold}[direction]
             verdict = f"measured {fmt(value)} — {'met' if met else 'not met'}"
         lines.append(f"- {text}, per {source}: {verdict}.")
     return lines
@@ -638,6 +639,51 @@ def coordinator_section(f, ctx):
     return text, table, goals, images
 
 
+def reliability_section(f, ctx):
+    text = [
+        "Two campaigns on real processes (`docs/reliability.md`). The fault campaign streams "
+        "index builds and deletion requests on fmnist-tiny models through `lethe-coordinator` "
+        "replicas and `lethe-worker serve` processes while it SIGKILLs workers in the middle "
+        "of tasks, restarts coordinators (every other time with a second replica serving), "
+        "restarts PostgreSQL and takes the artifact store away; after quiescence it checks "
+        "from the database and the store what was lost, committed twice or corrupted. The "
+        "bad-input suite sends malformed and hostile requests through a gRPC client and "
+        "checks each answer's code and message and that nothing was written.",
+        "",
+    ]
+    rows = [
+        ("worker SIGKILLs in the middle of a task", f.num("worker_kills"), "worker_kills"),
+        ("coordinator restarts", f.num("coordinator_restarts"), "coordinator_restarts"),
+        ("PostgreSQL restarts", f.num("postgres_restarts"), "postgres_restarts"),
+        ("artifact-store faults", f.num("store_faults"), "store_faults"),
+        ("operations accepted", f.num("requests"), "requests"),
+        ("lost (accepted, not terminal)", f.num("lost"), "lost"),
+        ("failed (terminal, not done)", f.num("failed_requests"), "failed_requests"),
+        ("tasks or runs committed twice", f.num("double_commits"), "double_commits"),
+        ("committed artifacts whose bytes differ", f.num("hash_mismatches"), "hash_mismatches"),
+        ("leases left after quiescence", f.num("orphaned_leases"), "orphaned_leases"),
+        ("fault campaign, seconds", f.num("chaos_seconds"), "chaos_seconds"),
+        ("hostile requests", f.num("bad_inputs"), "bad_inputs"),
+        ("answered with a wrong code or an unclear message", f.num("wrong_codes"), "wrong_codes"),
+        ("that wrote rows", f.num("bad_input_writes"), "bad_input_writes"),
+        ("cross-tenant attempts", f.num("cross_tenant_attempts"), "cross_tenant_attempts"),
+        ("cross-tenant attempts allowed", f.num("cross_tenant_allowed"), "cross_tenant_allowed"),
+        ("processes that died on their own (both campaigns)", f.num("crashes"), "crashes"),
+    ]
+    for key in ("chaos_crashes", "bad_input_crashes"):
+        f.used.add(key)
+    source = "issue 7"
+    goals = [(f"`{key}` = 0", source, f.num(key), 0, "==")
+             for key in ("lost", "double_commits", "hash_mismatches", "crashes",
+                         "wrong_codes", "cross_tenant_allowed")]
+    goals += [("at least 100 worker kills", source, f.num("worker_kills"), 100, ">="),
+              ("at least 10 coordinator restarts", source, f.num("coordinator_restarts"), 10,
+               ">="),
+              ("at least 3 PostgreSQL restarts", source, f.num("postgres_restarts"), 3, ">="),
+              ("at least 500 hostile requests", source, f.num("bad_inputs"), 500, ">=")]
+    return text, figures_table(rows), goals, []
+
+
 def generic_section(f, ctx):
     """A JSON this script does not know: its scalar figures, as they are."""
     text = ["`bench/report.py` has no description of this benchmark; its figures as recorded:"]
@@ -668,6 +714,7 @@ BENCHMARKS = [
     ("attribution", "Attribution index", "bench-attribution", attribution_section),
     ("quality", "Unlearning quality (KLoM)", "bench-quality", quality_section),
     ("coordinator", "Coordinator throughput", "bench-coordinator", coordinator_section),
+    ("reliability", "Reliability under faults and hostile input", "chaos", reliability_section),
 ]
 
 
