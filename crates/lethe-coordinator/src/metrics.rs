@@ -63,16 +63,13 @@ fn exposition(depth: &[(String, String, i64)]) -> String {
                 .find(|(k, s, _)| k == kind && s == state)
                 .map_or(0, |(_, _, count)| *count)
         };
-        let others = depth
+        // A kind appears once per state in `depth`: the set lists each once, in any order.
+        let others: std::collections::BTreeSet<&str> = depth
             .iter()
             .map(|(kind, _, _)| kind.as_str())
-            .filter(|kind| !lethe_proto::tasks::ALL.contains(kind));
-        let mut kinds: Vec<&str> = lethe_proto::tasks::ALL
-            .iter()
-            .copied()
-            .chain(others)
+            .filter(|kind| !lethe_proto::tasks::ALL.contains(kind))
             .collect();
-        kinds.dedup();
+        let kinds = lethe_proto::tasks::ALL.iter().copied().chain(others);
         for kind in kinds {
             let label = kind.replace('\\', "\\\\").replace('"', "\\\"");
             text.push_str(&format!("{name}{{kind=\"{label}\"}} {}\n", count_of(kind)));

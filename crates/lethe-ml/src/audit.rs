@@ -187,3 +187,28 @@ pub fn audit(
         per_point,
     })
 }
+
+/// The noise floor of an audit: the last `held_out` of the oracles (logits `N' × T × C`, the
+/// first `compared` of which gave `reference`) audited against the reference. `None` when none
+/// are held out.
+pub fn noise_floor(
+    oracle_logits: &Tensor,
+    labels: &Tensor,
+    reference: &Tensor,
+    compared: i64,
+    held_out: usize,
+    splits: &Splits,
+) -> Result<Option<Audit>> {
+    if held_out == 0 {
+        return Ok(None);
+    }
+    let held = oracle_logits.narrow(0, compared, held_out as i64);
+    audit(&held, labels, reference, splits).map(Some)
+}
+
+/// The share of the forget split's P95 gap between doing nothing and the noise floor that a
+/// method closed: 0 is no better than doing nothing, 1 is as close as oracles are to each other.
+pub fn gap_closure(do_nothing: &Audit, audited: &Audit, floor: &Audit) -> f64 {
+    (do_nothing.forget.klom.p95 - audited.forget.klom.p95)
+        / (do_nothing.forget.klom.p95 - floor.forget.klom.p95)
+}

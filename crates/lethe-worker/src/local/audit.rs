@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use lethe_ml::audit::{audit, Audit, Splits};
+use lethe_ml::audit::{audit, gap_closure, noise_floor, Audit, Splits};
 use lethe_ml::ensemble::{load_members, read_manifest, EnsembleResults};
 use lethe_ml::outputs::{margins, Outputs};
 use lethe_ml::unlearn::{unlearn, ForgetSet, Method, Resources};
@@ -116,16 +116,14 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
         .logits
         .to_kind(Kind::Float);
     let do_nothing = audit(&original_logits, &labels, &reference, &splits)?;
-    let floor = if args.held_out > 0 {
-        Some(audit(
-            &oracle_logits.narrow(0, compared, args.held_out as i64),
-            &labels,
-            &reference,
-            &splits,
-        )?)
-    } else {
-        None
-    };
+    let floor = noise_floor(
+        &oracle_logits,
+        &labels,
+        &reference,
+        compared,
+        args.held_out,
+        &splits,
+    )?;
     let mut models = load_members(&args.originals, &data, device)
         .with_context(|| format!("load originals {}", args.originals.display()))?;
     let resources = Resources {
@@ -152,10 +150,9 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
     let audited = audit(&logits, &labels, &reference, &splits)?;
     spinner.finish_and_clear();
 
-    let closure = floor.as_ref().map(|floor| {
-        (do_nothing.forget.klom.p95 - audited.forget.klom.p95)
-            / (do_nothing.forget.klom.p95 - floor.forget.klom.p95)
-    });
+    let closure = floor
+        .as_ref()
+        .map(|floor| gap_closure(&do_nothing, &audited, floor));
     println!(
         "KLoM of {method} on {} models against {compared} oracles ({} forgotten):",
         audited.models,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use lethe_ml::audit::{audit, Splits};
+use lethe_ml::audit::{audit, gap_closure, noise_floor, Splits};
 use lethe_ml::checkpoint::{self, CheckpointInfo};
 use lethe_ml::data::Dataset;
 use lethe_ml::ensemble::load_members;
@@ -55,7 +55,8 @@ struct DmmSettings {
 }
 
 impl DmmSettings {
-    fn for_index(index: &AttributionIndex) -> Self {
+    /// The shipped settings, for an index with a noise model (the subsample estimator).
+    fn shipped() -> Self {
         let MethodConfig::Dmm {
             denoise,
             multiplier,
@@ -64,11 +65,6 @@ impl DmmSettings {
         else {
             unreachable!("the defaults of DMM are a DMM config")
         };
-        // A TRAK index has no noise model and carries its own calibrated scale.
-        let (denoise, multiplier) = match index.noise {
-            Some(_) => (denoise, multiplier),
-            None => (Denoise::None, 1.0),
-        };
         DmmSettings {
             denoise,
             multiplier,
@@ -76,13 +72,17 @@ impl DmmSettings {
         }
     }
 
-    fn matching() -> MatchingConfig {
-        let MethodConfig::Dmm { matching, .. } =
-            MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
-        else {
-            unreachable!("the defaults of DMM are a DMM config")
-        };
-        matching
+    fn for_index(index: &AttributionIndex) -> Self {
+        let shipped = Self::shipped();
+        match index.noise {
+            Some(_) => shipped,
+            // A TRAK index has no noise model and carries its own calibrated scale.
+            None => DmmSettings {
+                denoise: Denoise::None,
+                multiplier: 1.0,
+                ..shipped
+            },
+        }
     }
 }
 
@@ -212,7 +212,7 @@ impl TaskHandler for Match {
         }
         stop_if_cancelled(context)?;
         context.report(0.2, "matching fine-tune");
-        let matching = DmmSettings::matching();
+        let matching = DmmSettings::shipped().matching;
         let retained = retained_without(&forgotten, &task.excluded, &data);
         let examples = matching_examples(forgotten.indices(), &retained, &matching, task.seed);
         let rows = Tensor::from_slice(&examples);
@@ -338,13 +338,15 @@ impl TaskHandler for Audit {
         let labels = data.y.shallow_clone();
         let reference = margins(&oracle_logits.narrow(0, 0, compared), &labels);
         let splits = Splits::new(forgotten.indices(), data.num_train, data.num_val);
-        let noise_floor = (task.held_out > 0)
-            .then(|| {
-                let held_out = oracle_logits.narrow(0, compared, task.held_out as i64);
-                audit(&held_out, &labels, &reference, &splits)
-            })
-            .transpose()
-            .map_err(ml_error)?;
+        let noise_floor = noise_floor(
+            &oracle_logits,
+            &labels,
+            &reference,
+            compared,
+            task.held_out,
+            &splits,
+        )
+        .map_err(ml_error)?;
         stop_if_cancelled(context)?;
 
         let mut report = json!({
@@ -359,12 +361,9 @@ impl TaskHandler for Audit {
                 audit(&originals.before, &labels, &reference, &splits).map_err(ml_error)?;
             let audited =
                 audit(&originals.after, &labels, &reference, &splits).map_err(ml_error)?;
-            // The share of the distance between doing nothing and the oracles' own spread
-            // that DMM closed on the forget set.
-            let gap_closure = noise_floor.as_ref().map(|floor| {
-                (do_nothing.forget.klom.p95 - audited.forget.klom.p95)
-                    / (do_nothing.forget.klom.p95 - floor.forget.klom.p95)
-            });
+            let gap_closure = noise_floor
+                .as_ref()
+                .map(|floor| gap_closure(&do_nothing, &audited, floor));
             report["method"] = "dmm".into();
             report["models"] = audited.models.into();
             report["result"] = json!(audited);
