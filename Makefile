@@ -63,7 +63,9 @@ bench-report: setup
 
 # The full fault campaign (crates/lethe-worker/tests/chaos.rs): 100 worker kills, 10 coordinator
 # restarts, 3 PostgreSQL restarts and 5 artifact-store faults under a stream of requests, then
-# the bad-input suite (crates/lethe-coordinator/tests/bad_input.rs, 500+ hostile requests).
+# the bad-input suite (crates/lethe-coordinator/tests/bad_input.rs, 500+ hostile requests) and
+# the overload checks (tests/overload.rs: shedding, bounded long-polls, quotas) and the
+# malformed objects (lethe-worker/tests/malformed_objects.rs).
 # Both write their figures into bench/results/reliability.json. make test runs a short
 # campaign and the whole suite.
 chaos: setup
@@ -71,7 +73,9 @@ chaos: setup
 	LETHE_CHAOS=full LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
 		cargo test --release -p lethe-worker --test chaos -- --nocapture
 	LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
-		cargo test --release -p lethe-coordinator --test bad_input -- --nocapture
+		cargo test --release -p lethe-coordinator --test bad_input --test overload -- --nocapture
+	LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \
+		cargo test --release -p lethe-worker --test malformed_objects -- --nocapture
 
 clean:
 	cargo clean

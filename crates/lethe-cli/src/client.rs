@@ -30,9 +30,18 @@ pub(crate) struct Connection {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
-    /// The tenant to act for.
+    /// The tenant to act for, where the coordinator trusts a header (`auth = "trusted-header"`);
+    /// with tokens, the token says the tenant.
     #[arg(long, global = true, env = "LETHE_TENANT", default_value = "default")]
     tenant: String,
+    /// Your tenant's API token (`lethe-coordinator credentials create --tenant ...`). Prefer the
+    /// LETHE_TOKEN variable: a flag is visible to other users in `ps`.
+    #[arg(long, global = true, env = "LETHE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA that signed the coordinator's certificate: connect over TLS (use an
+    /// https:// --coordinator).
+    #[arg(long, global = true, env = "LETHE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +280,7 @@ pub(crate) fn smoke(connection: Connection, args: SmokeArgs) -> anyhow::Result<(
 pub(crate) struct Client {
     channel: Channel,
     tenant: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
@@ -279,17 +289,37 @@ impl Client {
             .tenant
             .parse()
             .context("--tenant must be printable ASCII")?;
-        let channel = Channel::from_shared(connection.coordinator.clone())
-            .with_context(|| format!("--coordinator {:?} is not a URL", connection.coordinator))?
-            .connect()
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the coordinator at {}",
-                    connection.coordinator
+        let authorization = match &connection.token {
+            Some(token) => Some(
+                format!("Bearer {}", token.trim())
+                    .parse()
+                    .context("--token must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        let mut endpoint = Channel::from_shared(connection.coordinator.clone())
+            .with_context(|| format!("--coordinator {:?} is not a URL", connection.coordinator))?;
+        if let Some(ca) = &connection.tls_ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --tls-ca {}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
                 )
-            })?;
-        Ok(Self { channel, tenant })
+                .context("--tls-ca")?;
+        }
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "connecting to the coordinator at {}",
+                connection.coordinator
+            )
+        })?;
+        Ok(Self {
+            channel,
+            tenant,
+            authorization,
+        })
     }
 
     pub(crate) fn call<T>(&self, message: T) -> tonic::Request<T> {
@@ -297,6 +327,11 @@ impl Client {
         request
             .metadata_mut()
             .insert("x-lethe-tenant", self.tenant.clone());
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         request
     }
 

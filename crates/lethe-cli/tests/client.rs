@@ -55,6 +55,8 @@ async fn smoke_list_get_cancel_and_wait_through_the_cli() {
         slots: 2,
         poll_wait: Duration::from_secs(1),
         drain_grace: Duration::from_millis(100),
+        token: None,
+        tls: None,
     };
     tokio::spawn(Runner::new(config, artifacts).run(std::future::pending()));
 

@@ -148,6 +148,7 @@ async fn create_jobs(store: &Store, tasks: usize, per_job: usize) -> anyhow::Res
             priority: 0,
             deadline: None,
             tasks: (0..n).map(|_| NewTask::new("noop", json!({}))).collect(),
+            admission: None,
         };
         ids.push(store.create_job(&job).await?.0.id);
         left -= n;

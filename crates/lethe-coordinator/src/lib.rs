@@ -2,6 +2,7 @@
 //! gRPC on top of the PostgreSQL store. It keeps no authority in memory: in-process wake-ups
 //! only shorten waits, and every decision is a guarded update in the store.
 
+mod auth;
 mod metrics;
 mod operations;
 mod planner;
@@ -14,8 +15,9 @@ mod tenant;
 mod wake;
 mod worker_api;
 
+pub use auth::AuthMode;
 pub use metrics::serve_metrics;
 pub use operations::operation_name;
-pub use server::{Coordinator, CoordinatorConfig, RunningCoordinator};
-pub use tenant::{DEFAULT_TENANT, TENANT_HEADER};
+pub use server::{Coordinator, CoordinatorConfig, RunningCoordinator, TlsSettings};
+pub use tenant::{validate_tenant, DEFAULT_TENANT, TENANT_HEADER};
 pub use worker_api::MAX_LONG_POLL;

@@ -3,10 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod admin;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lethe_coordinator::settings::{Database, Flags, Settings};
-use lethe_coordinator::{serve_metrics, Coordinator};
+use lethe_coordinator::{serve_metrics, AuthMode, Coordinator, CoordinatorConfig};
 use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 
 /// How the settings are named in each layer: shown by every command's --help.
@@ -34,6 +36,13 @@ enum Command {
     /// Print the settings as they resolve, as a TOML file, with secrets hidden.
     #[command(after_help = SETTINGS_HELP)]
     DumpConfig,
+    /// Issue, list and revoke API tokens (in the database the settings name).
+    #[command(subcommand)]
+    Credentials(admin::CredentialsCommand),
+    /// Set a tenant's quota of unfinished operations.
+    Quota(admin::QuotaCommand),
+    /// Print the audit log, one JSON object per line, oldest first.
+    AuditLog(admin::AuditLogCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +50,8 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Logs go to stderr: stdout carries what commands print (a new token, the audit log).
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let outcome = tokio::runtime::Runtime::new()
@@ -67,6 +78,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.flags.settings(std::env::vars())?;
     match command {
         Command::DumpConfig => unreachable!("handled above"),
+        Command::Credentials(command) => {
+            with_database(&settings, |url| admin::credentials(url, command)).await
+        }
+        Command::Quota(command) => with_database(&settings, |url| admin::quota(url, command)).await,
+        Command::AuditLog(command) => {
+            with_database(&settings, |url| admin::audit_log(url, command)).await
+        }
         Command::Migrate => {
             let url = database_url(&settings).await?;
             lethe_store::migrate(&url)
@@ -100,6 +118,38 @@ async fn database_url(settings: &Settings) -> anyhow::Result<String> {
             started.await?
         }
     }
+}
+
+/// Runs a one-off command against the database. An embedded database that a running
+/// coordinator serves is used as it is; one that is stopped is started for the command and
+/// stopped after it.
+async fn with_database<F, Fut>(settings: &Settings, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let dir = match settings.database()? {
+        Database::Url(url) => return command(url).await,
+        Database::Embedded(dir) => dir,
+    };
+    let (url, started) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        if let Some(cluster) = LocalCluster::running(&dir)? {
+            return Ok((cluster.url("lethe"), None));
+        }
+        let cluster = LocalCluster::init(&dir, Durability::Durable)
+            .with_context(|| format!("creating the embedded database in {}", dir.display()))?;
+        cluster
+            .start()
+            .with_context(|| format!("starting the embedded database in {}", dir.display()))?;
+        let url = cluster.create_database("lethe")?;
+        Ok((url, Some(cluster)))
+    })
+    .await??;
+    let outcome = command(url).await;
+    if let Some(cluster) = started {
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    outcome
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
@@ -151,7 +201,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    Coordinator::new(store, settings.coordinator_config())
+    let config = CoordinatorConfig {
+        tls: settings.tls()?,
+        ..settings.coordinator_config()
+    };
+    if config.auth == AuthMode::TrustedHeader {
+        tracing::warn!(
+            "auth = \"trusted-header\": callers are believed about their tenant; serve only \
+             behind a gateway that authenticates them"
+        );
+    }
+    Coordinator::new(store, config)
         .serve(listener, shutdown_signal())
         .await?;
     let _ = stop_metrics.send(());

@@ -13,18 +13,19 @@ use lethe_proto::lethe::v1::{
     self as pb, lethe_server::Lethe, CreateNoopOperationRequest, OperationKind, OperationMetadata,
     OperationResult, OperationState, WatchOperationRequest,
 };
-use lethe_store::{Job, JobFilter, JobKind, JobState, NewJob, NewTask};
+use lethe_store::{AuditOutcome, Job, JobFilter, JobKind, JobState, NewJob, NewTask};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::registry::{dataset_to_proto, model_to_proto, optional_hash, resource_id};
 use crate::requests::parse_priority;
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
-use crate::tenant::tenant_of;
+use crate::tenant::caller_of;
 
 const PREFIX: &str = "operations/";
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -49,17 +50,30 @@ fn parse_name(name: &str) -> Result<Uuid, Status> {
 }
 
 impl Shared {
-    async fn operation(&self, tenant: &str, id: Uuid) -> Result<Operation, Status> {
-        let job = self.store.get_job(tenant, id).await.map_err(from_store)?;
-        Ok(to_operation(&job))
+    async fn operation(
+        &self,
+        caller: &Caller,
+        action: &str,
+        id: Uuid,
+    ) -> Result<Operation, Status> {
+        match self.store.get_job(&caller.tenant, id).await {
+            Ok(job) => Ok(to_operation(&job)),
+            Err(error) => Err(self.refused(caller, action, error).await),
+        }
     }
 
     /// The operation once it is done, or as it is when `timeout` passes.
-    async fn wait(&self, tenant: &str, id: Uuid, timeout: Duration) -> Result<Operation, Status> {
+    async fn wait(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<Operation, Status> {
+        let _permit = self.long_poll()?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.wake.watch_jobs();
         loop {
-            let operation = self.operation(tenant, id).await?;
+            let operation = self.operation(caller, "operation.wait", id).await?;
             if operation.done || tokio::time::Instant::now() >= deadline {
                 return Ok(operation);
             }
@@ -92,16 +106,19 @@ impl Operations for OperationsApi {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let id = parse_name(&request.get_ref().name)?;
-        Ok(Response::new(self.shared.operation(&tenant, id).await?))
+        Ok(Response::new(
+            self.shared.operation(&caller, "operation.get", id).await?,
+        ))
     }
 
     async fn list_operations(
         &self,
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
+        let tenant = caller.tenant.clone();
         let request = request.into_inner();
         let filter = parse_filter(&request.filter)?;
         let page_size = match request.page_size {
@@ -111,7 +128,22 @@ impl Operations for OperationsApi {
         };
         let after = match request.page_token.as_str() {
             "" => None,
-            token => Some(PageToken::decode(token, &request.filter, &tenant)?),
+            token => match PageToken::decode(token, &request.filter, &tenant) {
+                Ok(after) => Some(after),
+                Err(Foreign(status)) => {
+                    self.shared
+                        .record(caller.audit(
+                            "operation.list",
+                            String::new(),
+                            AuditOutcome::Denied,
+                            Some("a page token issued to another tenant".into()),
+                            serde_json::json!({}),
+                        ))
+                        .await;
+                    return Err(status);
+                }
+                Err(Invalid(status)) => return Err(status),
+            },
         };
         let page = self
             .shared
@@ -141,14 +173,24 @@ impl Operations for OperationsApi {
         &self,
         request: Request<CancelOperationRequest>,
     ) -> Result<Response<()>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let id = parse_name(&request.get_ref().name)?;
-        self.shared
-            .store
-            .cancel_job(&tenant, id)
-            .await
-            .map_err(from_store)?;
+        if let Err(error) = self.shared.store.cancel_job(&caller.tenant, id).await {
+            return Err(self
+                .shared
+                .refused(&caller, "operation.cancel", error)
+                .await);
+        }
         self.shared.wake.job_changed(id);
+        self.shared
+            .record(caller.audit(
+                "operation.cancel",
+                operation_name(id),
+                AuditOutcome::Allowed,
+                None,
+                serde_json::json!({}),
+            ))
+            .await;
         Ok(Response::new(()))
     }
 
@@ -156,7 +198,7 @@ impl Operations for OperationsApi {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let id = parse_name(&request.name)?;
         let timeout = match request.timeout {
@@ -165,7 +207,7 @@ impl Operations for OperationsApi {
                 .map_err(|_| invalid("timeout", "must not be negative"))?
                 .min(MAX_WAIT),
         };
-        Ok(Response::new(self.shared.wait(&tenant, id, timeout).await?))
+        Ok(Response::new(self.shared.wait(&caller, id, timeout).await?))
     }
 }
 
@@ -179,15 +221,26 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::RegisterDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let sha256 = optional_hash("sha256", &request.sha256)?;
-        let (dataset, _) = self
+        let (dataset, created) = self
             .shared
             .store
-            .register_dataset(&tenant, &request.dataset_id, &request.uri, sha256)
+            .register_dataset(&caller.tenant, &request.dataset_id, &request.uri, sha256)
             .await
             .map_err(from_store)?;
+        if created {
+            self.shared
+                .record(caller.audit(
+                    "dataset.register",
+                    format!("datasets/{}", dataset.name),
+                    AuditOutcome::Allowed,
+                    None,
+                    serde_json::json!({"uri": dataset.uri}),
+                ))
+                .await;
+        }
         Ok(Response::new(dataset_to_proto(dataset)))
     }
 
@@ -195,14 +248,12 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::GetDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let id = resource_id("name", "datasets", &request.get_ref().name)?;
-        let dataset = self
-            .shared
-            .store
-            .get_dataset(&tenant, id)
-            .await
-            .map_err(from_store)?;
+        let dataset = match self.shared.store.get_dataset(&caller.tenant, id).await {
+            Ok(dataset) => dataset,
+            Err(error) => return Err(self.shared.refused(&caller, "dataset.get", error).await),
+        };
         Ok(Response::new(dataset_to_proto(dataset)))
     }
 
@@ -210,16 +261,36 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::RegisterModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let sha256 = optional_hash("sha256", &request.sha256)?;
         let dataset = resource_id("dataset", "datasets", &request.dataset)?;
-        let (model, _) = self
+        let registered = self
             .shared
             .store
-            .register_model(&tenant, &request.model_id, dataset, &request.uri, sha256)
-            .await
-            .map_err(from_store)?;
+            .register_model(
+                &caller.tenant,
+                &request.model_id,
+                dataset,
+                &request.uri,
+                sha256,
+            )
+            .await;
+        let (model, created) = match registered {
+            Ok(registered) => registered,
+            Err(error) => return Err(self.shared.refused(&caller, "model.register", error).await),
+        };
+        if created {
+            self.shared
+                .record(caller.audit(
+                    "model.register",
+                    format!("models/{}", model.name),
+                    AuditOutcome::Allowed,
+                    None,
+                    serde_json::json!({"uri": model.uri, "dataset": model.dataset}),
+                ))
+                .await;
+        }
         Ok(Response::new(model_to_proto(model)))
     }
 
@@ -227,14 +298,12 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::GetModelRequest>,
     ) -> Result<Response<pb::Model>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let id = resource_id("name", "models", &request.get_ref().name)?;
-        let model = self
-            .shared
-            .store
-            .get_model(&tenant, id)
-            .await
-            .map_err(from_store)?;
+        let model = match self.shared.store.get_model(&caller.tenant, id).await {
+            Ok(model) => model,
+            Err(error) => return Err(self.shared.refused(&caller, "model.get", error).await),
+        };
         Ok(Response::new(model_to_proto(model)))
     }
 
@@ -242,10 +311,10 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::ListModelVersionsRequest>,
     ) -> Result<Response<pb::ListModelVersionsResponse>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let versions = self
             .shared
-            .list_model_versions(tenant, request.into_inner())
+            .list_model_versions(&caller, request.into_inner())
             .await?;
         Ok(Response::new(versions))
     }
@@ -254,10 +323,10 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::CreateIndexBuildRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let operation = self
             .shared
-            .create_index_build(tenant, request.into_inner())
+            .create_index_build(&caller, request.into_inner())
             .await?;
         Ok(Response::new(operation))
     }
@@ -266,10 +335,10 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<pb::CreateDeletionRequestRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let operation = self
             .shared
-            .create_deletion_request(tenant, request.into_inner())
+            .create_deletion_request(&caller, request.into_inner())
             .await?;
         Ok(Response::new(operation))
     }
@@ -278,7 +347,7 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<CreateNoopOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         if !(1..=1000).contains(&request.tasks) {
             return Err(invalid(
@@ -298,7 +367,7 @@ impl Lethe for OperationsApi {
             spec["artifact_bytes"] = request.artifact_bytes.into();
         }
         let job = NewJob {
-            tenant,
+            tenant: caller.tenant.clone(),
             kind: JobKind::Noop,
             request_id: crate::requests::request_id(request.request_id)?,
             spec: serde_json::json!({"tasks": request.tasks, "task": spec}),
@@ -307,6 +376,11 @@ impl Lethe for OperationsApi {
             tasks: (0..request.tasks)
                 .map(|_| NewTask::new("noop", spec.clone()))
                 .collect(),
+            admission: Some(self.shared.admission(
+                &caller,
+                "noop.create",
+                serde_json::json!({"tasks": request.tasks}),
+            )),
         };
         let (job, created) = self
             .shared
@@ -324,13 +398,19 @@ impl Lethe for OperationsApi {
         &self,
         request: Request<WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
-        let tenant = tenant_of(&request)?;
+        let caller = caller_of(&request)?;
         let id = parse_name(&request.get_ref().name)?;
+        let permit = self.shared.long_poll()?;
         // Fail now, not in the stream, for an operation that does not exist.
-        let first = self.shared.operation(&tenant, id).await?;
+        let first = self
+            .shared
+            .operation(&caller, "operation.watch", id)
+            .await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let shared = self.shared.clone();
         tokio::spawn(async move {
+            // The stream holds its long-poll permit until it ends.
+            let _permit = permit;
             let mut changes = shared.wake.watch_jobs();
             let mut last = first;
             if sender.send(Ok(last.clone())).await.is_err() {
@@ -339,7 +419,7 @@ impl Lethe for OperationsApi {
             while !last.done {
                 let far = tokio::time::Instant::now() + MAX_WAIT;
                 shared.next_change(&mut changes, id, far).await;
-                let now = match shared.operation(&tenant, id).await {
+                let now = match shared.operation(&caller, "operation.watch", id).await {
                     Ok(now) => now,
                     Err(status) => {
                         let _ = sender.send(Err(status)).await;
@@ -532,6 +612,14 @@ fn parse_filter(filter: &str) -> Result<JobFilter, Status> {
     Ok(parsed)
 }
 
+/// Why a page token was refused: a token of another tenant is also audited.
+#[derive(Debug)]
+enum BadPageToken {
+    Invalid(Status),
+    Foreign(Status),
+}
+use BadPageToken::{Foreign, Invalid};
+
 /// Opaque to clients; binds a page to the filter it was made with (AIP-158) and to the
 /// tenant it was issued to.
 #[derive(Serialize, Deserialize)]
@@ -546,16 +634,22 @@ impl PageToken {
         hex::encode(serde_json::to_vec(self).unwrap_or_default())
     }
 
-    fn decode(token: &str, filter: &str, tenant: &str) -> Result<Uuid, Status> {
+    fn decode(token: &str, filter: &str, tenant: &str) -> Result<Uuid, BadPageToken> {
         let token: PageToken = hex::decode(token)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or_else(|| invalid("page_token", "not a token this API issued"))?;
+            .ok_or_else(|| Invalid(invalid("page_token", "not a token this API issued")))?;
         if token.tenant != tenant {
-            return Err(invalid("page_token", "was issued to another tenant"));
+            return Err(Foreign(invalid(
+                "page_token",
+                "was issued to another tenant",
+            )));
         }
         if token.filter != filter {
-            return Err(invalid("page_token", "was issued for a different filter"));
+            return Err(Invalid(invalid(
+                "page_token",
+                "was issued for a different filter",
+            )));
         }
         Ok(token.after)
     }
@@ -597,17 +691,17 @@ mod tests {
         }
         .encode();
         assert_eq!(PageToken::decode(&token, "kind=noop", "acme").unwrap(), id);
-        for (filter, tenant) in [("", "acme"), ("kind=noop", "globex")] {
-            assert_eq!(
-                PageToken::decode(&token, filter, tenant)
-                    .unwrap_err()
-                    .code(),
-                Code::InvalidArgument
-            );
-        }
-        assert_eq!(
-            PageToken::decode("zz", "", "acme").unwrap_err().code(),
-            Code::InvalidArgument
-        );
+        assert!(matches!(
+            PageToken::decode(&token, "", "acme"),
+            Err(Invalid(status)) if status.code() == Code::InvalidArgument
+        ));
+        assert!(matches!(
+            PageToken::decode(&token, "kind=noop", "globex"),
+            Err(Foreign(status)) if status.code() == Code::InvalidArgument
+        ));
+        assert!(matches!(
+            PageToken::decode("zz", "", "acme"),
+            Err(Invalid(status)) if status.code() == Code::InvalidArgument
+        ));
     }
 }

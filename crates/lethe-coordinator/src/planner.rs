@@ -306,6 +306,7 @@ pub(crate) fn deletion_run(
         priority,
         deadline: None,
         tasks: graph,
+        admission: None,
     };
     Ok(RunPlan::Start { run, fresh_index })
 }
@@ -346,6 +347,7 @@ fn index_build_for_retrain(
         priority: 0,
         deadline: None,
         tasks: index_build_tasks(&plan),
+        admission: None,
     }
 }
 

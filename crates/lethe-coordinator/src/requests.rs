@@ -7,9 +7,11 @@ use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1 as pb;
 use lethe_proto::lethe::v1::IndexEstimator;
 use lethe_proto::tasks::{ObjectRef, TrakSettings};
-use lethe_store::{JobKind, NewJob};
+use lethe_store::{Admission, AuditOutcome, JobKind, NewJob};
+use serde_json::json;
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::operations::to_operation;
 use crate::planner::{
     self, DeletionRequestSpec, IndexBuildPlan, DEFAULT_ALPHA, DEFAULT_MEMBERS,
@@ -45,18 +47,42 @@ pub(crate) fn request_id(id: String) -> Result<Option<String>, Status> {
 }
 
 impl Shared {
+    /// What a job submitted by `caller` carries to the store: its quota and its audit line.
+    pub(crate) fn admission(
+        &self,
+        caller: &Caller,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Admission {
+        Admission {
+            audit: caller.audit(action, String::new(), AuditOutcome::Allowed, None, detail),
+            default_max_active_jobs: self.config.max_active_jobs_per_tenant,
+        }
+    }
+
     /// The model a request names (`models/{id}`), of the caller's tenant.
-    async fn model(&self, tenant: &str, name: &str) -> Result<lethe_store::Model, Status> {
+    async fn model(
+        &self,
+        caller: &Caller,
+        action: &str,
+        name: &str,
+    ) -> Result<lethe_store::Model, Status> {
         let id = resource_id("model", "models", name)?;
-        self.store.get_model(tenant, id).await.map_err(from_store)
+        match self.store.get_model(&caller.tenant, id).await {
+            Ok(model) => Ok(model),
+            Err(error) => Err(self.refused(caller, action, error).await),
+        }
     }
 
     pub(crate) async fn create_index_build(
         &self,
-        tenant: String,
+        caller: &Caller,
         request: pb::CreateIndexBuildRequest,
     ) -> Result<Operation, Status> {
-        let model = self.model(&tenant, &request.model).await?;
+        let tenant = caller.tenant.clone();
+        let model = self
+            .model(caller, "index_build.create", &request.model)
+            .await?;
         let dataset = self
             .store
             .get_dataset(&tenant, &model.dataset)
@@ -133,14 +159,17 @@ impl Shared {
             trak,
             trak_shards,
         };
+        let request_id = request_id(request.request_id)?;
+        let detail = json!({"model": model.name, "members": members, "request_id": request_id});
         let job = NewJob {
             tenant,
             kind: JobKind::IndexBuild,
-            request_id: request_id(request.request_id)?,
+            request_id,
             spec: serde_json::to_value(&plan).expect("plans serialise"),
             priority: parse_priority(request.priority)?,
             deadline: None,
             tasks: planner::index_build_tasks(&plan),
+            admission: Some(self.admission(caller, "index_build.create", detail)),
         };
         let (job, created) = self
             .store
@@ -155,10 +184,13 @@ impl Shared {
 
     pub(crate) async fn create_deletion_request(
         &self,
-        tenant: String,
+        caller: &Caller,
         request: pb::CreateDeletionRequestRequest,
     ) -> Result<Operation, Status> {
-        let model = self.model(&tenant, &request.model).await?;
+        let tenant = caller.tenant.clone();
+        let model = self
+            .model(caller, "deletion.create", &request.model)
+            .await?;
         if request.forget.is_empty() || request.forget.len() > MAX_FORGET {
             return Err(invalid(
                 "forget",
@@ -216,14 +248,23 @@ impl Shared {
             audit_oracles: request.audit_oracles as usize,
             seed: request.seed,
         };
+        let request_id = request_id(request.request_id)?;
+        // The legal record: who asked to forget which examples of which model.
+        let detail = json!({
+            "model": model.name,
+            "forget": spec.forget,
+            "audit_oracles": spec.audit_oracles,
+            "request_id": request_id,
+        });
         let job = NewJob {
             tenant,
             kind: JobKind::Deletion,
-            request_id: request_id(request.request_id)?,
+            request_id,
             spec: serde_json::to_value(&spec).expect("specs serialise"),
             priority: parse_priority(request.priority)?,
             deadline: None,
             tasks: Vec::new(),
+            admission: Some(self.admission(caller, "deletion.create", detail)),
         };
         let (job, _) = self
             .store
@@ -235,13 +276,15 @@ impl Shared {
 
     pub(crate) async fn list_model_versions(
         &self,
-        tenant: String,
+        caller: &Caller,
         request: pb::ListModelVersionsRequest,
     ) -> Result<pb::ListModelVersionsResponse, Status> {
-        let model = self.model(&tenant, &request.model).await?;
+        let model = self
+            .model(caller, "model.list_versions", &request.model)
+            .await?;
         let versions = self
             .store
-            .model_versions(&tenant, model.id)
+            .model_versions(&caller.tenant, model.id)
             .await
             .map_err(from_store)?;
         Ok(pb::ListModelVersionsResponse {

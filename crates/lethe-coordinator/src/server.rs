@@ -11,8 +11,12 @@ use lethe_proto::lethe::v1::worker_service_server::WorkerServiceServer;
 use lethe_store::Store;
 use rand::Rng;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::Status;
 
+use crate::auth::{overloaded_status, AuthMode, Credentials, GateLayer};
 use crate::operations::OperationsApi;
 use crate::wake::Wakeups;
 use crate::worker_api::{WorkerApi, MAX_LONG_POLL};
@@ -31,6 +35,43 @@ pub struct CoordinatorConfig {
     /// (and indexes the new version) instead of fine-tuning: DMM's linear predictions hold
     /// for small removals.
     pub retrain_threshold: f64,
+    /// How callers prove who they are. The default here is trusted headers, for tests and
+    /// embedding; the `lethe-coordinator` binary defaults to tokens.
+    pub auth: AuthMode,
+    /// Calls served at once (long-polls aside); past it, calls are refused with
+    /// RESOURCE_EXHAUSTED instead of queueing behind the database pool.
+    pub max_concurrent_calls: usize,
+    /// WaitOperation, WatchOperation and AcquireTask calls held open at once.
+    pub max_long_polls: usize,
+    /// Unfinished jobs a tenant may have, unless its own quota says otherwise.
+    pub max_active_jobs_per_tenant: u32,
+    /// TLS for every connection; with a client CA, workers must present a certificate it
+    /// signed (mutual TLS) while public API clients need not.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The coordinator's TLS identity and, for mutual TLS with workers, the CA of their
+/// certificates (PEM bytes).
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub certificate: Vec<u8>,
+    pub key: Vec<u8>,
+    pub worker_ca: Option<Vec<u8>>,
+}
+
+impl TlsSettings {
+    fn server_config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.certificate, &self.key));
+        match &self.worker_ca {
+            // Optional at the handshake, so that public API clients connect without a
+            // certificate; the gate refuses worker calls that came without one.
+            Some(ca) => config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(true),
+            None => config,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -40,17 +81,44 @@ impl Default for CoordinatorConfig {
             maintenance_interval: Duration::from_secs(2),
             coalescing_window: Duration::from_secs(10),
             retrain_threshold: 0.05,
+            auth: AuthMode::TrustedHeader,
+            max_concurrent_calls: 512,
+            max_long_polls: 2048,
+            max_active_jobs_per_tenant: 1000,
+            tls: None,
         }
     }
 }
+
+/// Refusals written to the audit log at once; past it they are only in the process log.
+const AUDIT_WRITES: usize = 64;
 
 pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) wake: Wakeups,
     pub(crate) config: CoordinatorConfig,
+    pub(crate) credentials: Credentials,
+    /// Permits for calls in flight, long-polls aside.
+    pub(crate) calls: Arc<Semaphore>,
+    /// Permits for long-polls held open.
+    pub(crate) long_polls: Arc<Semaphore>,
+    /// Permits for refusals being written to the audit log in the background.
+    pub(crate) audit_writes: Arc<Semaphore>,
 }
 
 impl Shared {
+    pub(crate) fn calls_limit(&self) -> usize {
+        self.config.max_concurrent_calls
+    }
+
+    /// A long-poll permit, or RESOURCE_EXHAUSTED when as many are open as allowed.
+    pub(crate) fn long_poll(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.long_polls
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded_status("long-polls", self.config.max_long_polls))
+    }
+
     /// The poll interval, ±25 %, so that idle workers do not poll in step.
     pub(crate) fn jittered_poll_interval(&self) -> Duration {
         self.config
@@ -70,6 +138,10 @@ impl Coordinator {
             shared: Arc::new(Shared {
                 store,
                 wake: Wakeups::new(),
+                credentials: Credentials::default(),
+                calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
+                long_polls: Arc::new(Semaphore::new(config.max_long_polls.max(1))),
+                audit_writes: Arc::new(Semaphore::new(AUDIT_WRITES)),
                 config,
             }),
         }
@@ -105,12 +177,19 @@ impl Coordinator {
                 .await;
             health.set_not_serving::<LetheServer<OperationsApi>>().await;
         };
-        let result = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.shared.config.tls {
+            builder = builder.tls_config(tls.server_config())?;
+        }
+        let result = builder
             // Above the longest long-poll, so the server never cuts one short.
             .timeout(MAX_LONG_POLL + Duration::from_secs(30))
             .layer(tower::util::MapResponseLayer::new(
                 crate::status::undecodable_is_invalid_argument,
             ))
+            .layer(GateLayer {
+                shared: self.shared.clone(),
+            })
             .add_service(health_service)
             .add_service(reflection)
             .add_service(WorkerServiceServer::new(WorkerApi {

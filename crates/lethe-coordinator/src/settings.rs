@@ -8,7 +8,7 @@ use std::time::Duration;
 use lethe_config::ConfigError;
 use serde::{Deserialize, Serialize};
 
-use crate::CoordinatorConfig;
+use crate::{AuthMode, CoordinatorConfig, TlsSettings};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +33,21 @@ pub struct Settings {
     pub retrain_threshold: f64,
     /// Address to serve Prometheus metrics on (`/metrics`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// How callers prove who they are: `tokens` (API tokens from `lethe-coordinator
+    /// credentials create`) or `trusted-header` (the `x-lethe-tenant` header, believed as sent:
+    /// only behind a gateway that authenticates callers itself).
+    pub auth: AuthMode,
+    /// Calls served at once, long-polls aside; past it calls get RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: usize,
+    /// Long-polls (WaitOperation, WatchOperation, AcquireTask) held open at once.
+    pub max_long_polls: usize,
+    /// Unfinished operations a tenant may have, unless `lethe-coordinator quota` set its own.
+    pub max_active_jobs_per_tenant: u32,
+    /// PEM certificate (chain) and private key: serve TLS instead of plaintext.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of worker certificates: the worker API then requires mutual TLS.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -47,6 +62,13 @@ impl Default for Settings {
             coalescing_window_seconds: 10.0,
             retrain_threshold: 0.05,
             metrics_listen: None,
+            auth: AuthMode::Tokens,
+            max_concurrent_calls: 512,
+            max_long_polls: 2048,
+            max_active_jobs_per_tenant: 1000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -88,6 +110,27 @@ impl Settings {
                 format!("must lie in [0, 1], got {}", self.retrain_threshold),
             ));
         }
+        if self.max_concurrent_calls == 0 {
+            return Err(ConfigError::key(
+                "max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::key(
+                "tls_cert",
+                "and tls_key go together: give both or neither",
+            ));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::key(
+                "tls_client_ca",
+                "needs tls_cert and tls_key: mutual TLS is TLS first",
+            ));
+        }
+        if self.max_long_polls == 0 {
+            return Err(ConfigError::key("max_long_polls", "must be at least 1"));
+        }
         self.database().map(|_| ())
     }
 
@@ -117,11 +160,35 @@ impl Settings {
         }
     }
 
+    /// The TLS settings, with the PEM files they name read in.
+    pub fn tls(&self) -> Result<Option<TlsSettings>, ConfigError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |name: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::key(name, format!("reading {}: {e}", path.display())))
+        };
+        Ok(Some(TlsSettings {
+            certificate: read("tls_cert", cert)?,
+            key: read("tls_key", key)?,
+            worker_ca: self
+                .tls_client_ca
+                .as_ref()
+                .map(|ca| read("tls_client_ca", ca))
+                .transpose()?,
+        }))
+    }
+
     pub fn coordinator_config(&self) -> CoordinatorConfig {
         CoordinatorConfig {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             coalescing_window: Duration::from_secs_f64(self.coalescing_window_seconds),
             retrain_threshold: self.retrain_threshold,
+            auth: self.auth,
+            max_concurrent_calls: self.max_concurrent_calls,
+            max_long_polls: self.max_long_polls,
+            max_active_jobs_per_tenant: self.max_active_jobs_per_tenant,
             ..CoordinatorConfig::default()
         }
     }
@@ -170,6 +237,34 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How callers prove who they are [default: tokens].
+    #[arg(long, global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+    /// Calls served at once, long-polls aside; past it, RESOURCE_EXHAUSTED [default: 512].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Long-polls held open at once [default: 2048].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_long_polls: Option<usize>,
+    /// Unfinished operations a tenant may have by default [default: 1000].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_active_jobs_per_tenant: Option<u32>,
+    /// PEM certificate (chain) to serve TLS with [default: plaintext].
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of worker certificates: the worker API then requires mutual TLS.
+    #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Flags {

@@ -52,6 +52,17 @@ pub(crate) fn from_store(error: StoreError) -> Status {
             format!("{what} {name:?} is already registered with a different URL or hash"),
             ErrorDetails::with_resource_info(what, name, "", "names are bound to one URL for good"),
         ),
+        StoreError::QuotaExceeded { tenant, limit } => Status::with_error_details(
+            Code::ResourceExhausted,
+            format!(
+                "tenant {tenant:?} has its quota of {limit} unfinished operations; wait for some \
+                 to finish or ask for a larger quota"
+            ),
+            ErrorDetails::with_quota_failure_violation(
+                format!("tenants/{tenant}"),
+                format!("at most {limit} unfinished operations"),
+            ),
+        ),
         StoreError::InvalidArgument(message) => Status::invalid_argument(message),
         StoreError::FailedPrecondition(message) => Status::failed_precondition(message),
         e if e.is_transient() => {

@@ -1,9 +1,11 @@
 //! Malformed and hostile requests through a real gRPC client, against the `lethe-coordinator`
 //! binary: unknown and foreign IDs, out-of-range and duplicate example indices, empty and
 //! oversized forget sets, huge strings, strings that are not UTF-8, wrong enum values, garbage
-//! and truncated protobuf bytes, path traversal in URLs, bad tenant headers, and worker calls
-//! naming nothing. Every one must get the expected status code with a message that says what
-//! was wrong, write nothing, and leave the process running.
+//! and truncated protobuf bytes, path traversal in URLs, missing, malformed, unknown, revoked
+//! and misused API tokens, and worker calls naming nothing. Every one must get the expected
+//! status code with a message that says what was wrong, write nothing but its audit line, and
+//! leave the process running. Refused credentials and other tenants' resources must each leave
+//! a `denied` line in the audit log.
 //!
 //! `LETHE_RELIABILITY_OUT=FILE` merges the figures into that JSON (`make chaos` does).
 
@@ -17,7 +19,6 @@ use std::time::Duration;
 mod reliability;
 
 use bytes::{Buf, BufMut};
-use lethe_coordinator::TENANT_HEADER;
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, ListOperationsRequest, WaitOperationRequest,
@@ -31,7 +32,7 @@ use lethe_proto::lethe::v1::{
     WatchOperationRequest,
 };
 use lethe_store::sqlx::{self, PgPool};
-use lethe_store::LocalCluster;
+use lethe_store::{CredentialKind, LocalCluster, Store, StoreConfig};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
@@ -50,6 +51,8 @@ struct Case {
     /// A word the message must contain (lower case), so that it says what was wrong.
     hint: &'static str,
     cross_tenant: bool,
+    /// Whether the refusal must be appended to the audit log as denied.
+    logged: bool,
 }
 
 fn case(
@@ -64,14 +67,41 @@ fn case(
         code,
         hint,
         cross_tenant: false,
+        logged: false,
     }
+}
+
+/// The tokens the suite calls with, issued before the coordinator starts.
+struct Tokens {
+    tenants: std::collections::HashMap<String, String>,
+    worker: String,
+    revoked: String,
+}
+
+static TOKENS: std::sync::OnceLock<Tokens> = std::sync::OnceLock::new();
+
+fn tokens() -> &'static Tokens {
+    TOKENS.get().expect("tokens are issued first")
+}
+
+fn bearer(token: &str) -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {token}").parse().unwrap()
+}
+
+fn as_worker<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(&tokens().worker));
+    request.set_timeout(Duration::from_secs(10));
+    request
 }
 
 fn as_tenant<T>(tenant: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
-        .insert(TENANT_HEADER, tenant.parse().unwrap());
+        .insert("authorization", bearer(&tokens().tenants[tenant]));
     request.set_timeout(Duration::from_secs(10));
     request
 }
@@ -120,9 +150,12 @@ fn raw(path: &'static str, body: Vec<u8>) -> impl Fn(Channel) -> Reply {
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let path = http::uri::PathAndQuery::from_static(path);
-            grpc.unary(as_tenant(OWNER, body), path, RawCodec)
-                .await
-                .map(|_| ())
+            let request = if path.path().starts_with("/lethe.v1.WorkerService/") {
+                as_worker(body)
+            } else {
+                as_tenant(OWNER, body)
+            };
+            grpc.unary(request, path, RawCodec).await.map(|_| ())
         })
     }
 }
@@ -171,7 +204,7 @@ macro_rules! workers {
             let request = request.clone();
             Box::pin(async move {
                 WorkerServiceClient::new(channel)
-                    .$method(request)
+                    .$method(as_worker(request))
                     .await
                     .map(|_| ())
             })
@@ -470,6 +503,8 @@ fn cases(world: &World) -> Vec<Case> {
         }
         for mut one in foreign {
             one.cross_tenant = true;
+            // A guessed id that nobody holds is a plain "not found"; the rest reach for acme's.
+            one.logged = !one.what.contains("guessed");
             all.push(one);
         }
     }
@@ -1078,47 +1113,8 @@ fn cases(world: &World) -> Vec<Case> {
         ),
     ));
 
-    // Tenant headers.
-    for tenant in [
-        "has space",
-        "slash/tenant",
-        "ünï",
-        "x".repeat(201).leak(),
-        "semi;colon",
-        "quote\"d",
-        "",
-        "../acme",
-    ] {
-        let send = move |channel: Channel| -> Reply {
-            let tenant = tenant.to_string();
-            Box::pin(async move {
-                let mut request = tonic::Request::new(GetModelRequest {
-                    name: "models/m".into(),
-                });
-                match tonic::metadata::MetadataValue::try_from(tenant.as_str()) {
-                    Ok(value) => {
-                        request.metadata_mut().insert(TENANT_HEADER, value);
-                    }
-                    // Not even sendable as a header: the client refuses it, which is the point.
-                    Err(_) => {
-                        return Err(Status::invalid_argument(format!(
-                            "{TENANT_HEADER}: not a header value"
-                        )))
-                    }
-                }
-                LetheClient::new(channel)
-                    .get_model(request)
-                    .await
-                    .map(|_| ())
-            })
-        };
-        all.push(case(
-            format!("tenant header {tenant:.20?}"),
-            Code::InvalidArgument,
-            "x-lethe-tenant",
-            send,
-        ));
-    }
+    // Credentials: none, malformed, unknown, revoked, and the wrong kind for the API.
+    all.extend(credential_cases());
 
     // Bytes that are not the message they claim to be.
     let paths = [
@@ -1351,6 +1347,156 @@ fn cases(world: &World) -> Vec<Case> {
 }
 
 /// Row counts of every table a request could write to.
+/// One public and one worker method, called with every kind of bad credential.
+fn credential_cases() -> Vec<Case> {
+    type Send = fn(Channel, Option<String>) -> Reply;
+    /// `message` with this `authorization` metadata, or none.
+    fn with<T>(authorization: Option<String>, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        request
+    }
+    let methods: [(&str, bool, Send); 4] = [
+        ("GetModel", false, |channel, authorization| {
+            let request = with(
+                authorization,
+                GetModelRequest {
+                    name: "models/m".into(),
+                },
+            );
+            Box::pin(async move {
+                LetheClient::new(channel)
+                    .get_model(request)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        ("CreateDeletionRequest", false, |channel, authorization| {
+            let request = with(authorization, deletion("models/m", vec![1, 2]));
+            Box::pin(async move {
+                LetheClient::new(channel)
+                    .create_deletion_request(request)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        ("ListOperations", false, |channel, authorization| {
+            let request = with(authorization, ListOperationsRequest::default());
+            Box::pin(async move {
+                OperationsClient::new(channel)
+                    .list_operations(request)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        ("RegisterWorker", true, |channel, authorization| {
+            let request = with(
+                authorization,
+                RegisterWorkerRequest {
+                    name: "intruder".into(),
+                    device: Device::Cpu as i32,
+                    memory_bytes: 1,
+                    slots: 1,
+                    version: "t".into(),
+                    kinds: vec!["noop".into()],
+                },
+            );
+            Box::pin(async move {
+                WorkerServiceClient::new(channel)
+                    .register_worker(request)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+    ];
+    let tokens = tokens();
+    let unknown = format!("lethe_t_{}", "0".repeat(64));
+    let mut all = Vec::new();
+    for (method, worker_api, send) in methods {
+        let mut variants: Vec<(String, Option<String>, Code, &'static str)> = vec![
+            ("no token".into(), None, Code::Unauthenticated, "token"),
+            (
+                "Basic credentials".into(),
+                Some("Basic dXNlcjpwYXNz".into()),
+                Code::Unauthenticated,
+                "bearer",
+            ),
+            (
+                "an empty bearer".into(),
+                Some("Bearer ".into()),
+                Code::Unauthenticated,
+                "bearer",
+            ),
+            (
+                "a 300-byte token".into(),
+                Some(format!("Bearer {}", "x".repeat(300))),
+                Code::Unauthenticated,
+                "bearer",
+            ),
+            (
+                "a token never issued".into(),
+                Some(format!("Bearer {unknown}")),
+                Code::Unauthenticated,
+                "token",
+            ),
+            (
+                "a revoked token".into(),
+                Some(format!("Bearer {}", tokens.revoked)),
+                Code::Unauthenticated,
+                "revoked",
+            ),
+        ];
+        if worker_api {
+            variants.push((
+                "a tenant's token".into(),
+                Some(format!("Bearer {}", tokens.tenants[OWNER])),
+                Code::PermissionDenied,
+                "worker api",
+            ));
+        } else {
+            variants.push((
+                "a worker's token".into(),
+                Some(format!("Bearer {}", tokens.worker)),
+                Code::PermissionDenied,
+                "worker",
+            ));
+        }
+        for (what, authorization, code, hint) in variants {
+            let mut one = case(
+                format!("{method} with {what}"),
+                code,
+                hint,
+                move |channel: Channel| send(channel, authorization.clone()),
+            );
+            one.logged = true;
+            all.push(one);
+        }
+    }
+    all
+}
+
+async fn denials(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE outcome = 'denied'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Refusals at the gate are logged in the background: wait a little for the line.
+async fn denial_logged(pool: &PgPool, before: i64) -> bool {
+    for _ in 0..50 {
+        if denials(pool).await > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn rows(pool: &PgPool) -> Vec<i64> {
     let mut counts = Vec::new();
     for table in [
@@ -1416,24 +1562,24 @@ async fn world(channel: &Channel) -> World {
         .name;
     let mut workers = WorkerServiceClient::new(channel.clone());
     let worker_id = workers
-        .register_worker(RegisterWorkerRequest {
+        .register_worker(as_worker(RegisterWorkerRequest {
             name: "setup".into(),
             device: Device::Cpu as i32,
             memory_bytes: 1 << 30,
             slots: 1,
             version: "t".into(),
             kinds: vec!["retrain".into(), "build_index".into()],
-        })
+        }))
         .await
         .unwrap()
         .into_inner()
         .worker_id;
     for _ in 0..3 {
         let task = workers
-            .acquire_task(AcquireTaskRequest {
+            .acquire_task(as_worker(AcquireTaskRequest {
                 worker_id: worker_id.clone(),
                 wait: Some(Duration::from_secs(5).try_into().unwrap()),
-            })
+            }))
             .await
             .unwrap()
             .into_inner()
@@ -1457,14 +1603,14 @@ async fn world(channel: &Channel) -> World {
             (vec![artifact("members"), artifact("manifest")], "{}")
         };
         workers
-            .complete_task(CompleteTaskRequest {
+            .complete_task(as_worker(CompleteTaskRequest {
                 worker_id: worker_id.clone(),
                 task_id: task.task_id.clone(),
                 attempt: task.attempt,
                 artifacts,
                 result_json: result.into(),
                 acquire_next: false,
-            })
+            }))
             .await
             .unwrap();
     }
@@ -1531,6 +1677,41 @@ async fn hostile_requests_get_the_right_code_and_change_nothing() {
         .await
         .unwrap()
         .unwrap();
+    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
+    let mut tenants = std::collections::HashMap::new();
+    for tenant in std::iter::once(OWNER).chain(FOREIGN) {
+        let issued = store
+            .create_credential(
+                CredentialKind::Tenant,
+                Some(tenant),
+                &format!("{tenant}-ci"),
+                "suite",
+            )
+            .await
+            .unwrap();
+        tenants.insert(tenant.to_string(), issued.token);
+    }
+    let worker = store
+        .create_credential(CredentialKind::Worker, None, "fleet", "suite")
+        .await
+        .unwrap()
+        .token;
+    let revoked = store
+        .create_credential(CredentialKind::Tenant, Some(OWNER), "leaked", "suite")
+        .await
+        .unwrap();
+    store
+        .revoke_credential(revoked.credential.id, "suite")
+        .await
+        .unwrap();
+    TOKENS
+        .set(Tokens {
+            tenants,
+            worker,
+            revoked: revoked.token,
+        })
+        .ok()
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1569,9 +1750,18 @@ async fn hostile_requests_get_the_right_code_and_change_nothing() {
 
     let cases = cases(&world);
     let (mut wrong, mut writes, mut cross_tenant, mut cross_allowed) = (Vec::new(), 0, 0, 0);
+    let (mut refusals, mut unlogged) = (0, 0);
     for case in &cases {
         let before = rows(&pool).await;
+        let denied_before = denials(&pool).await;
         let answer = (case.send)(channel.clone()).await;
+        if case.logged {
+            refusals += 1;
+            if !denial_logged(&pool, denied_before).await {
+                unlogged += 1;
+                wrong.push(format!("{}: no denied line in the audit log", case.what));
+            }
+        }
         let after = rows(&pool).await;
         if before != after {
             writes += 1;
@@ -1621,6 +1811,8 @@ async fn hostile_requests_get_the_right_code_and_change_nothing() {
         "bad_input_crashes": u64::from(crashed),
         "cross_tenant_attempts": cross_tenant,
         "cross_tenant_allowed": cross_allowed,
+        "refusals_expected_in_audit_log": refusals,
+        "refusals_missing_from_audit_log": unlogged,
     });
     eprintln!("bad input: {report}");
     if let Ok(path) = std::env::var("LETHE_RELIABILITY_OUT") {

@@ -107,6 +107,7 @@ impl Stack {
             tasks: (0..tasks)
                 .map(|i| NewTask::new("noop", json!({ "i": i })))
                 .collect(),
+            admission: None,
         };
         self.store.create_job(&job).await.unwrap().0.id
     }

@@ -19,7 +19,10 @@ use lethe_proto::lethe::v1::{
     FailTaskRequest, GetTaskInputsRequest, HeartbeatRequest, LeasedTask, Progress,
     RegisterWorkerRequest,
 };
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Code;
 
 pub use noop::NoopHandler;
@@ -122,6 +125,32 @@ pub struct RunnerConfig {
     /// How long running tasks may take to finish after shutdown begins before they are handed
     /// back.
     pub drain_grace: Duration,
+    /// The worker credential's token, sent with every call; `None` for coordinators that
+    /// trust their network (`auth = "trusted-header"`).
+    pub token: Option<String>,
+    /// TLS to the coordinator (an https:// endpoint), with a client certificate for mutual TLS.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// The worker API client, with the worker's token on every call.
+type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <token>` to each call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// What a runner did, for its exit summary.
@@ -161,12 +190,24 @@ impl Runner {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunSummary, RunnerError> {
-        let channel = Channel::from_shared(self.config.endpoint.clone())
-            .map_err(|_| {
-                RunnerError::Rpc(tonic::Status::invalid_argument("bad coordinator endpoint"))
-            })?
-            .connect_lazy();
-        let mut client = WorkerServiceClient::new(channel);
+        let bad = |what: &str| RunnerError::Rpc(tonic::Status::invalid_argument(what.to_string()));
+        let mut endpoint = Channel::from_shared(self.config.endpoint.clone())
+            .map_err(|_| bad("bad coordinator endpoint"))?;
+        if let Some(tls) = self.config.tls.clone() {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| bad(&format!("TLS settings: {e}")))?;
+        }
+        let token = match &self.config.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| bad("the token is not printable ASCII"))?,
+            ),
+            None => None,
+        };
+        let mut client =
+            WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), BearerToken(token));
         let request = RegisterWorkerRequest {
             name: self.config.name.clone(),
             device: self.config.device as i32,
@@ -259,7 +300,7 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 struct Shared {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerClient,
     worker_id: String,
     heartbeat: Duration,
     artifacts: ArtifactStore,

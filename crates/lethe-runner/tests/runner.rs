@@ -67,6 +67,8 @@ impl Stack {
             slots: 1,
             poll_wait: Duration::from_secs(2),
             drain_grace: Duration::from_millis(300),
+            token: None,
+            tls: None,
         };
         Runner::new(config, self.artifacts.clone())
     }
@@ -82,6 +84,7 @@ impl Stack {
             tasks: (0..tasks)
                 .map(|_| NewTask::new("noop", spec.clone()))
                 .collect(),
+            admission: None,
         };
         self.store.create_job(&job).await.unwrap().0.id
     }
@@ -258,6 +261,8 @@ async fn a_runner_started_before_its_coordinator_waits_for_it() {
         slots: 1,
         poll_wait: Duration::from_secs(2),
         drain_grace: Duration::from_millis(300),
+        token: None,
+        tls: None,
     };
     let (stop, runner) = spawn_runner(Runner::new(config, stack.artifacts.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -120,6 +120,31 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// The cluster in `data_dir` if a server is running on it now (another process started
+    /// it): its port is read from `postmaster.pid`. Administrative commands use it to reach the
+    /// database of a running local stack.
+    pub fn running(data_dir: &Path) -> Result<Option<Self>, StoreError> {
+        let Ok(pid_file) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+            return Ok(None);
+        };
+        let mut lines = pid_file.lines();
+        let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
+        let port = lines.nth(2).and_then(|l| l.trim().parse::<u16>().ok());
+        let (Some(pid), Some(port)) = (pid, port) else {
+            return Ok(None);
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            bin_dir: find_bin_dir()?,
+            data_dir: data_dir.to_path_buf(),
+            port,
+            run_as: is_root().then(|| "postgres".to_string()),
+            _root: None,
+        }))
+    }
+
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> Result<(), StoreError> {
         let log = self.data_dir.join("server.log");

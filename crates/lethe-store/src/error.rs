@@ -29,6 +29,9 @@ pub enum StoreError {
     /// An idempotency key was reused for a request that differs from the first one.
     #[error("request_id {request_id:?} was already used for a different request")]
     IdempotencyConflict { request_id: String },
+    /// The tenant already has as many unfinished jobs as its quota allows.
+    #[error("tenant {tenant:?} already has its quota of {limit} unfinished jobs")]
+    QuotaExceeded { tenant: String, limit: u32 },
     /// The request is valid but the state it would act on does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -8,6 +8,7 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, JOB_COLUMNS, TASK_COLUMNS};
+use crate::tenancy::{append, check_tenant_quota, lock_tenant_quota};
 use crate::types::{Job, JobFilter, JobKind, JobState, NewJob, Page, Task, TaskCounts};
 use crate::{Store, StoreError};
 
@@ -58,6 +59,9 @@ impl Store {
         validate(new)?;
         let request_hash = request_hash(new);
         let mut tx = self.pool.begin().await?;
+        if new.admission.is_some() {
+            lock_tenant_quota(&mut tx, &new.tenant).await?;
+        }
         let inserted = insert_job(&mut tx, new, model_id, run_id, &request_hash).await?;
         let Some(row) = inserted else {
             // Only a request_id can conflict. The competing insert has committed by now (ON
@@ -76,8 +80,14 @@ impl Store {
             }
             return Ok((rows::job(&row)?, false));
         };
-        tx.commit().await?;
         let mut job = rows::job(&row)?;
+        if let Some(admission) = &new.admission {
+            check_tenant_quota(&mut tx, &new.tenant, admission.default_max_active_jobs).await?;
+            let mut audit = admission.audit.clone();
+            audit.resource = format!("operations/{}", job.id);
+            append(&mut tx, &audit).await?;
+        }
+        tx.commit().await?;
         // RETURNING ran before the tasks existed.
         let blocked = new
             .tasks

@@ -12,6 +12,9 @@
 //! - [`Store::create_deletion_request`] files a request; [`Store::start_deletion_run`]
 //!   coalesces a model's pending requests into one run, and a trigger carries the run's state
 //!   to its requests and records the model version it made.
+//! - [`Store::create_credential`] issues API tokens (kept as SHA-256 only); jobs submitted with
+//!   an [`Admission`] are checked against their tenant's quota and audited in the transaction
+//!   that creates them, in an append-only `audit_log`.
 //! - [`Store::reap_expired_leases`], [`Store::finalize_finished_jobs`] and
 //!   [`Store::expire_deadlines`] are safe to run from every replica at once.
 //!
@@ -27,6 +30,7 @@ mod leases;
 mod registry;
 mod retry;
 mod rows;
+mod tenancy;
 mod types;
 mod workers;
 
@@ -45,6 +49,10 @@ pub use registry::{Dataset, Model};
 pub use retry::RetryPolicy;
 /// The driver, for callers that run their own SQL against the store's pool (benchmarks, checks).
 pub use sqlx;
+pub use tenancy::{
+    token_digest, Admission, AuditEntry, AuditOutcome, AuditRecord, Credential, CredentialKind,
+    IssuedCredential,
+};
 pub use types::*;
 
 /// The schema, embedded at build time from the workspace's `migrations/`.

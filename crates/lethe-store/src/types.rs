@@ -131,6 +131,9 @@ pub struct NewJob {
     pub priority: i16,
     pub deadline: Option<DateTime<Utc>>,
     pub tasks: Vec<NewTask>,
+    /// For a job a caller submitted: the quota it must fit and the audit line that records it.
+    /// `None` for the coordinator's own jobs and for tests.
+    pub admission: Option<crate::Admission>,
 }
 
 #[derive(Clone, Debug)]

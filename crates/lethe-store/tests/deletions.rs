@@ -70,6 +70,7 @@ async fn model_with_index(store: &Store, worker: Uuid) -> Uuid {
         priority: 0,
         deadline: None,
         tasks: vec![NewTask::new("build_index", json!({}))],
+        admission: None,
     };
     store
         .create_job_about(&build, Some(model.id))
@@ -99,6 +100,7 @@ async fn request(store: &Store, model: Uuid, forget: &[i64]) -> Uuid {
         priority: 0,
         deadline: None,
         tasks: vec![],
+        admission: None,
     };
     store
         .create_deletion_request(&new, model)
@@ -134,6 +136,7 @@ fn plan(inputs: &RunInputs) -> Result<RunPlan, StoreError> {
             "match",
             json!({"from": inputs.current.object.uri}),
         )],
+        admission: None,
     };
     Ok(RunPlan::Start {
         run,
@@ -297,6 +300,7 @@ async fn task_inputs_are_the_dependencies_artifacts_for_the_current_attempt_only
             NewTask::new("first", json!({"part": 1})),
             NewTask::new("second", json!({})).after([0]),
         ],
+        admission: None,
     };
     store.create_job(&job).await.unwrap();
     finish_next(&store, worker, &[artifact("part")]).await;

@@ -65,6 +65,7 @@ async fn random_interleavings_keep_every_invariant() {
             priority: rng.random_range(-2..3),
             deadline: None,
             tasks,
+            admission: None,
         };
         store.create_job(&job).await.unwrap();
     }

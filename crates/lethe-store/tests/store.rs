@@ -57,6 +57,7 @@ fn job(tenant: &str, tasks: Vec<NewTask>) -> NewJob {
         priority: 0,
         deadline: None,
         tasks,
+        admission: None,
     }
 }
 

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use lethe_artifacts::ArtifactStore;
 use lethe_config::ConfigError;
 use lethe_proto::lethe::v1::Device;
 use lethe_runner::{Runner, RunnerConfig};
 use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// How the settings are named in each layer: shown by `serve --help` and `dump-config --help`.
 pub(crate) const SETTINGS_HELP: &str = "Every flag is also a key of the --config file \
@@ -34,6 +36,15 @@ pub(crate) struct Settings {
     cpu: bool,
     /// Seconds running tasks may take to finish after SIGTERM before they are handed back.
     drain_grace_seconds: f64,
+    /// The worker credential's token (`lethe-coordinator credentials create --worker`). Secret:
+    /// prefer LETHE_TOKEN or the config file to the flag, which other users can see in `ps`.
+    token: Option<String>,
+    /// PEM file of the CA that signed the coordinator's certificate: connect over TLS
+    /// (the endpoint is then https://).
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate and key of this worker, for coordinators that require mutual TLS.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -45,6 +56,10 @@ impl Default for Settings {
             slots: 1,
             cpu: false,
             drain_grace_seconds: 30.0,
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -69,7 +84,27 @@ impl Settings {
                 ),
             ));
         }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::key(
+                "token",
+                "is empty: issue one with `lethe-coordinator credentials create --worker`",
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::key(
+                "tls_cert",
+                "and tls_key go together: give both or neither",
+            ));
+        }
         Ok(())
+    }
+
+    /// The settings with the token hidden, for printing.
+    fn redacted(&self) -> Self {
+        Settings {
+            token: self.token.as_ref().map(|_| "(hidden)".into()),
+            ..self.clone()
+        }
     }
 }
 
@@ -106,6 +141,22 @@ pub(crate) struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     drain_grace_seconds: Option<f64>,
+    /// The worker credential's token; prefer LETHE_TOKEN, which `ps` does not show.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// PEM file of the CA that signed the coordinator's certificate (TLS).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate of this worker, for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of this worker, for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeFlags {
@@ -117,9 +168,27 @@ impl ServeFlags {
 /// `lethe-worker dump-config`: the settings as they resolve, as a TOML file.
 pub(crate) fn dump_config(flags: ServeFlags) -> anyhow::Result<()> {
     let settings = flags.unvalidated()?;
-    print!("{}", lethe_config::to_toml(&settings)?);
+    print!("{}", lethe_config::to_toml(&settings.redacted())?);
     settings.validate()?;
     Ok(())
+}
+
+/// The TLS settings of the connection to the coordinator, read from the PEM files named.
+fn client_tls(settings: &Settings) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &settings.tls_ca else {
+        return Ok(None);
+    };
+    let read = |key: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {} ({key})", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("tls_ca", ca)?));
+    if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+        tls = tls.identity(Identity::from_pem(
+            read("tls_cert", cert)?,
+            read("tls_key", key)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
@@ -131,6 +200,7 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
         .init();
     let args = flags.unvalidated()?;
     args.validate()?;
+    let tls = client_tls(&args)?;
     let artifacts_url = args.artifacts.clone().unwrap_or_default();
     let artifacts = open_artifacts(&artifacts_url)?;
     let cuda = !args.cpu && tch::Cuda::is_available();
@@ -151,6 +221,8 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
         slots: args.slots.max(1),
         poll_wait: Duration::from_secs(30),
         drain_grace: Duration::from_secs_f64(args.drain_grace_seconds),
+        token: args.token.clone(),
+        tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

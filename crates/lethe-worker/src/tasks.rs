@@ -54,6 +54,17 @@ fn ml_error(error: MlError) -> TaskError {
     }
 }
 
+/// Names the object a local copy came from in an error about the copy: the scratch path means
+/// nothing to whoever reads the operation's error.
+fn about_object(error: TaskError, local: &Path, uri: &str) -> TaskError {
+    let name = |message: String| message.replace(&local.display().to_string(), uri);
+    match error {
+        TaskError::Retryable(message) => TaskError::Retryable(name(message)),
+        TaskError::Fatal(message) => TaskError::Fatal(name(message)),
+        TaskError::Cancelled => TaskError::Cancelled,
+    }
+}
+
 fn artifact_error(error: ArtifactError) -> TaskError {
     match error {
         ArtifactError::InvalidUrl { .. } | ArtifactError::HashMismatch { .. } => {
@@ -161,23 +172,30 @@ fn load_dataset(
                     "a dataset prefix holds two files and cannot have one sha256".into(),
                 ));
             }
-            let split = |name: &str| -> Result<PathBuf, TaskError> {
+            let mut local = Vec::new();
+            let mut split = |name: &str| -> Result<PathBuf, TaskError> {
                 let object = ObjectRef {
                     uri: format!("{}/{name}.safetensors", dataset.uri.trim_end_matches('/')),
                     sha256: None,
                 };
                 let path = dir.join(format!("dataset-{name}.safetensors"));
                 fetch(context, &object, &path)?;
+                local.push((path.clone(), object.uri));
                 Ok(path)
             };
-            DatasetSpec {
+            let spec = DatasetSpec {
                 source: DatasetSource::Safetensors {
                     train: split("train")?,
                     val: split("val")?,
                 },
                 train_limit: None,
                 val_limit: None,
-            }
+            };
+            return Dataset::load(&spec).map_err(|error| {
+                local.iter().fold(ml_error(error), |error, (path, uri)| {
+                    about_object(error, path, uri)
+                })
+            });
         }
     };
     Dataset::load(&spec).map_err(ml_error)
@@ -195,7 +213,8 @@ fn load_checkpoint(
 ) -> Result<(Model, CheckpointInfo, String), TaskError> {
     let path = dir.join(file_name);
     let read = fetch(context, object, &path)?;
-    let (model, info) = checkpoint::load(&path, device).map_err(ml_error)?;
+    let (model, info) = checkpoint::load(&path, device)
+        .map_err(|error| about_object(ml_error(error), &path, &object.uri))?;
     check_fits(&info, data, Path::new(&object.uri))?;
     Ok((model, info, hex::encode(read.sha256)))
 }

@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[path = "../../lethe-coordinator/tests/support/reliability.rs"]
 mod reliability;
 
-use lethe_coordinator::TENANT_HEADER;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
     CreateDeletionRequestRequest, CreateIndexBuildRequest, RegisterDatasetRequest,
@@ -142,6 +141,7 @@ struct Fleet {
     coordinators: [Option<Process>; 2],
     workers: Vec<(usize, Process)>,
     spawned: usize,
+    worker_token: String,
 }
 
 impl Fleet {
@@ -169,6 +169,7 @@ impl Fleet {
             .args(["serve", "--coordinator", &self.endpoint(replica)])
             .args(["--artifacts", &self.artifacts, "--name", &name])
             .args(["--cpu", "--drain-grace-seconds", "1"])
+            .env("LETHE_TOKEN", &self.worker_token)
             // Several workers share two cores: one thread each.
             .env("OMP_NUM_THREADS", "1");
         self.workers
@@ -213,11 +214,32 @@ impl Fleet {
     }
 }
 
+/// The tenant's token: issued once, before the fleet starts.
+static TENANT_TOKEN: OnceLock<String> = OnceLock::new();
+
+/// Issues a token with `lethe-coordinator credentials create`, as an operator would.
+fn issue_token(database_url: &str, credential: &[&str]) -> String {
+    let output = Command::new(binary("lethe-coordinator"))
+        .args(["--database-url", database_url, "credentials", "create"])
+        .args(credential)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "credentials create: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 fn call<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    let token = TENANT_TOKEN
+        .get()
+        .expect("the tenant's token is issued first");
     request
         .metadata_mut()
-        .insert(TENANT_HEADER, TENANT.parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request.set_timeout(Duration::from_secs(10));
     request
 }
@@ -442,6 +464,13 @@ async fn the_service_keeps_its_promises_under_faults() {
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let ports = [free_port(), free_port()];
+    TENANT_TOKEN
+        .set(issue_token(
+            &database_url,
+            &["--tenant", TENANT, "--name", "chaos-client"],
+        ))
+        .unwrap();
+    let worker_token = issue_token(&database_url, &["--worker", "--name", "chaos-fleet"]);
     let mut fleet = Fleet {
         dir: logs,
         database_url: database_url.clone(),
@@ -450,6 +479,7 @@ async fn the_service_keeps_its_promises_under_faults() {
         coordinators: [None, None],
         workers: Vec::new(),
         spawned: 0,
+        worker_token,
     };
     fleet.start_coordinator(0);
     for _ in 0..WORKERS {

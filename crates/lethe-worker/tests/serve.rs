@@ -23,6 +23,8 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
         cluster: _cluster,
         store,
         coordinator,
+        worker_token,
+        ..
     } = stack("serve", Duration::from_secs(2), config).await;
     let dir = tempfile::tempdir().unwrap();
     let artifacts = format!("file://{}/artifacts", dir.path().display());
@@ -37,16 +39,19 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
         tasks: (0..4)
             .map(|_| NewTask::new("noop", json!({"seconds": 1.5, "artifact_bytes": 256})))
             .collect(),
+        admission: None,
     };
     let job = store.create_job(&job).await.unwrap().0.id;
     let mut victim = serve(
         &coordinator.endpoint(),
+        &worker_token,
         &artifacts,
         "victim",
         Stdio::piped(),
     );
     let mut survivor = serve(
         &coordinator.endpoint(),
+        &worker_token,
         &artifacts,
         "survivor",
         Stdio::piped(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{serve, stack, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_coordinator::{operation_name, CoordinatorConfig, TENANT_HEADER};
+use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::outputs::{margins, Outputs};
@@ -31,13 +31,15 @@ use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 use tonic::transport::Channel;
 
-const TENANT: &str = "acme";
+/// Tenant acme's token, which the stack issued.
+static TENANT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn call<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    let token = TENANT_TOKEN.get().expect("the stack is up");
     request
         .metadata_mut()
-        .insert(TENANT_HEADER, TENANT.parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
@@ -91,12 +93,16 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         maintenance_interval: Duration::from_millis(200),
         coalescing_window: Duration::from_secs(1),
         retrain_threshold: 0.05,
+        ..CoordinatorConfig::default()
     };
     let Stack {
         cluster: _cluster,
         store,
         coordinator,
+        tenant_token,
+        worker_token,
     } = stack("e2e", Duration::from_secs(3), config).await;
+    TENANT_TOKEN.set(tenant_token).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("artifacts");
     let artifacts = format!("file://{}", root.display());
@@ -150,8 +156,20 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap_err();
     assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
 
-    let mut first = serve(&coordinator.endpoint(), &artifacts, "first", Stdio::null());
-    let mut second = serve(&coordinator.endpoint(), &artifacts, "second", Stdio::null());
+    let mut first = serve(
+        &coordinator.endpoint(),
+        &worker_token,
+        &artifacts,
+        "first",
+        Stdio::null(),
+    );
+    let mut second = serve(
+        &coordinator.endpoint(),
+        &worker_token,
+        &artifacts,
+        "second",
+        Stdio::null(),
+    );
 
     let index = client
         .create_index_build(call(CreateIndexBuildRequest {
@@ -319,7 +337,13 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     };
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut third = serve(&coordinator.endpoint(), &artifacts, "third", Stdio::null());
+    let mut third = serve(
+        &coordinator.endpoint(),
+        &worker_token,
+        &artifacts,
+        "third",
+        Stdio::null(),
+    );
     let done_c = watch(&mut client, &request_c.name).await;
     let result_c = result_json(&done_c);
     assert_eq!(result_c["model_version"], 2);

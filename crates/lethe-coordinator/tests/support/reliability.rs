@@ -5,7 +5,7 @@
 use std::path::Path;
 
 /// Writes `report`'s keys into the JSON object at `path`, keeping the keys already there, and
-/// sums both campaigns' crash counts into `crashes`.
+/// sums the campaigns' crash counts into `crashes`.
 pub(crate) fn merge_into(path: &Path, report: &serde_json::Value) {
     let mut merged: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(path)
         .ok()
@@ -14,10 +14,14 @@ pub(crate) fn merge_into(path: &Path, report: &serde_json::Value) {
     for (key, value) in report.as_object().expect("a report is a JSON object") {
         merged.insert(key.clone(), value.clone());
     }
-    let crashes: u64 = ["chaos_crashes", "bad_input_crashes"]
-        .iter()
-        .filter_map(|key| merged.get(*key).and_then(|v| v.as_u64()))
-        .sum();
+    let crashes: u64 = [
+        "chaos_crashes",
+        "bad_input_crashes",
+        "malformed_objects_worker_crashes",
+    ]
+    .iter()
+    .filter_map(|key| merged.get(*key).and_then(|v| v.as_u64()))
+    .sum();
     merged.insert("crashes".into(), crashes.into());
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("create the results directory");

@@ -1,32 +1,56 @@
 //! What the service tests of this crate share: PostgreSQL, a coordinator and worker processes
 //! on loopback.
+// Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator};
-use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
+use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
 
-/// A private PostgreSQL cluster (stopped when dropped), a store on it and a coordinator.
+/// A private PostgreSQL cluster (stopped when dropped), a store on it and a coordinator that
+/// wants API tokens, with one for tenant `acme` and one for workers.
 pub(crate) struct Stack {
     pub(crate) cluster: LocalCluster,
     pub(crate) store: Store,
     pub(crate) coordinator: RunningCoordinator,
+    pub(crate) tenant_token: String,
+    pub(crate) worker_token: String,
 }
 
 /// A stack whose leases last `lease`.
 pub(crate) async fn stack(database: &str, lease: Duration, config: CoordinatorConfig) -> Stack {
+    let store = StoreConfig {
+        lease,
+        ..StoreConfig::default()
+    };
+    stack_with(database, store, config).await
+}
+
+/// A stack with these store settings.
+pub(crate) async fn stack_with(
+    database: &str,
+    store: StoreConfig,
+    config: CoordinatorConfig,
+) -> Stack {
     let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
     let url = cluster.create_database(database).unwrap();
-    let store = Store::connect(
-        &url,
-        StoreConfig {
-            lease,
-            ..StoreConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let store = Store::connect(&url, store).await.unwrap();
+    let tenant_token = store
+        .create_credential(CredentialKind::Tenant, Some("acme"), "acme-tests", "tests")
+        .await
+        .unwrap()
+        .token;
+    let worker_token = store
+        .create_credential(CredentialKind::Worker, None, "test-workers", "tests")
+        .await
+        .unwrap()
+        .token;
+    let config = CoordinatorConfig {
+        auth: AuthMode::Tokens,
+        ..config
+    };
     let coordinator = Coordinator::new(store.clone(), config)
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
@@ -35,6 +59,8 @@ pub(crate) async fn stack(database: &str, lease: Duration, config: CoordinatorCo
         cluster,
         store,
         coordinator,
+        tenant_token,
+        worker_token,
     }
 }
 
@@ -62,11 +88,19 @@ impl Drop for Worker {
     }
 }
 
-/// `lethe-worker serve` on the CPU against `endpoint`, writing to `artifacts`.
-pub(crate) fn serve(endpoint: &str, artifacts: &str, name: &str, stderr: Stdio) -> Worker {
+/// `lethe-worker serve` on the CPU against `endpoint` with the worker `token`, writing to
+/// `artifacts`.
+pub(crate) fn serve(
+    endpoint: &str,
+    token: &str,
+    artifacts: &str,
+    name: &str,
+    stderr: Stdio,
+) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
         .args(["serve", "--coordinator", endpoint, "--artifacts", artifacts])
         .args(["--name", name, "--cpu", "--drain-grace-seconds", "5"])
+        .env("LETHE_TOKEN", token)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

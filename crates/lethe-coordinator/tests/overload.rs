@@ -1,0 +1,254 @@
+//! Backpressure: when the database is slow the coordinator sheds calls with RESOURCE_EXHAUSTED
+//! (and a retry hint) instead of queueing them without bound; long-polls are bounded on their
+//! own; a tenant's quota of unfinished operations holds over gRPC. Nothing else fails, and the
+//! coordinator serves normally once the pressure is gone.
+//!
+//! `LETHE_RELIABILITY_OUT=FILE` merges the figures into that JSON (`make chaos` does).
+
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "support/reliability.rs"]
+mod reliability;
+
+use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator, TENANT_HEADER};
+use lethe_proto::google::longrunning::operations_client::OperationsClient;
+use lethe_proto::google::longrunning::{
+    CancelOperationRequest, GetOperationRequest, WaitOperationRequest,
+};
+use lethe_proto::lethe::v1::lethe_client::LetheClient;
+use lethe_proto::lethe::v1::CreateNoopOperationRequest;
+use lethe_store::sqlx::{self, Connection, PgConnection};
+use lethe_store::{LocalCluster, Store, StoreConfig};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+
+fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(TENANT_HEADER, tenant.parse().unwrap());
+    request
+}
+
+async fn start(database: &str, config: CoordinatorConfig) -> (String, RunningCoordinator, Channel) {
+    let name = database.to_string();
+    let url = tokio::task::spawn_blocking(move || {
+        LocalCluster::shared()
+            .expect("start PostgreSQL")
+            .create_database(&name)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
+    let coordinator = Coordinator::new(store, config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(coordinator.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (url, coordinator, channel)
+}
+
+/// A noop operation whose single task nobody runs: it stays unfinished.
+async fn unfinished(channel: &Channel, tenant: &str) -> Result<String, tonic::Status> {
+    LetheClient::new(channel.clone())
+        .create_noop_operation(as_tenant(
+            tenant,
+            CreateNoopOperationRequest {
+                tasks: 1,
+                task_seconds: 60.0,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|answer| answer.into_inner().name)
+}
+
+fn assert_shed(status: &tonic::Status, what: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(what), "{status:?}");
+    assert!(
+        status.get_details_retry_info().is_some(),
+        "a shed call says when to retry: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
+    const LIMIT: usize = 4;
+    const STORM: usize = 200;
+    let config = CoordinatorConfig {
+        max_concurrent_calls: LIMIT,
+        ..CoordinatorConfig::default()
+    };
+    let (url, _coordinator, channel) = start("overload_calls", config).await;
+    let name = unfinished(&channel, "acme").await.unwrap();
+
+    // The jobs table is locked: every call that reads it waits, holding its permit.
+    let mut locker = PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let get = |channel: Channel, name: String| async move {
+        OperationsClient::new(channel)
+            .get_operation(as_tenant("acme", GetOperationRequest { name }))
+            .await
+    };
+    let stuck: Vec<_> = (0..LIMIT)
+        .map(|_| tokio::spawn(get(channel.clone(), name.clone())))
+        .collect();
+    let mut observer = PgConnection::connect(&url).await.unwrap();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%FROM jobs%'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting as usize >= LIMIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every further call is refused at once, whatever it is.
+    let storm: Vec<_> = (0..STORM)
+        .map(|n| {
+            let channel = channel.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    get(channel, name).await.map(|_| ())
+                } else {
+                    unfinished(&channel, "acme").await.map(|_| ())
+                }
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    let mut other = Vec::new();
+    for call in storm {
+        match call.await.unwrap() {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert_shed(&status, "concurrent calls");
+                shed += 1;
+            }
+            answer => other.push(format!("{answer:?}")),
+        }
+    }
+    // Health checks are not shed: a busy coordinator is not a dead one.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
+
+    // Once the database answers, the waiting calls finish and new ones are served.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    for call in stuck {
+        call.await.unwrap().expect("a call that waited is answered");
+    }
+    get(channel.clone(), name.clone()).await.unwrap();
+
+    let report = serde_json::json!({
+        "overload_calls": STORM,
+        "overload_shed": shed,
+        "overload_other_answers": other.len(),
+    });
+    eprintln!("overload: {report}");
+    if let Ok(path) = std::env::var("LETHE_RELIABILITY_OUT") {
+        reliability::merge_into(Path::new(&path), &report);
+    }
+    assert_eq!(
+        shed, STORM,
+        "calls past the limit answered otherwise: {other:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_are_bounded_on_their_own() {
+    let config = CoordinatorConfig {
+        max_long_polls: 2,
+        max_concurrent_calls: 2,
+        ..CoordinatorConfig::default()
+    };
+    let (_url, _coordinator, channel) = start("overload_polls", config).await;
+    let name = unfinished(&channel, "acme").await.unwrap();
+    let wait = |seconds: u64| {
+        let (channel, name) = (channel.clone(), name.clone());
+        async move {
+            OperationsClient::new(channel)
+                .wait_operation(as_tenant(
+                    "acme",
+                    WaitOperationRequest {
+                        name,
+                        timeout: Some(Duration::from_secs(seconds).try_into().unwrap()),
+                    },
+                ))
+                .await
+        }
+    };
+    let open = [tokio::spawn(wait(3)), tokio::spawn(wait(3))];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = wait(3).await.unwrap_err();
+    assert_shed(&refused, "long-polls");
+    // Long-polls do not take the permits of ordinary calls, which the limit of 2 would
+    // otherwise leave none of.
+    OperationsClient::new(channel.clone())
+        .get_operation(as_tenant(
+            "acme",
+            GetOperationRequest { name: name.clone() },
+        ))
+        .await
+        .unwrap();
+    for poll in open {
+        let operation = poll.await.unwrap().unwrap().into_inner();
+        assert!(!operation.done);
+    }
+    wait(0).await.expect("the permits came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quota_is_refused_until_work_finishes() {
+    let config = CoordinatorConfig {
+        max_active_jobs_per_tenant: 3,
+        ..CoordinatorConfig::default()
+    };
+    let (_url, _coordinator, channel) = start("overload_quota", config).await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        names.push(unfinished(&channel, "acme").await.unwrap());
+    }
+    let refused = unfinished(&channel, "acme").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("quota of 3"), "{refused:?}");
+    assert!(refused.get_details_quota_failure().is_some());
+    unfinished(&channel, "globex")
+        .await
+        .expect("another tenant has its own quota");
+
+    OperationsClient::new(channel.clone())
+        .cancel_operation(as_tenant(
+            "acme",
+            CancelOperationRequest {
+                name: names[0].clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    unfinished(&channel, "acme")
+        .await
+        .expect("a finished operation frees its place");
+}
