@@ -5,7 +5,8 @@
 # fmnist-bench size (5,000 train, 1,000 validation). The CLI registers the data and a model,
 # builds its attribution index over the workers, asks for 100 training examples to be
 # forgotten, watches the run, and prints the audit (KLoM and accuracy per split, against
-# retrains). Everything started here is stopped when the script ends, however it ends.
+# retrains) and the audit log's record of who asked. The CLI and the workers use API tokens
+# issued for the demo, as a deployment's would. Everything started here is stopped when the script ends, however it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +46,11 @@ stop_everything() {
 trap stop_everything EXIT
 trap 'exit 130' INT TERM
 
-step "1/7 start the embedded stack: PostgreSQL in $OUT/postgres, the coordinator on $LETHE_COORDINATOR, two workers"
+step "1/8 issue API tokens (tenant demo, the workers) and start the embedded stack: PostgreSQL in $OUT/postgres, the coordinator on $LETHE_COORDINATOR, two workers"
+COORDINATOR=("$BIN/lethe-coordinator" --embedded-database "$OUT/postgres")
+LETHE_TOKEN=$("${COORDINATOR[@]}" credentials create --tenant demo --name demo-cli)
+WORKER_TOKEN=$("${COORDINATOR[@]}" credentials create --worker --name demo-workers)
+export LETHE_TOKEN
 "$BIN/lethe-coordinator" --embedded-database "$OUT/postgres" --listen "127.0.0.1:$PORT" \
     --coalescing-window-seconds 2 >"$OUT/logs/coordinator.log" 2>&1 &
 pids+=($!)
@@ -56,36 +61,36 @@ for _ in $(seq 120); do
 done
 "$LETHE" operations list >/dev/null 2>&1 || { echo "the coordinator did not answer; see $OUT/logs/coordinator.log" >&2; exit 1; }
 for worker in 1 2; do
-    "$BIN/lethe-worker" serve --name "demo-worker-$worker" \
+    LETHE_TOKEN=$WORKER_TOKEN "$BIN/lethe-worker" serve --name "demo-worker-$worker" \
         >"$OUT/logs/worker-$worker.log" 2>&1 &
     pids+=($!)
 done
 echo "coordinator and workers up; logs in $OUT/logs/"
 
-step "2/7 train the model to deploy (MLP 784-128-10, Adam 1e-3, batch 128, 20 epochs) and register it"
+step "2/8 train the model to deploy (MLP 784-128-10, Adam 1e-3, batch 128, 20 epochs) and register it"
 "$LETHE" train --dataset fmnist-bench --model mlp:128 --seed 0 \
     --out "$OUT/artifacts/models/base.safetensors"
 "$LETHE" datasets register fmnist-bench builtin:fmnist-bench
 "$LETHE" models register fashion "$LETHE_ARTIFACTS/models/base.safetensors" \
     --dataset fmnist-bench --sha256 "$(sha256sum "$OUT/artifacts/models/base.safetensors" | cut -d' ' -f1)"
 
-step "3/7 build its attribution index: $MEMBERS subset models on random halves, fanned out over the workers"
+step "3/8 build its attribution index: $MEMBERS subset models on random halves, fanned out over the workers"
 "$LETHE" submit index fashion --members "$MEMBERS" --members-per-task 64
 
-step "4/7 ask for $FORGET training examples to be forgotten, audited against $AUDIT retrains"
+step "4/8 ask for $FORGET training examples to be forgotten, audited against $AUDIT retrains"
 FORGET_LIST=$(python3 -c "import random; random.seed(7); print(','.join(map(str, sorted(random.sample(range(5000), $FORGET)))))")
 echo "forget: ${FORGET_LIST:0:60}..."
 "$LETHE" submit deletion fashion --forget "$FORGET_LIST" --audit-oracles "$AUDIT" \
     | tee "$OUT/deletion.txt"
 REQUEST=$(head -1 "$OUT/deletion.txt")
 
-step "5/7 the model's versions"
+step "5/8 the model's versions"
 "$LETHE" models versions fashion
 
-step "6/7 download the unlearned model"
+step "6/8 download the unlearned model"
 "$LETHE" download "$REQUEST" --out "$OUT/fashion-v1.safetensors"
 
-step "7/7 load it in PyTorch and check its accuracy on the validation split"
+step "7/8 load it in PyTorch and check its accuracy on the validation split"
 PYTHONPATH=crates/lethe-ml/python python - "$OUT/fashion-v1.safetensors" <<'PY'
 import gzip, json, sys
 import numpy as np
@@ -110,6 +115,21 @@ lineage = info.get("lineage") or {}
 print(f"PyTorch loaded {checkpoint} (version {lineage.get('version')}, "
       f"{len(lineage.get('forgotten', []))} examples forgotten) into lethe_zoo.{type(model).__name__}")
 print(f"its validation accuracy: {(predicted == labels).mean():.3f}")
+PY
+
+step "8/8 the audit log: who asked for what, and when (append-only)"
+"${COORDINATOR[@]}" audit-log --tenant demo >"$OUT/audit-log.jsonl"
+python3 - "$OUT/audit-log.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    entry = json.loads(line)
+    detail = entry["detail"]
+    if "forget" in detail:
+        what = f"{len(detail['forget'])} examples of models/{detail['model']}"
+    else:
+        what = detail.get("model") or detail.get("uri") or detail.get("name") or ""
+    print(f"{entry['at'][:19]}  {entry['actor']:<13} {entry['outcome']:<8} "
+          f"{entry['action']:<20} {entry['resource']:<49} {what}")
 PY
 
 printf '\nthe unlearned model: %s/fashion-v1.safetensors (also in %s/artifacts, as the coordinator recorded it)\n' "$OUT" "$OUT"
