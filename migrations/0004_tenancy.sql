@@ -5,8 +5,8 @@
 CREATE TABLE credentials (
     id             uuid PRIMARY KEY,
     -- A tenant's token calls the public API for that tenant; a worker's calls the worker API
-    -- and nothing else.
-    kind           text NOT NULL CHECK (kind IN ('tenant', 'worker')),
+    -- and nothing else; an admin's calls the admin API (the fleet and the queue).
+    kind           text NOT NULL CHECK (kind IN ('tenant', 'worker', 'admin')),
     tenant         text CHECK (length(tenant) BETWEEN 1 AND 200),
     name           text NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
     secret_sha256  bytea NOT NULL UNIQUE CHECK (length(secret_sha256) = 32),

@@ -24,7 +24,9 @@ step() { printf '\n== %s\n' "$*"; }
 rm -rf "$OUT"
 mkdir -p "$OUT/logs" "$OUT/artifacts/models"
 OUT=$(realpath "$OUT")
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+DASHBOARD_PORT=$(free_port)
 export LETHE_COORDINATOR="http://127.0.0.1:$PORT"
 export LETHE_ARTIFACTS="file://$OUT/artifacts"
 LETHE="$BIN/lethe"
@@ -52,7 +54,8 @@ LETHE_TOKEN=$("${COORDINATOR[@]}" credentials create --tenant demo --name demo-c
 WORKER_TOKEN=$("${COORDINATOR[@]}" credentials create --worker --name demo-workers)
 export LETHE_TOKEN
 "$BIN/lethe-coordinator" --embedded-database "$OUT/postgres" --listen "127.0.0.1:$PORT" \
-    --coalescing-window-seconds 2 >"$OUT/logs/coordinator.log" 2>&1 &
+    --coalescing-window-seconds 2 --dashboard-listen "127.0.0.1:$DASHBOARD_PORT" \
+    >"$OUT/logs/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 120); do
     "$LETHE" operations list >/dev/null 2>&1 && break
@@ -66,6 +69,7 @@ for worker in 1 2; do
     pids+=($!)
 done
 echo "coordinator and workers up; logs in $OUT/logs/"
+echo "watch it live while the demo runs: http://127.0.0.1:$DASHBOARD_PORT/#token=$LETHE_TOKEN"
 
 step "2/8 train the model to deploy (MLP 784-128-10, Adam 1e-3, batch 128, 20 epochs) and register it"
 "$LETHE" train --dataset fmnist-bench --model mlp:128 --seed 0 \

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker-compose: `docker-compose config` for scripts/validate-compose.sh (no engine is needed).
-DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql docker-compose)
+# chromium and chromium-driver: the dashboard's browser test (headless, over WebDriver).
+DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql docker-compose chromium chromium-driver)
 VENV=.venv
 STAMP="$VENV/.lethe-requirements"
 

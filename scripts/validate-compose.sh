@@ -41,7 +41,8 @@ for profile in "" monitoring; do
 done
 
 # The monitoring files: Prometheus' and Grafana's provisioning YAML parse, the dashboards are
-# JSON, and every panel's datasource is the provisioned one.
+# JSON, every panel's datasource is the provisioned one, and every series a panel queries is
+# one that the coordinator or the workers register (crates/*/src/metrics.rs).
 python=${VIRTUAL_ENV:-$PWD/.venv}/bin/python
 [[ -x $python ]] || python=python3
 "$python" - <<'PY' || status=1
@@ -65,6 +66,12 @@ if yaml is not None:
         uids = {d.get("uid") for d in yaml.safe_load(f)["datasources"]}
 else:
     uids = None
+import re
+registered = set()
+for source in glob.glob("crates/*/src/metrics.rs"):
+    with open(source) as f:
+        registered |= set(re.findall(r'register\(\s*"(lethe_[a-z_]+)"', f.read()))
+suffixes = ("", "_total", "_bucket", "_sum", "_count")
 for path in sorted(glob.glob("deploy/grafana/dashboards/*.json")):
     try:
         with open(path) as f:
@@ -74,6 +81,13 @@ for path in sorted(glob.glob("deploy/grafana/dashboards/*.json")):
         bad = True
         continue
     for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            for name in re.findall(r"\blethe_[a-z_]+", target.get("expr", "")):
+                if not any(name.endswith(x) and name[: len(name) - len(x)] in registered
+                           for x in suffixes if x == "" or name.endswith(x)):
+                    print(f"validate-compose: {path}: panel {panel.get('title')!r} queries {name}, "
+                          f"which no binary exports", file=sys.stderr)
+                    bad = True
         for source in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
             uid = (source or {}).get("uid")
             if uids is not None and uid not in uids:

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "google/longrunning/operations.proto",
         "lethe/v1/lethe.proto",
         "lethe/v1/worker.proto",
+        "lethe/v1/admin.proto",
     ]
     .map(|f| root.join(f));
     let descriptor =

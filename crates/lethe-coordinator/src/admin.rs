@@ -25,6 +25,10 @@ pub(crate) struct CredentialFor {
     /// A token for workers: it calls the worker API only.
     #[arg(long)]
     worker: bool,
+    /// A token for operators and dashboards: it calls the admin API only (all workers, the
+    /// queue), never a tenant's resources.
+    #[arg(long)]
+    admin: bool,
 }
 
 #[derive(Args, Debug)]
@@ -73,9 +77,10 @@ pub(crate) async fn credentials(url: String, command: CredentialsCommand) -> any
     let store = connect(&url).await?;
     match command {
         CredentialsCommand::Create(create) => {
-            let (kind, tenant) = match (&create.r#for.tenant, create.r#for.worker) {
+            let (kind, tenant) = match (&create.r#for.tenant, create.r#for.admin) {
                 (Some(tenant), _) => (CredentialKind::Tenant, Some(tenant.as_str())),
-                (None, _) => (CredentialKind::Worker, None),
+                (None, true) => (CredentialKind::Admin, None),
+                (None, false) => (CredentialKind::Worker, None),
             };
             if let Some(tenant) = tenant {
                 lethe_coordinator::validate_tenant(tenant).map_err(anyhow::Error::msg)?;

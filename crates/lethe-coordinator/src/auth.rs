@@ -68,6 +68,7 @@ impl Caller {
 enum Api {
     Public,
     Worker,
+    Admin,
     /// Health and reflection: probes and tools call them without credentials.
     Open,
 }
@@ -76,6 +77,8 @@ impl Api {
     fn of(path: &str) -> Api {
         if path.starts_with("/lethe.v1.WorkerService/") {
             Api::Worker
+        } else if path.starts_with("/lethe.v1.Admin/") {
+            Api::Admin
         } else if path.starts_with("/lethe.v1.Lethe/")
             || path.starts_with("/google.longrunning.Operations/")
         {
@@ -110,7 +113,11 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    async fn lookup(&self, store: &Store, token: &str) -> Result<Option<Credential>, Status> {
+    pub(crate) async fn lookup(
+        &self,
+        store: &Store,
+        token: &str,
+    ) -> Result<Option<Credential>, Status> {
         let digest = lethe_store::token_digest(token);
         if let Some((credential, at)) = self.cache.lock().expect("cache lock").get(&digest) {
             if at.elapsed() < CREDENTIAL_TTL {
@@ -152,10 +159,18 @@ impl Refusal {
     }
 }
 
+/// An operator calling the admin API, once authenticated.
+#[derive(Clone, Debug)]
+pub(crate) struct Operator {
+    pub(crate) credential_id: Option<Uuid>,
+    pub(crate) actor: String,
+}
+
 /// The principal a call is made by: inserted into the request for handlers.
 enum Principal {
     Tenant(Caller),
     Worker,
+    Admin(Operator),
     Anyone,
 }
 
@@ -181,6 +196,10 @@ impl Shared {
         match (self.config.auth, api) {
             (_, Api::Open) => Ok(Principal::Anyone),
             (AuthMode::TrustedHeader, Api::Worker) => Ok(Principal::Worker),
+            (AuthMode::TrustedHeader, Api::Admin) => Ok(Principal::Admin(Operator {
+                credential_id: None,
+                actor: "(trusted network)".into(),
+            })),
             (AuthMode::TrustedHeader, Api::Public) => {
                 let tenant = tenant_from_header(headers).map_err(|status| Refusal {
                     status,
@@ -257,12 +276,20 @@ impl Shared {
                 actor: credential.name.clone(),
             })),
             (CredentialKind::Worker, Api::Worker, _) => Ok(Principal::Worker),
+            (CredentialKind::Admin, Api::Admin, _) => Ok(Principal::Admin(Operator {
+                credential_id: Some(credential.id),
+                actor: credential.name.clone(),
+            })),
             (CredentialKind::Worker, _, _) => Err(refuse(Status::permission_denied(
                 "a worker's token may call the worker API only",
             ))),
-            _ => Err(refuse(Status::permission_denied(
-                "a tenant's token may not call the worker API",
+            (CredentialKind::Admin, _, _) => Err(refuse(Status::permission_denied(
+                "an admin token may call the admin API only, never a tenant's resources",
             ))),
+            (CredentialKind::Tenant, api, _) => Err(refuse(Status::permission_denied(format!(
+                "a tenant's token may call the public API only, not the {} API",
+                if api == Api::Admin { "admin" } else { "worker" }
+            )))),
         }
     }
 
@@ -404,6 +431,9 @@ where
             match authenticated {
                 Ok(Principal::Tenant(caller)) => {
                     request.extensions_mut().insert(caller);
+                }
+                Ok(Principal::Admin(operator)) => {
+                    request.extensions_mut().insert(operator);
                 }
                 Ok(Principal::Worker | Principal::Anyone) => {}
                 Err(refusal) => {

@@ -2,7 +2,9 @@
 //! gRPC on top of the PostgreSQL store. It keeps no authority in memory: in-process wake-ups
 //! only shorten waits, and every decision is a guarded update in the store.
 
+mod admin_api;
 mod auth;
+mod dashboard;
 mod metrics;
 mod operations;
 mod planner;
@@ -16,7 +18,6 @@ mod wake;
 mod worker_api;
 
 pub use auth::AuthMode;
-pub use metrics::serve_metrics;
 pub use operations::operation_name;
 pub use server::{Coordinator, CoordinatorConfig, RunningCoordinator, TlsSettings};
 pub use tenant::{validate_tenant, DEFAULT_TENANT, TENANT_HEADER};

@@ -8,7 +8,7 @@ mod admin;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lethe_coordinator::settings::{Database, Flags, Settings};
-use lethe_coordinator::{serve_metrics, AuthMode, Coordinator, CoordinatorConfig};
+use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig};
 use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
 
 /// How the settings are named in each layer: shown by every command's --help.
@@ -184,23 +184,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {} (listen)", settings.listen))?;
     tracing::info!(address = %listener.local_addr()?, "coordinator serving");
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = match settings.metrics_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address} (metrics_listen)"))?;
-            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
-            Some(tokio::spawn(serve_metrics(
-                listener,
-                store.clone(),
-                async {
-                    let _ = metrics_stopped.await;
-                },
-            )))
-        }
-        None => None,
-    };
     let config = CoordinatorConfig {
         tls: settings.tls()?,
         ..settings.coordinator_config()
@@ -211,9 +194,38 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
              behind a gateway that authenticates them"
         );
     }
-    Coordinator::new(store, config)
-        .serve(listener, shutdown_signal())
-        .await?;
+    let coordinator = Coordinator::new(store, config);
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match settings.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address} (metrics_listen)"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+            Some(tokio::spawn(coordinator.serve_metrics(listener, async {
+                let _ = metrics_stopped.await;
+            })))
+        }
+        None => None,
+    };
+    let (stop_dashboard, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = match settings.dashboard_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address} (dashboard_listen)"))?;
+            tracing::info!(address = %listener.local_addr()?, "dashboard at /");
+            Some(tokio::spawn(coordinator.serve_dashboard(listener, async {
+                let _ = dashboard_stopped.await;
+            })))
+        }
+        None => None,
+    };
+    coordinator.serve(listener, shutdown_signal()).await?;
+    let _ = stop_dashboard.send(());
+    if let Some(dashboard) = dashboard {
+        dashboard.await??;
+    }
     let _ = stop_metrics.send(());
     if let Some(metrics) = metrics {
         metrics.await??;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lethe_proto::google::longrunning::operations_server::OperationsServer;
+use lethe_proto::lethe::v1::admin_server::AdminServer;
 use lethe_proto::lethe::v1::lethe_server::LetheServer;
 use lethe_proto::lethe::v1::worker_service_server::WorkerServiceServer;
 use lethe_store::Store;
@@ -16,7 +17,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::Status;
 
+use crate::admin_api::AdminApi;
 use crate::auth::{overloaded_status, AuthMode, Credentials, GateLayer};
+use crate::metrics::Metrics;
 use crate::operations::OperationsApi;
 use crate::wake::Wakeups;
 use crate::worker_api::{WorkerApi, MAX_LONG_POLL};
@@ -104,11 +107,28 @@ pub(crate) struct Shared {
     pub(crate) long_polls: Arc<Semaphore>,
     /// Permits for refusals being written to the audit log in the background.
     pub(crate) audit_writes: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Shared {
     pub(crate) fn calls_limit(&self) -> usize {
         self.config.max_concurrent_calls
+    }
+
+    /// Records the end of job `id` (and of the requests a deletion run served) in the metrics.
+    pub(crate) async fn observe_finished(&self, id: uuid::Uuid) {
+        match self.store.ended_with(id).await {
+            Ok(jobs) => {
+                for job in jobs {
+                    if let Some(finished) = job.finished_at {
+                        let seconds = (finished - job.created_at).as_seconds_f64();
+                        self.metrics
+                            .operation_finished(job.kind, job.state, seconds);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, job = %id, "reading a finished job for metrics"),
+        }
     }
 
     /// A long-poll permit, or RESOURCE_EXHAUSTED when as many are open as allowed.
@@ -128,6 +148,8 @@ impl Shared {
 }
 
 /// One coordinator replica. It holds no authority: any number of them can serve one database.
+/// Clones are the same replica (its gRPC server and its metrics endpoint share one state).
+#[derive(Clone)]
 pub struct Coordinator {
     shared: Arc<Shared>,
 }
@@ -142,6 +164,7 @@ impl Coordinator {
                 calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
                 long_polls: Arc::new(Semaphore::new(config.max_long_polls.max(1))),
                 audit_writes: Arc::new(Semaphore::new(AUDIT_WRITES)),
+                metrics: Arc::new(Metrics::new()),
                 config,
             }),
         }
@@ -160,6 +183,7 @@ impl Coordinator {
             .set_serving::<OperationsServer<OperationsApi>>()
             .await;
         health.set_serving::<LetheServer<OperationsApi>>().await;
+        health.set_serving::<AdminServer<AdminApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(lethe_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -176,6 +200,7 @@ impl Coordinator {
                 .set_not_serving::<OperationsServer<OperationsApi>>()
                 .await;
             health.set_not_serving::<LetheServer<OperationsApi>>().await;
+            health.set_not_serving::<AdminServer<AdminApi>>().await;
         };
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.shared.config.tls {
@@ -201,10 +226,40 @@ impl Coordinator {
             .add_service(LetheServer::new(OperationsApi {
                 shared: self.shared.clone(),
             }))
+            .add_service(AdminServer::new(AdminApi {
+                shared: self.shared.clone(),
+            }))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         maintenance.abort();
         result
+    }
+}
+
+impl Coordinator {
+    /// Serves this replica's Prometheus metrics at `/metrics` on `listener` until `shutdown`.
+    pub fn serve_metrics(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        crate::metrics::serve(
+            listener,
+            self.shared.store.clone(),
+            self.shared.metrics.clone(),
+            shutdown,
+        )
+    }
+}
+
+impl Coordinator {
+    /// Serves the read-only dashboard at `/` on `listener` until `shutdown`.
+    pub fn serve_dashboard(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        crate::dashboard::serve(listener, self.shared.clone(), shutdown)
     }
 }
 
@@ -262,6 +317,7 @@ async fn maintain(shared: Arc<Shared>) {
         match shared.store.reap_expired_leases(1000).await {
             Ok(0) => {}
             Ok(n) => {
+                shared.metrics.leases_expired(n);
                 tracing::info!(tasks = n, "requeued tasks whose lease expired");
                 shared.wake.tasks_available(n as usize);
             }

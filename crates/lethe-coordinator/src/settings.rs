@@ -33,6 +33,9 @@ pub struct Settings {
     pub retrain_threshold: f64,
     /// Address to serve Prometheus metrics on (`/metrics`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the read-only dashboard on (`/`, signed in with an API token); none by
+    /// default.
+    pub dashboard_listen: Option<SocketAddr>,
     /// How callers prove who they are: `tokens` (API tokens from `lethe-coordinator
     /// credentials create`) or `trusted-header` (the `x-lethe-tenant` header, believed as sent:
     /// only behind a gateway that authenticates callers itself).
@@ -62,6 +65,7 @@ impl Default for Settings {
             coalescing_window_seconds: 10.0,
             retrain_threshold: 0.05,
             metrics_listen: None,
+            dashboard_listen: None,
             auth: AuthMode::Tokens,
             max_concurrent_calls: 512,
             max_long_polls: 2048,
@@ -237,6 +241,10 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the read-only dashboard on [default: none].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_listen: Option<SocketAddr>,
     /// How callers prove who they are [default: tokens].
     #[arg(long, global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

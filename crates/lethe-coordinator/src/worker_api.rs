@@ -164,6 +164,11 @@ impl WorkerService for WorkerApi {
             .wake
             .tasks_available(completion.tasks_released as usize);
         self.shared.wake.job_changed(completion.job_id);
+        self.shared.metrics.completed();
+        if completion.job_done {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { shared.observe_finished(completion.job_id).await });
+        }
         let next_task = match request.acquire_next {
             true => self.shared.claim_one(worker).await?,
             false => None,
@@ -201,6 +206,11 @@ impl WorkerService for WorkerApi {
             .await
             .map_err(from_store)?;
         let requeued = outcome.task_state == TaskState::Available;
+        self.shared.metrics.failed(class.as_str(), requeued);
+        if outcome.job_state.is_terminal() {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { shared.observe_finished(outcome.job_id).await });
+        }
         if requeued {
             // A task in backoff is not claimable yet; the woken poll finds nothing and waits on.
             self.shared.wake.tasks_available(1);
@@ -270,6 +280,7 @@ impl Shared {
             return Ok(None);
         };
         self.wake.job_changed(task.job_id);
+        self.metrics.claimed(&task.kind);
         Ok(Some(LeasedTask {
             task_id: task.id.to_string(),
             operation: operation_name(task.job_id),

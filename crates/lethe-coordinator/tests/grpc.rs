@@ -33,6 +33,7 @@ fn cluster() -> &'static LocalCluster {
 
 struct Stack {
     store: Store,
+    replica: Coordinator,
     coordinator: RunningCoordinator,
     channel: Channel,
 }
@@ -50,7 +51,9 @@ async fn stack_with(store_config: StoreConfig) -> Stack {
         maintenance_interval: Duration::from_millis(200),
         ..CoordinatorConfig::default()
     };
-    let coordinator = Coordinator::new(store.clone(), config)
+    let replica = Coordinator::new(store.clone(), config);
+    let coordinator = replica
+        .clone()
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -61,6 +64,7 @@ async fn stack_with(store_config: StoreConfig) -> Stack {
         .unwrap();
     Stack {
         store,
+        replica,
         coordinator,
         channel,
     }
@@ -901,13 +905,9 @@ async fn metrics_expose_queue_depth_and_leases_by_kind() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(lethe_coordinator::serve_metrics(
-        listener,
-        stack.store.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(stack.replica.serve_metrics(listener, async {
+        let _ = stopped.await;
+    }));
     let queued = "lethe_queue_depth{kind=\"noop\"}";
     let leased = "lethe_tasks_leased{kind=\"noop\"}";
     assert_eq!(

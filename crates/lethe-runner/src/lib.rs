@@ -4,6 +4,7 @@
 //! shutdown it stops taking work, lets running tasks finish within a grace period, and hands
 //! back the rest. It links no ML code: `lethe-worker` plugs the ML task kinds in.
 
+mod metrics;
 mod noop;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Code;
 
+pub use metrics::WorkerMetrics;
 pub use noop::NoopHandler;
 
 /// How a task ended without success, as its handler reports it.
@@ -168,17 +170,29 @@ pub struct Runner {
     config: RunnerConfig,
     artifacts: ArtifactStore,
     handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Runner {
     pub fn new(config: RunnerConfig, artifacts: ArtifactStore) -> Self {
+        let device = match config.device {
+            Device::Cuda => "cuda",
+            _ => "cpu",
+        };
+        let metrics = Arc::new(WorkerMetrics::new(device, config.slots.max(1)));
         let mut runner = Self {
             config,
             artifacts,
             handlers: HashMap::new(),
+            metrics,
         };
         runner.handle("noop", NoopHandler);
         runner
+    }
+
+    /// What this runner has done, for a metrics endpoint; valid before and during `run`.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     pub fn handle(&mut self, kind: &str, handler: impl TaskHandler + 'static) {
@@ -249,6 +263,7 @@ impl Runner {
             stopping: AtomicBool::new(false),
             stop: tokio::sync::Notify::new(),
             summary: Mutex::new(RunSummary::default()),
+            metrics: self.metrics,
         });
 
         let slots: Vec<_> = (0..self.config.slots.max(1))
@@ -259,14 +274,14 @@ impl Runner {
         shared.stopping.store(true, Ordering::SeqCst);
         shared.stop.notify_waiters();
         let all = futures_join(slots);
-        let finished = tokio::time::timeout(self.config.drain_grace, all)
-            .await
-            .is_ok();
+        let _ = tokio::time::timeout(self.config.drain_grace, all).await;
+        // Whatever this worker still holds now is handed back: tasks that outran the grace
+        // period, and a task a long-poll claimed just as shutdown dropped it.
         let mut client = shared.client.clone();
         let drained = client
             .drain_worker(DrainWorkerRequest {
                 worker_id: shared.worker_id.clone(),
-                hand_back: !finished,
+                hand_back: true,
             })
             .await?
             .into_inner();
@@ -310,6 +325,7 @@ struct Shared {
     /// Wakes slots waiting in a long-poll when shutdown begins.
     stop: tokio::sync::Notify,
     summary: Mutex<RunSummary>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Shared {
@@ -414,8 +430,23 @@ impl Shared {
             progress,
             fenced.clone(),
         ));
+        self.metrics.started();
+        let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || handler.run(&context)).await;
         beats.abort();
+        let ended = match &outcome {
+            _ if fenced.load(Ordering::SeqCst) => "fenced",
+            Ok(Ok(_)) => "succeeded",
+            Ok(Err(TaskError::Cancelled)) => "cancelled",
+            Ok(Err(TaskError::Fatal(_))) => "fatal",
+            Ok(Err(TaskError::Retryable(_))) | Err(_) => "retryable",
+        };
+        self.metrics.finished(
+            &task.kind,
+            &task.tenant,
+            ended,
+            started.elapsed().as_secs_f64(),
+        );
         if fenced.load(Ordering::SeqCst) {
             tracing::warn!(task = %task.task_id, attempt = task.attempt, "lease lost; result dropped");
             self.count(|s| s.fenced += 1);

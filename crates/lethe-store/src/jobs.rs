@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use crate::rows::{self, JOB_COLUMNS, TASK_COLUMNS};
 use crate::tenancy::{append, check_tenant_quota, lock_tenant_quota};
-use crate::types::{Job, JobFilter, JobKind, JobState, NewJob, Page, Task, TaskCounts};
+use crate::types::{
+    FleetSnapshot, Job, JobFilter, JobKind, JobState, NewJob, Page, Task, TaskCounts, TaskGroup,
+};
 use crate::{Store, StoreError};
 
 const MAX_NAME: usize = 200;
@@ -102,6 +104,21 @@ impl Store {
         Ok((job, true))
     }
 
+    /// The finished job `id` and, for a deletion run, the requests it served (which end with
+    /// it): what the metrics of finished operations observe.
+    pub async fn ended_with(&self, id: Uuid) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant, kind, request_id, spec, priority, state, tasks_total, error, \
+             result, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
+             '[]'::json AS task_counts FROM jobs \
+             WHERE (id = $1 OR run_id = $1) AND finished_at IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::job).collect()
+    }
+
     /// A job of `tenant`; another tenant's job is reported as not found, never as forbidden,
     /// so IDs cannot be probed.
     pub async fn get_job(&self, tenant: &str, id: Uuid) -> Result<Job, StoreError> {
@@ -161,15 +178,58 @@ impl Store {
         rows.iter().map(rows::task).collect()
     }
 
-    /// Tasks ready to be claimed and tasks leased, by kind: the queue workers are scaled on,
-    /// and the work they hold. Rows are (kind, state, count).
-    pub async fn queue_depth(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT kind, state, count(*) FROM tasks WHERE state IN ('available', 'leased') \
-             GROUP BY kind, state ORDER BY kind, state",
+    /// What the fleet is like now, for the metrics endpoint: unfinished tasks by kind, state
+    /// and priority, workers seen within three leases by device and state, and the dead tuples
+    /// of the hot tables.
+    pub async fn fleet_snapshot(&self) -> Result<FleetSnapshot, StoreError> {
+        let tasks = sqlx::query_as::<_, (String, String, i16, i64)>(
+            "SELECT kind, state, priority, count(*) FROM tasks \
+             WHERE state IN ('available', 'leased') GROUP BY kind, state, priority",
         )
         .fetch_all(&self.reads)
-        .await?)
+        .await?
+        .into_iter()
+        .map(|(kind, state, priority, count)| TaskGroup {
+            kind,
+            state,
+            priority,
+            count,
+        })
+        .collect();
+        let workers = sqlx::query_as(
+            "SELECT device, state, count(*) FROM workers WHERE state <> 'gone' \
+             AND last_seen_at > now() - make_interval(secs => $1) GROUP BY device, state",
+        )
+        .bind(3.0 * self.config.lease.as_secs_f64())
+        .fetch_all(&self.reads)
+        .await?;
+        let dead_tuples = sqlx::query_as(
+            "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables WHERE relname IN \
+             ('jobs', 'tasks', 'task_attempts', 'task_deps', 'artifacts', 'workers') ORDER BY 1",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(FleetSnapshot {
+            tasks,
+            workers,
+            dead_tuples,
+        })
+    }
+
+    /// This process's connections per pool: (pool, in use, idle, most allowed).
+    pub fn pool_use(&self) -> Vec<(&'static str, u32, u32, u32)> {
+        [("work", &self.pool), ("reads", &self.reads)]
+            .into_iter()
+            .map(|(name, pool)| {
+                let idle = pool.num_idle() as u32;
+                (
+                    name,
+                    pool.size().saturating_sub(idle),
+                    idle,
+                    pool.options().get_max_connections(),
+                )
+            })
+            .collect()
     }
 
     /// How far a job has got: its tasks by state, and the summed progress that running

@@ -429,6 +429,7 @@ impl Store {
             _ => job_state,
         };
         Ok(FailureOutcome {
+            job_id,
             task_state: next,
             job_state,
             retry_at,

@@ -32,6 +32,7 @@ mod retry;
 mod rows;
 mod tenancy;
 mod types;
+mod views;
 mod workers;
 
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub use tenancy::{
     IssuedCredential,
 };
 pub use types::*;
+pub use views::{AttemptRecord, JobGraph};
+pub use workers::{HeldTask, WorkerInfo};
 
 /// The schema, embedded at build time from the workspace's `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -19,6 +19,8 @@ pub enum CredentialKind {
     Tenant,
     /// The worker API, and nothing else.
     Worker,
+    /// The admin API: workers and queue statistics across tenants.
+    Admin,
 }
 
 impl CredentialKind {
@@ -26,6 +28,7 @@ impl CredentialKind {
         match self {
             CredentialKind::Tenant => "tenant",
             CredentialKind::Worker => "worker",
+            CredentialKind::Admin => "admin",
         }
     }
 
@@ -33,6 +36,7 @@ impl CredentialKind {
         match text {
             "tenant" => Ok(CredentialKind::Tenant),
             "worker" => Ok(CredentialKind::Worker),
+            "admin" => Ok(CredentialKind::Admin),
             other => Err(StoreError::Corrupt(format!("credential kind {other:?}"))),
         }
     }
@@ -42,6 +46,7 @@ impl CredentialKind {
         match self {
             CredentialKind::Tenant => "lethe_t_",
             CredentialKind::Worker => "lethe_w_",
+            CredentialKind::Admin => "lethe_a_",
         }
     }
 }
@@ -142,7 +147,8 @@ impl Store {
     ) -> Result<IssuedCredential, StoreError> {
         if (kind == CredentialKind::Tenant) != tenant.is_some() {
             return Err(StoreError::InvalidArgument(
-                "a tenant credential names its tenant; a worker credential names none".into(),
+                "a tenant credential names its tenant; worker and admin credentials name none"
+                    .into(),
             ));
         }
         if name.is_empty() || name.len() > 200 {

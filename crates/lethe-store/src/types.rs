@@ -265,6 +265,7 @@ pub struct Completion {
 /// Where a failed attempt left its task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailureOutcome {
+    pub job_id: Uuid,
     pub task_state: TaskState,
     pub job_state: JobState,
     /// When the task may be claimed again, if it was requeued.
@@ -311,4 +312,24 @@ pub struct JobFilter {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<Uuid>,
+}
+
+/// Unfinished tasks of one kind, state and priority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskGroup {
+    pub kind: String,
+    pub state: String,
+    pub priority: i16,
+    pub count: i64,
+}
+
+/// The fleet as the database sees it, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetSnapshot {
+    /// Available and leased tasks.
+    pub tasks: Vec<TaskGroup>,
+    /// (device, state, count) of workers seen recently.
+    pub workers: Vec<(String, String, i64)>,
+    /// (table, dead tuples) of the hot tables.
+    pub dead_tuples: Vec<(String, i64)>,
 }

@@ -1,6 +1,9 @@
 //! Worker incarnations: registration, liveness and draining.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::json;
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::types::{FailureClass, NewWorker};
@@ -105,5 +108,87 @@ impl Store {
             }
         }
         Ok(handed_back)
+    }
+}
+
+/// A worker as operators see it, with the tasks it holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub device: String,
+    pub memory_bytes: i64,
+    pub slots: i32,
+    pub state: String,
+    pub version: String,
+    pub registered_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub tasks: Vec<HeldTask>,
+}
+
+/// A task a worker holds now.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct HeldTask {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub tenant: String,
+    pub kind: String,
+    pub attempt: i32,
+    pub leased_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    pub progress: f64,
+}
+
+impl Store {
+    /// Workers that are not gone, newest first, with the tasks each holds. Without
+    /// `include_silent`, only those seen within three leases.
+    pub async fn list_workers(&self, include_silent: bool) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.name, w.device, w.memory_bytes, w.slots, w.state, w.version, \
+             w.registered_at, w.last_seen_at, \
+             coalesce((SELECT json_agg(json_build_object( \
+                 'id', t.id, 'job_id', t.job_id, 'tenant', j.tenant, 'kind', t.kind, \
+                 'attempt', t.attempt, 'leased_at', t.leased_at, \
+                 'lease_expires_at', t.lease_expires_at, \
+                 'progress', coalesce((t.progress->>'fraction')::float8, 0)) ORDER BY t.leased_at) \
+               FROM tasks t JOIN jobs j ON j.id = t.job_id \
+               WHERE t.state = 'leased' AND t.lease_owner = w.id), '[]'::json) AS tasks \
+             FROM workers w WHERE w.state <> 'gone' \
+             AND ($1 OR w.last_seen_at > now() - make_interval(secs => $2)) \
+             ORDER BY w.registered_at DESC LIMIT 1000",
+        )
+        .bind(include_silent)
+        .bind(3.0 * self.config.lease.as_secs_f64())
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let tasks: serde_json::Value = row.try_get("tasks")?;
+                let tasks = serde_json::from_value(tasks)
+                    .map_err(|e| StoreError::Corrupt(format!("held tasks: {e}")))?;
+                Ok(WorkerInfo {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    device: row.try_get("device")?,
+                    memory_bytes: row.try_get("memory_bytes")?,
+                    slots: row.try_get("slots")?,
+                    state: row.try_get("state")?,
+                    version: row.try_get("version")?,
+                    registered_at: row.try_get("registered_at")?,
+                    last_seen_at: row.try_get("last_seen_at")?,
+                    tasks,
+                })
+            })
+            .collect()
+    }
+
+    /// Unfinished operations by (kind, state).
+    pub async fn open_operations(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT kind, state, count(*) FROM jobs \
+             WHERE state IN ('queued', 'running', 'cancelling') GROUP BY kind, state ORDER BY 1, 2",
+        )
+        .fetch_all(&self.reads)
+        .await?)
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Settings {
     /// PEM certificate and key of this worker, for coordinators that require mutual TLS.
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// Address to serve this worker's Prometheus metrics on (`/metrics`); none by default.
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -157,6 +160,10 @@ pub(crate) struct ServeFlags {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_key: Option<PathBuf>,
+    /// Address to serve this worker's metrics on, at /metrics [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeFlags {
@@ -201,6 +208,7 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
     let args = flags.unvalidated()?;
     args.validate()?;
     let tls = client_tls(&args)?;
+    let metrics_listen = args.metrics_listen;
     let artifacts_url = args.artifacts.clone().unwrap_or_default();
     let artifacts = open_artifacts(&artifacts_url)?;
     let cuda = !args.cpu && tch::Cuda::is_available();
@@ -234,7 +242,31 @@ pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
         );
         let mut runner = Runner::new(config, artifacts);
         crate::tasks::register(&mut runner, tch_device);
-        runner.run(shutdown_signal()).await
+        if let Some(address) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address} (metrics_listen)"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+            let metrics = runner.metrics();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = metrics.encode();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                    }
+                }),
+            );
+            // Ends with the process: a drain keeps answering scrapes to the last.
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        anyhow::Ok(runner.run(shutdown_signal()).await?)
     })?;
     eprintln!(
         "lethe-worker {name}: stopped; {} completed, {} failed, {} cancelled, {} lost to another attempt, {} handed back",

@@ -101,6 +101,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         coordinator,
         tenant_token,
         worker_token,
+        ..
     } = stack("e2e", Duration::from_secs(3), config).await;
     TENANT_TOKEN.set(tenant_token).unwrap();
     let dir = tempfile::tempdir().unwrap();

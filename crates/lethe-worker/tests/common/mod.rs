@@ -3,6 +3,8 @@
 // Each test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
+pub(crate) mod browser;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,6 +19,11 @@ pub(crate) struct Stack {
     pub(crate) coordinator: RunningCoordinator,
     pub(crate) tenant_token: String,
     pub(crate) worker_token: String,
+    pub(crate) admin_token: String,
+    /// The coordinator's Prometheus endpoint.
+    pub(crate) metrics: std::net::SocketAddr,
+    /// The coordinator's dashboard.
+    pub(crate) dashboard: std::net::SocketAddr,
 }
 
 /// A stack whose leases last `lease`.
@@ -47,20 +54,32 @@ pub(crate) async fn stack_with(
         .await
         .unwrap()
         .token;
+    let admin_token = store
+        .create_credential(CredentialKind::Admin, None, "test-operators", "tests")
+        .await
+        .unwrap()
+        .token;
     let config = CoordinatorConfig {
         auth: AuthMode::Tokens,
         ..config
     };
-    let coordinator = Coordinator::new(store.clone(), config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let replica = Coordinator::new(store.clone(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = listener.local_addr().unwrap();
+    tokio::spawn(replica.serve_metrics(listener, std::future::pending()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dashboard = listener.local_addr().unwrap();
+    tokio::spawn(replica.serve_dashboard(listener, std::future::pending()));
+    let coordinator = replica.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     Stack {
         cluster,
         store,
         coordinator,
         tenant_token,
         worker_token,
+        admin_token,
+        metrics,
+        dashboard,
     }
 }
 
@@ -97,9 +116,22 @@ pub(crate) fn serve(
     name: &str,
     stderr: Stdio,
 ) -> Worker {
+    serve_with(endpoint, token, artifacts, name, stderr, &[])
+}
+
+/// [`serve`] with more flags.
+pub(crate) fn serve_with(
+    endpoint: &str,
+    token: &str,
+    artifacts: &str,
+    name: &str,
+    stderr: Stdio,
+    flags: &[&str],
+) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
         .args(["serve", "--coordinator", endpoint, "--artifacts", artifacts])
         .args(["--name", name, "--cpu", "--drain-grace-seconds", "5"])
+        .args(flags)
         .env("LETHE_TOKEN", token)
         .stdout(Stdio::null())
         .stderr(stderr)
