@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use lethe_config::logging::TraceContext;
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
     operation, CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
@@ -281,6 +282,9 @@ pub(crate) struct Client {
     channel: Channel,
     tenant: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// One trace per command: every call it makes carries it (`traceparent`), and the
+    /// coordinator and the workers log the work under it.
+    trace: TraceContext,
 }
 
 impl Client {
@@ -315,10 +319,13 @@ impl Client {
                 connection.coordinator
             )
         })?;
+        let trace = TraceContext::new();
+        tracing::info!(trace_id = %trace.trace_id, coordinator = %connection.coordinator, "connected");
         Ok(Self {
             channel,
             tenant,
             authorization,
+            trace,
         })
     }
 
@@ -331,6 +338,9 @@ impl Client {
             request
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
+        }
+        if let Ok(traceparent) = self.trace.child().traceparent().parse() {
+            request.metadata_mut().insert("traceparent", traceparent);
         }
         request
     }

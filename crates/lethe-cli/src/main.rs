@@ -95,6 +95,13 @@ fn locate_worker(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Quiet unless asked (RUST_LOG): what the CLI prints is its output. LETHE_LOG_FORMAT=json
+    // logs one JSON object per line, with the trace id each call carries to the coordinator.
+    let format = match std::env::var("LETHE_LOG_FORMAT").as_deref() {
+        Ok("json") => lethe_config::logging::LogFormat::Json,
+        _ => lethe_config::logging::LogFormat::Text,
+    };
+    lethe_config::logging::init(format, "warn");
     let (name, forwarded) = match cli.command {
         Verb::Operations(verb) => return report(client::operations(cli.connection, verb)),
         Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),

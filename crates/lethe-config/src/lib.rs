@@ -7,6 +7,11 @@
 //! the built-in defaults; its flags are a struct of `Option`s that serialises only what was
 //! given. Unknown keys in a file are errors that name them; environment variables are read
 //! only for known keys, so one environment can serve several processes.
+//!
+//! [`logging`] is how every process logs (`log_format`), and the W3C trace context that ties
+//! one request's lines together across processes.
+
+pub mod logging;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -47,14 +47,7 @@ impl Admin for AdminApi {
             .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
-        let handed_back = self
-            .shared
-            .store
-            .drain_worker(worker, request.hand_back)
-            .await
-            .map_err(from_store)?;
-        self.shared.wake.tasks_available(handed_back as usize);
-        tracing::info!(%worker, handed_back, actor = %operator.actor, "worker drained by an operator");
+        let handed_back = self.shared.drain(worker, request.hand_back).await?;
         self.shared
             .record(AuditEntry {
                 tenant: None,

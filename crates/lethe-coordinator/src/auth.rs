@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use lethe_config::logging::TraceContext;
 use lethe_store::{AuditEntry, AuditOutcome, Credential, CredentialKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::server::Shared;
@@ -38,6 +40,8 @@ pub(crate) struct Caller {
     pub(crate) credential_id: Option<Uuid>,
     /// Who, in words, for the audit log.
     pub(crate) actor: String,
+    /// The trace of this call: the caller's `traceparent`, or a new one.
+    pub(crate) trace_id: String,
 }
 
 impl Caller {
@@ -211,6 +215,7 @@ impl Shared {
                     actor: format!("x-lethe-tenant:{tenant}"),
                     tenant,
                     credential_id: None,
+                    trace_id: String::new(),
                 }))
             }
             (AuthMode::Tokens, api) => self.authenticate_token(api, headers).await,
@@ -274,6 +279,7 @@ impl Shared {
                 tenant,
                 credential_id: Some(credential.id),
                 actor: credential.name.clone(),
+                trace_id: String::new(),
             })),
             (CredentialKind::Worker, Api::Worker, _) => Ok(Principal::Worker),
             (CredentialKind::Admin, Api::Admin, _) => Ok(Principal::Admin(Operator {
@@ -410,41 +416,55 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        Box::pin(async move {
-            let path = request.uri().path().to_string();
-            let api = Api::of(&path);
-            if api == Api::Open {
-                return inner.call(request).await;
-            }
-            let _permit = if is_long_poll(&path) {
-                None
-            } else {
-                match shared.calls.clone().try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => return Ok(overloaded("concurrent calls", shared.calls_limit())),
+        let path = request.uri().path().to_string();
+        // Every call runs in a span of its trace: the caller's (W3C `traceparent`) or a new one.
+        let trace = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|parent| parent.child())
+            .unwrap_or_default();
+        let span = tracing::info_span!("rpc", method = %path, trace_id = %trace.trace_id);
+        Box::pin(
+            async move {
+                let api = Api::of(&path);
+                if api == Api::Open {
+                    return inner.call(request).await;
                 }
-            };
-            let client_certificate = has_client_certificate(&request);
-            let headers = std::mem::take(request.headers_mut());
-            let authenticated = shared.authenticate(api, &headers, client_certificate).await;
-            *request.headers_mut() = headers;
-            match authenticated {
-                Ok(Principal::Tenant(caller)) => {
-                    request.extensions_mut().insert(caller);
-                }
-                Ok(Principal::Admin(operator)) => {
-                    request.extensions_mut().insert(operator);
-                }
-                Ok(Principal::Worker | Principal::Anyone) => {}
-                Err(refusal) => {
-                    if refusal.status.code() != Code::Unavailable {
-                        shared.record_refusal(&path, &refusal);
+                let _permit = if is_long_poll(&path) {
+                    None
+                } else {
+                    match shared.calls.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return Ok(overloaded("concurrent calls", shared.calls_limit())),
                     }
-                    return Ok(refusal.status.into_http());
+                };
+                let client_certificate = has_client_certificate(&request);
+                let headers = std::mem::take(request.headers_mut());
+                let authenticated = shared.authenticate(api, &headers, client_certificate).await;
+                *request.headers_mut() = headers;
+                match authenticated {
+                    Ok(Principal::Tenant(mut caller)) => {
+                        caller.trace_id = trace.trace_id.clone();
+                        request.extensions_mut().insert(caller);
+                    }
+                    Ok(Principal::Admin(operator)) => {
+                        request.extensions_mut().insert(operator);
+                    }
+                    Ok(Principal::Worker | Principal::Anyone) => {}
+                    Err(refusal) => {
+                        if refusal.status.code() != Code::Unavailable {
+                            shared.record_refusal(&path, &refusal);
+                        }
+                        return Ok(refusal.status.into_http());
+                    }
                 }
+                tracing::debug!("call");
+                inner.call(request).await
             }
-            inner.call(request).await
-        })
+            .instrument(span),
+        )
     }
 }
 

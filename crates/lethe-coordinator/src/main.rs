@@ -46,13 +46,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        // Logs go to stderr: stdout carries what commands print (a new token, the audit log).
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let outcome = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
@@ -76,6 +69,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = cli.flags.settings(std::env::vars())?;
+    // Logs go to stderr: stdout carries what commands print (a new token, the audit log).
+    lethe_config::logging::init(settings.log_format, "info");
     match command {
         Command::DumpConfig => unreachable!("handled above"),
         Command::Credentials(command) => {
@@ -195,43 +190,41 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let coordinator = Coordinator::new(store, config);
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = match settings.metrics_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address} (metrics_listen)"))?;
-            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
-            Some(tokio::spawn(coordinator.serve_metrics(listener, async {
-                let _ = metrics_stopped.await;
-            })))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
         }
-        None => None,
     };
-    let (stop_dashboard, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
-    let dashboard = match settings.dashboard_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding {address} (dashboard_listen)"))?;
-            tracing::info!(address = %listener.local_addr()?, "dashboard at /");
-            Some(tokio::spawn(coordinator.serve_dashboard(listener, async {
-                let _ = dashboard_stopped.await;
-            })))
-        }
-        None => None,
-    };
-    coordinator.serve(listener, shutdown_signal()).await?;
-    let _ = stop_dashboard.send(());
-    if let Some(dashboard) = dashboard {
-        dashboard.await??;
+    let mut side_servers = Vec::new();
+    if let Some(address) = settings.metrics_listen {
+        let listener = bind(address, "metrics_listen").await?;
+        tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+        side_servers.push(tokio::spawn(
+            coordinator.serve_metrics(listener, until_stopped()),
+        ));
     }
-    let _ = stop_metrics.send(());
-    if let Some(metrics) = metrics {
-        metrics.await??;
+    if let Some(address) = settings.dashboard_listen {
+        let listener = bind(address, "dashboard_listen").await?;
+        tracing::info!(address = %listener.local_addr()?, "dashboard at /");
+        side_servers.push(tokio::spawn(
+            coordinator.serve_dashboard(listener, until_stopped()),
+        ));
+    }
+    coordinator.serve(listener, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    for server in side_servers {
+        server.await??;
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address} ({key})"))
 }
 
 async fn shutdown_signal() {

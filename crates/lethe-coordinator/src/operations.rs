@@ -328,6 +328,7 @@ impl Lethe for OperationsApi {
             .shared
             .create_index_build(&caller, request.into_inner())
             .await?;
+        tracing::info!(operation = %operation.name, tenant = %caller.tenant, "index build accepted");
         Ok(Response::new(operation))
     }
 
@@ -340,6 +341,7 @@ impl Lethe for OperationsApi {
             .shared
             .create_deletion_request(&caller, request.into_inner())
             .await?;
+        tracing::info!(operation = %operation.name, tenant = %caller.tenant, "deletion request accepted");
         Ok(Response::new(operation))
     }
 
@@ -391,6 +393,7 @@ impl Lethe for OperationsApi {
         if created {
             self.shared.wake.tasks_available(request.tasks as usize);
         }
+        tracing::info!(operation = %operation_name(job.id), tenant = %caller.tenant, "noop operation accepted");
         Ok(Response::new(to_operation(&job)))
     }
 

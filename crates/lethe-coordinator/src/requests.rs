@@ -57,6 +57,7 @@ impl Shared {
         Admission {
             audit: caller.audit(action, String::new(), AuditOutcome::Allowed, None, detail),
             default_max_active_jobs: self.config.max_active_jobs_per_tenant,
+            trace_id: Some(caller.trace_id.clone()).filter(|t| !t.is_empty()),
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lethe_config::logging::LogFormat;
 use lethe_config::ConfigError;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct Settings {
     /// Address to serve the read-only dashboard on (`/`, signed in with an API token); none by
     /// default.
     pub dashboard_listen: Option<SocketAddr>,
+    /// `text` for people, `json` (one object per line, with each request's `trace_id`) for
+    /// log pipelines. The level is `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
     /// How callers prove who they are: `tokens` (API tokens from `lethe-coordinator
     /// credentials create`) or `trusted-header` (the `x-lethe-tenant` header, believed as sent:
     /// only behind a gateway that authenticates callers itself).
@@ -66,6 +70,7 @@ impl Default for Settings {
             retrain_threshold: 0.05,
             metrics_listen: None,
             dashboard_listen: None,
+            log_format: LogFormat::Text,
             auth: AuthMode::Tokens,
             max_concurrent_calls: 512,
             max_long_polls: 2048,
@@ -245,6 +250,10 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dashboard_listen: Option<SocketAddr>,
+    /// Log lines as `text` or `json` [default: text].
+    #[arg(long, global = true, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
     /// How callers prove who they are [default: tokens].
     #[arg(long, global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::operations::{operation_name, timestamp};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
+use lethe_config::logging::TraceContext;
 
 /// The longest a worker may ask AcquireTask to wait; the server's own timeout is above it.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
@@ -259,14 +260,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<DrainWorkerResponse>, Status> {
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
-        let handed_back = self
-            .shared
-            .store
-            .drain_worker(worker, request.hand_back)
-            .await
-            .map_err(from_store)?;
-        self.shared.wake.tasks_available(handed_back as usize);
-        tracing::info!(worker = %worker, handed_back, "worker draining");
+        let handed_back = self.shared.drain(worker, request.hand_back).await?;
         Ok(Response::new(DrainWorkerResponse {
             tasks_handed_back: handed_back as u32,
         }))
@@ -275,6 +269,18 @@ impl WorkerService for WorkerApi {
 
 impl Shared {
     /// Leases one task to `worker` if one is available now.
+    /// Drains `worker` and wakes long-polls for the tasks it handed back.
+    pub(crate) async fn drain(&self, worker: Uuid, hand_back: bool) -> Result<u64, Status> {
+        let handed_back = self
+            .store
+            .drain_worker(worker, hand_back)
+            .await
+            .map_err(from_store)?;
+        self.wake.tasks_available(handed_back as usize);
+        tracing::info!(%worker, handed_back, "worker draining");
+        Ok(handed_back)
+    }
+
     async fn claim_one(&self, worker: Uuid) -> Result<Option<LeasedTask>, Status> {
         let Some(task) = self.store.claim(worker, 1).await.map_err(from_store)?.pop() else {
             return Ok(None);
@@ -289,6 +295,17 @@ impl Shared {
             spec_json: task.spec.to_string(),
             attempt: task.attempt,
             lease_expires_at: Some(timestamp(task.lease_expires_at)),
+            traceparent: task
+                .trace_id
+                .map(|trace_id| {
+                    TraceContext {
+                        trace_id,
+                        span_id: String::new(),
+                    }
+                    .child()
+                    .traceparent()
+                })
+                .unwrap_or_default(),
         }))
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
+use lethe_config::logging::TraceContext;
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
@@ -25,6 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Code;
+use tracing::Instrument;
 
 pub use metrics::WorkerMetrics;
 pub use noop::NoopHandler;
@@ -370,9 +372,25 @@ impl Shared {
             .task)
     }
 
-    /// Runs one attempt to its end and reports it; returns the next task if the coordinator
-    /// handed one back with the completion.
+    /// Runs one attempt to its end and reports it, in a span of the trace of the request it
+    /// serves; returns the next task if the coordinator handed one back with the completion.
     async fn run_task(self: &Arc<Self>, task: LeasedTask) -> Option<LeasedTask> {
+        let trace_id = TraceContext::parse(&task.traceparent)
+            .map(|trace| trace.trace_id)
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.task_id,
+            kind = %task.kind,
+            attempt = task.attempt,
+            operation = %task.operation,
+            trace_id = %trace_id,
+        );
+        self.run_attempt(task).instrument(span).await
+    }
+
+    async fn run_attempt(self: &Arc<Self>, task: LeasedTask) -> Option<LeasedTask> {
+        tracing::info!("running");
         let Some(handler) = self.handlers.get(&task.kind).cloned() else {
             let message = format!("this worker runs no task of kind {:?}", task.kind);
             self.fail(&task, ErrorClass::Fatal, message).await;
@@ -432,7 +450,9 @@ impl Shared {
         ));
         self.metrics.started();
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || handler.run(&context)).await;
+        let span = tracing::Span::current();
+        let outcome =
+            tokio::task::spawn_blocking(move || span.in_scope(|| handler.run(&context))).await;
         beats.abort();
         let ended = match &outcome {
             _ if fenced.load(Ordering::SeqCst) => "fenced",
@@ -441,12 +461,10 @@ impl Shared {
             Ok(Err(TaskError::Fatal(_))) => "fatal",
             Ok(Err(TaskError::Retryable(_))) | Err(_) => "retryable",
         };
-        self.metrics.finished(
-            &task.kind,
-            &task.tenant,
-            ended,
-            started.elapsed().as_secs_f64(),
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(outcome = ended, seconds, "ended");
+        self.metrics
+            .finished(&task.kind, &task.tenant, ended, seconds);
         if fenced.load(Ordering::SeqCst) {
             tracing::warn!(task = %task.task_id, attempt = task.attempt, "lease lost; result dropped");
             self.count(|s| s.fenced += 1);

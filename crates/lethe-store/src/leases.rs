@@ -59,7 +59,9 @@ impl Store {
                      SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
                        AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
              ) \
-             SELECT c.*, (SELECT tenant FROM jobs WHERE id = c.job_id) AS tenant FROM claimed c",
+             SELECT c.*, j.tenant, coalesce(j.trace_id, (SELECT r.trace_id FROM jobs r \
+                 WHERE r.run_id = j.id AND r.trace_id IS NOT NULL ORDER BY r.id LIMIT 1)) AS trace_id \
+             FROM claimed c JOIN jobs j ON j.id = c.job_id",
         )
         .bind(worker)
         .bind(limit.max(1))
@@ -72,6 +74,7 @@ impl Store {
                     id: row.try_get("id")?,
                     job_id: row.try_get("job_id")?,
                     tenant: row.try_get("tenant")?,
+                    trace_id: row.try_get("trace_id")?,
                     kind: row.try_get("kind")?,
                     spec: row.try_get("spec")?,
                     attempt: row.try_get("attempt")?,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lethe_artifacts::ArtifactStore;
+use lethe_config::logging::LogFormat;
 use lethe_config::ConfigError;
 use lethe_proto::lethe::v1::Device;
 use lethe_runner::{Runner, RunnerConfig};
@@ -47,6 +48,9 @@ pub(crate) struct Settings {
     tls_key: Option<PathBuf>,
     /// Address to serve this worker's Prometheus metrics on (`/metrics`); none by default.
     metrics_listen: Option<std::net::SocketAddr>,
+    /// `text` for people, `json` (one object per line, each task's `trace_id` among the
+    /// fields) for log pipelines. The level is `RUST_LOG` (default `info`).
+    log_format: LogFormat,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -164,6 +169,10 @@ pub(crate) struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `text` or `json` [default: text].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeFlags {
@@ -199,14 +208,9 @@ fn client_tls(settings: &Settings) -> anyhow::Result<Option<ClientTlsConfig>> {
 }
 
 pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = flags.unvalidated()?;
     args.validate()?;
+    lethe_config::logging::init(args.log_format, "info");
     let tls = client_tls(&args)?;
     let metrics_listen = args.metrics_listen;
     let artifacts_url = args.artifacts.clone().unwrap_or_default();
