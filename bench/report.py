@@ -641,14 +641,19 @@ def coordinator_section(f, ctx):
 
 def reliability_section(f, ctx):
     text = [
-        "Two campaigns on real processes (`docs/reliability.md`). The fault campaign streams "
+        "Four suites on real processes (`docs/reliability.md`). The fault campaign streams "
         "index builds and deletion requests on fmnist-tiny models through `lethe-coordinator` "
         "replicas and `lethe-worker serve` processes while it SIGKILLs workers in the middle "
         "of tasks, restarts coordinators (every other time with a second replica serving), "
         "restarts PostgreSQL and takes the artifact store away; after quiescence it checks "
         "from the database and the store what was lost, committed twice or corrupted. The "
-        "bad-input suite sends malformed and hostile requests through a gRPC client and "
-        "checks each answer's code and message and that nothing was written.",
+        "bad-input suite sends malformed and hostile requests (bad tokens and other tenants' "
+        "resources among them) through a gRPC client to the binary with API tokens, and "
+        "checks each answer's code and message, that nothing was written, and that every "
+        "refusal of a caller is in the audit log. The malformed-object suite registers "
+        "garbage, truncated, foreign, mis-hashed and missing checkpoints and datasets and "
+        "checks that their operations fail with a reason and no worker dies. The overload "
+        "suite locks the database under a coordinator limited to 4 calls and sends 200 more.",
         "",
     ]
     rows = [
@@ -668,14 +673,29 @@ def reliability_section(f, ctx):
         ("that wrote rows", f.num("bad_input_writes"), "bad_input_writes"),
         ("cross-tenant attempts", f.num("cross_tenant_attempts"), "cross_tenant_attempts"),
         ("cross-tenant attempts allowed", f.num("cross_tenant_allowed"), "cross_tenant_allowed"),
-        ("processes that died on their own (both campaigns)", f.num("crashes"), "crashes"),
+        ("refusals that should be in the audit log", f.num("refusals_expected_in_audit_log"),
+         "refusals_expected_in_audit_log"),
+        ("of which missing from it", f.num("refusals_missing_from_audit_log"),
+         "refusals_missing_from_audit_log"),
+        ("malformed objects behind registered names", f.num("malformed_objects"),
+         "malformed_objects"),
+        ("whose operation did not fail with a reason", f.num("malformed_objects_wrong"),
+         "malformed_objects_wrong"),
+        ("calls sent to a full coordinator", f.num("overload_calls"), "overload_calls"),
+        ("shed with RESOURCE_EXHAUSTED and a retry hint", f.num("overload_shed"),
+         "overload_shed"),
+        ("answered otherwise", f.num("overload_other_answers"), "overload_other_answers"),
+        ("processes that died on their own (all suites)", f.num("crashes"), "crashes"),
     ]
-    for key in ("chaos_crashes", "bad_input_crashes"):
+    for key in ("chaos_crashes", "bad_input_crashes", "malformed_objects_worker_crashes"):
         f.used.add(key)
     source = "issue 7"
     goals = [(f"`{key}` = 0", source, f.num(key), 0, "==")
              for key in ("lost", "double_commits", "hash_mismatches", "crashes",
                          "wrong_codes", "cross_tenant_allowed")]
+    goals += [(f"`{key}` = 0", "the security and backpressure checks", f.num(key), 0, "==")
+              for key in ("refusals_missing_from_audit_log", "malformed_objects_wrong",
+                          "overload_other_answers")]
     goals += [("at least 100 worker kills", source, f.num("worker_kills"), 100, ">="),
               ("at least 10 coordinator restarts", source, f.num("coordinator_restarts"), 10,
                ">="),
