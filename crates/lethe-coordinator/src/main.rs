@@ -70,7 +70,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let settings = cli.flags.settings(std::env::vars())?;
     // Logs go to stderr: stdout carries what commands print (a new token, the audit log).
-    lethe_config::logging::init(settings.log_format, "info");
+    // The operator's one-off commands print their answer; the database's chatter is noise there.
+    let level = match command {
+        Command::Serve | Command::Migrate => "info",
+        _ => "warn",
+    };
+    lethe_config::logging::init(settings.log_format, level);
     match command {
         Command::DumpConfig => unreachable!("handled above"),
         Command::Credentials(command) => {
