@@ -234,18 +234,12 @@ impl Shared {
                 "(no token)",
             ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 200)
-            .ok_or_else(|| {
-                Refusal::unauthenticated(
-                    "the authorization metadata must be `Bearer <token>`",
-                    "(malformed token)",
-                )
-            })?;
+        let token = bearer_token(value).ok_or_else(|| {
+            Refusal::unauthenticated(
+                "the authorization metadata must be `Bearer <token>`",
+                "(malformed token)",
+            )
+        })?;
         let credential = self
             .credentials
             .lookup(&self.store, token)
@@ -466,6 +460,16 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The token of an `authorization: Bearer <token>` value, if it is one (at most 200 bytes).
+pub(crate) fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 200)
 }
 
 /// Whether the TLS handshake verified a client certificate (against the workers' CA: the

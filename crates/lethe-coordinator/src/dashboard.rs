@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use crate::auth::AuthMode;
+use crate::auth::{bearer_token, AuthMode};
 use crate::operations::operation_name;
 use crate::server::Shared;
 use crate::tenant::tenant_from_header;
@@ -85,10 +85,7 @@ impl Shared {
         }
         let token = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 200)
+            .and_then(bearer_token)
             .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "sign in with an API token"))?;
         let credential = self
             .credentials
