@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use lethe_config::logging::TraceContext;
+use lethe_config::logging::{join_trace, TraceContext};
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
     operation, CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
@@ -43,6 +43,10 @@ pub(crate) struct Connection {
     /// https:// --coordinator).
     #[arg(long, global = true, env = "LETHE_TLS_CA", value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
+    /// An OpenTelemetry collector's OTLP/HTTP address (`http://localhost:4318`): export this
+    /// command's span, the root of the trace its calls carry.
+    #[arg(long, global = true, env = "LETHE_OTLP_ENDPOINT", value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,7 +323,7 @@ impl Client {
                 connection.coordinator
             )
         })?;
-        let trace = TraceContext::new();
+        let trace = join_trace(&tracing::Span::current(), None);
         tracing::info!(trace_id = %trace.trace_id, coordinator = %connection.coordinator, "connected");
         Ok(Self {
             channel,
@@ -339,7 +343,7 @@ impl Client {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
-        if let Ok(traceparent) = self.trace.child().traceparent().parse() {
+        if let Ok(traceparent) = self.trace.traceparent().parse() {
             request.metadata_mut().insert("traceparent", traceparent);
         }
         request

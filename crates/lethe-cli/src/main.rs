@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
+use lethe_config::otlp::OtlpExport;
 
 mod client;
 mod submit;
@@ -66,6 +67,25 @@ enum Verb {
     Download(submit::DownloadArgs),
 }
 
+impl Verb {
+    fn name(&self) -> &'static str {
+        match self {
+            Verb::Train(_) => "train",
+            Verb::Ensemble(_) => "ensemble",
+            Verb::Evaluate(_) => "evaluate",
+            Verb::Index(_) => "index",
+            Verb::Unlearn(_) => "unlearn",
+            Verb::Audit(_) => "audit",
+            Verb::Operations(_) => "operations",
+            Verb::Datasets(_) => "datasets",
+            Verb::Models(_) => "models",
+            Verb::Smoke(_) => "smoke",
+            Verb::Submit(_) => "submit",
+            Verb::Download(_) => "download",
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct Forwarded {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -101,7 +121,31 @@ fn main() -> ExitCode {
         Ok("json") => lethe_config::logging::LogFormat::Json,
         _ => lethe_config::logging::LogFormat::Text,
     };
-    lethe_config::logging::init(format, "warn");
+    let export = cli
+        .connection
+        .otlp_endpoint
+        .clone()
+        .map(|endpoint| OtlpExport {
+            endpoint,
+            service: "lethe",
+            unsampled_roots: &[],
+        });
+    // Dropped last, on every return: it sends the command's span to the collector.
+    let _telemetry = match lethe_config::logging::init(format, "warn", export.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // The root of the trace that every call of this command carries to the coordinator.
+    let command = tracing::info_span!(
+        "command",
+        otel.name = %format!("lethe {}", cli.command.name()),
+        otel.kind = "client",
+        trace_id = tracing::field::Empty,
+    );
+    let _in_command = command.enter();
     let (name, forwarded) = match cli.command {
         Verb::Operations(verb) => return report(client::operations(cli.connection, verb)),
         Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),

@@ -9,9 +9,11 @@
 //! only for known keys, so one environment can serve several processes.
 //!
 //! [`logging`] is how every process logs (`log_format`), and the W3C trace context that ties
-//! one request's lines together across processes.
+//! one request's lines together across processes; [`otlp`] exports spans to an OpenTelemetry
+//! collector (`otlp_endpoint`).
 
 pub mod logging;
+pub mod otlp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,17 @@
 //! How Lethe's processes log, and the W3C trace context that ties one request's lines together
 //! across the CLI, the coordinator and the workers.
 
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::otlp::{self, OtlpExport, Telemetry};
+use crate::ConfigError;
 
 /// The `log_format` setting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -16,21 +25,62 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stderr at `RUST_LOG` (or `default_level`) in `format`.
-pub fn init(format: LogFormat, default_level: &str) {
+/// Logs to stderr at `RUST_LOG` (or `default_level`) in `format`, and exports Lethe's spans at
+/// info and above to `export`'s collector, whatever the log level. Hold the returned guard until
+/// the process ends.
+pub fn init(
+    format: LogFormat,
+    default_level: &str,
+    export: Option<&OtlpExport>,
+) -> Result<Telemetry, ConfigError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_level.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Text => lines.with_filter(filter).boxed(),
+        LogFormat::Json => lines
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
+            .with_filter(filter)
+            .boxed(),
+    }];
+    let mut telemetry = Telemetry::default();
+    if let Some(export) = export {
+        let (spans, guard) = otlp::layer(export)?;
+        layers.push(spans.with_filter(lethe_spans()).boxed());
+        telemetry = guard;
     }
+    tracing_subscriber::registry().with(layers).init();
+    Ok(telemetry)
+}
+
+/// What goes to a collector: Lethe's own spans and events at info and above, not those of the
+/// libraries under it.
+pub fn lethe_spans() -> Targets {
+    Targets::new().with_target("lethe", LevelFilter::INFO)
+}
+
+/// Puts `span` in the trace of `parent` (the context a caller sent), or starts a trace when
+/// there is none; records it in the span's `trace_id` field, and returns the context that calls
+/// made from the span carry. When spans are exported, the context is the exported span's own.
+pub fn join_trace(span: &tracing::Span, parent: Option<&TraceContext>) -> TraceContext {
+    if let Some(remote) = parent.and_then(TraceContext::span_context) {
+        // Fails only where nothing exports spans, and then there is nothing to parent.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let exported = span.context().span().span_context().clone();
+    let trace = if exported.is_valid() {
+        TraceContext {
+            trace_id: exported.trace_id().to_string(),
+            span_id: exported.span_id().to_string(),
+            sampled: exported.is_sampled(),
+        }
+    } else {
+        parent.map(TraceContext::child).unwrap_or_default()
+    };
+    span.record("trace_id", trace.trace_id.as_str());
+    trace
 }
 
 /// A W3C trace context: which trace a call belongs to, and the span that made it.
@@ -40,6 +90,8 @@ pub struct TraceContext {
     pub trace_id: String,
     /// 16 lowercase hex digits.
     pub span_id: String,
+    /// Whether the caller records this trace; a callee follows its choice.
+    pub sampled: bool,
 }
 
 impl TraceContext {
@@ -48,6 +100,7 @@ impl TraceContext {
         TraceContext {
             trace_id: random_hex(16),
             span_id: random_hex(8),
+            sampled: true,
         }
     }
 
@@ -56,6 +109,7 @@ impl TraceContext {
         TraceContext {
             trace_id: self.trace_id.clone(),
             span_id: random_hex(8),
+            sampled: self.sampled,
         }
     }
 
@@ -74,15 +128,34 @@ impl TraceContext {
             && hex(flags, 2)
             && trace_id.bytes().any(|b| b != b'0')
             && span_id.bytes().any(|b| b != b'0');
+        let flags = u8::from_str_radix(flags, 16).ok()?;
         valid.then(|| TraceContext {
             trace_id: trace_id.to_string(),
             span_id: span_id.to_string(),
+            sampled: flags & 1 == 1,
         })
     }
 
-    /// The `traceparent` header value (sampled).
+    /// The `traceparent` header value.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-01", self.trace_id, self.span_id)
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", self.trace_id, self.span_id)
+    }
+
+    /// The span this context names, as a remote parent for OpenTelemetry.
+    fn span_context(&self) -> Option<SpanContext> {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        Some(SpanContext::new(
+            TraceId::from_hex(&self.trace_id).ok()?,
+            SpanId::from_hex(&self.span_id).ok()?,
+            flags,
+            true,
+            TraceState::default(),
+        ))
     }
 }
 
@@ -126,5 +199,25 @@ mod tests {
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_callers_choice_not_to_record_its_trace_is_kept() {
+        let unsampled = format!("00-{}-{}-00", "ab".repeat(16), "cd".repeat(8));
+        let context = TraceContext::parse(&unsampled).unwrap();
+        assert!(!context.sampled);
+        assert!(!context.child().sampled);
+        assert_eq!(context.traceparent(), unsampled);
+    }
+
+    #[test]
+    fn without_an_exporter_a_span_joins_its_callers_trace_or_starts_one() {
+        let caller = TraceContext::new();
+        let span = tracing::info_span!("call", trace_id = tracing::field::Empty);
+        let joined = join_trace(&span, Some(&caller));
+        assert_eq!(joined.trace_id, caller.trace_id);
+        assert_ne!(joined.span_id, caller.span_id);
+        let started = join_trace(&span, None);
+        assert_ne!(started.trace_id, caller.trace_id);
     }
 }

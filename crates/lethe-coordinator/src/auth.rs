@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use lethe_config::logging::TraceContext;
+use lethe_config::logging::{join_trace, TraceContext};
 use lethe_store::{AuditEntry, AuditOutcome, Credential, CredentialKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -40,8 +40,9 @@ pub(crate) struct Caller {
     pub(crate) credential_id: Option<Uuid>,
     /// Who, in words, for the audit log.
     pub(crate) actor: String,
-    /// The trace of this call: the caller's `traceparent`, or a new one.
-    pub(crate) trace_id: String,
+    /// This call's span in its trace (the caller's, or one it started); a job it creates
+    /// keeps it, as the parent of its tasks' spans.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 impl Caller {
@@ -215,7 +216,7 @@ impl Shared {
                     actor: format!("x-lethe-tenant:{tenant}"),
                     tenant,
                     credential_id: None,
-                    trace_id: String::new(),
+                    trace: None,
                 }))
             }
             (AuthMode::Tokens, api) => self.authenticate_token(api, headers).await,
@@ -273,7 +274,7 @@ impl Shared {
                 tenant,
                 credential_id: Some(credential.id),
                 actor: credential.name.clone(),
-                trace_id: String::new(),
+                trace: None,
             })),
             (CredentialKind::Worker, Api::Worker, _) => Ok(Principal::Worker),
             (CredentialKind::Admin, Api::Admin, _) => Ok(Principal::Admin(Operator {
@@ -412,14 +413,19 @@ where
         let shared = self.shared.clone();
         let path = request.uri().path().to_string();
         // Every call runs in a span of its trace: the caller's (W3C `traceparent`) or a new one.
-        let trace = request
+        let parent = request
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map(|parent| parent.child())
-            .unwrap_or_default();
-        let span = tracing::info_span!("rpc", method = %path, trace_id = %trace.trace_id);
+            .and_then(TraceContext::parse);
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = path.trim_start_matches('/'),
+            otel.kind = "server",
+            method = %path,
+            trace_id = tracing::field::Empty,
+        );
+        let trace = join_trace(&span, parent.as_ref());
         Box::pin(
             async move {
                 let api = Api::of(&path);
@@ -440,7 +446,7 @@ where
                 *request.headers_mut() = headers;
                 match authenticated {
                     Ok(Principal::Tenant(mut caller)) => {
-                        caller.trace_id = trace.trace_id.clone();
+                        caller.trace = Some(trace);
                         request.extensions_mut().insert(caller);
                     }
                     Ok(Principal::Admin(operator)) => {

@@ -7,6 +7,7 @@ mod admin;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lethe_config::otlp::OtlpExport;
 use lethe_coordinator::settings::{Database, Flags, Settings};
 use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig};
 use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
@@ -75,7 +76,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve | Command::Migrate => "info",
         _ => "warn",
     };
-    lethe_config::logging::init(settings.log_format, level);
+    let export = settings.otlp_endpoint.clone().map(|endpoint| OtlpExport {
+        endpoint,
+        service: "lethe-coordinator",
+        // Workers poll and heartbeat thousands of times a second; those calls serve no request.
+        unsampled_roots: &["lethe.v1.WorkerService/"],
+    });
+    let _telemetry = lethe_config::logging::init(settings.log_format, level, export.as_ref())?;
     match command {
         Command::DumpConfig => unreachable!("handled above"),
         Command::Credentials(command) => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use lethe_config::logging::TraceContext;
 use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1 as pb;
 use lethe_proto::lethe::v1::IndexEstimator;
@@ -57,7 +58,7 @@ impl Shared {
         Admission {
             audit: caller.audit(action, String::new(), AuditOutcome::Allowed, None, detail),
             default_max_active_jobs: self.config.max_active_jobs_per_tenant,
-            trace_id: Some(caller.trace_id.clone()).filter(|t| !t.is_empty()),
+            traceparent: caller.trace.as_ref().map(TraceContext::traceparent),
         }
     }
 

@@ -40,6 +40,10 @@ pub struct Settings {
     /// `text` for people, `json` (one object per line, with each request's `trace_id`) for
     /// log pipelines. The level is `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
+    /// The OTLP/HTTP address of an OpenTelemetry collector (`http://otel-collector:4318`) to
+    /// export spans to: each request's calls, with the spans of the CLI that sent it and of the
+    /// workers that ran its tasks. Unset, spans go to the logs only.
+    pub otlp_endpoint: Option<String>,
     /// How callers prove who they are: `tokens` (API tokens from `lethe-coordinator
     /// credentials create`) or `trusted-header` (the `x-lethe-tenant` header, believed as sent:
     /// only behind a gateway that authenticates callers itself).
@@ -71,6 +75,7 @@ impl Default for Settings {
             metrics_listen: None,
             dashboard_listen: None,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
             auth: AuthMode::Tokens,
             max_concurrent_calls: 512,
             max_long_polls: 2048,
@@ -254,6 +259,10 @@ pub struct Flags {
     #[arg(long, global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// OpenTelemetry collector to export spans to, over OTLP/HTTP [default: none].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// How callers prove who they are [default: tokens].
     #[arg(long, global = true, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]

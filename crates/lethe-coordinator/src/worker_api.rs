@@ -19,7 +19,6 @@ use uuid::Uuid;
 use crate::operations::{operation_name, timestamp};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
-use lethe_config::logging::TraceContext;
 
 /// The longest a worker may ask AcquireTask to wait; the server's own timeout is above it.
 pub const MAX_LONG_POLL: Duration = Duration::from_secs(60);
@@ -295,17 +294,7 @@ impl Shared {
             spec_json: task.spec.to_string(),
             attempt: task.attempt,
             lease_expires_at: Some(timestamp(task.lease_expires_at)),
-            traceparent: task
-                .trace_id
-                .map(|trace_id| {
-                    TraceContext {
-                        trace_id,
-                        span_id: String::new(),
-                    }
-                    .child()
-                    .traceparent()
-                })
-                .unwrap_or_default(),
+            traceparent: task.traceparent.unwrap_or_default(),
         }))
     }
 }

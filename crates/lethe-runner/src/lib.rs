@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_config::logging::TraceContext;
+use lethe_config::logging::{join_trace, TraceContext};
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
@@ -375,17 +375,17 @@ impl Shared {
     /// Runs one attempt to its end and reports it, in a span of the trace of the request it
     /// serves; returns the next task if the coordinator handed one back with the completion.
     async fn run_task(self: &Arc<Self>, task: LeasedTask) -> Option<LeasedTask> {
-        let trace_id = TraceContext::parse(&task.traceparent)
-            .map(|trace| trace.trace_id)
-            .unwrap_or_default();
         let span = tracing::info_span!(
             "task",
+            otel.name = %task.kind,
+            otel.kind = "consumer",
             task_id = %task.task_id,
             kind = %task.kind,
             attempt = task.attempt,
             operation = %task.operation,
-            trace_id = %trace_id,
+            trace_id = tracing::field::Empty,
         );
+        join_trace(&span, TraceContext::parse(&task.traceparent).as_ref());
         self.run_attempt(task).instrument(span).await
     }
 

@@ -341,8 +341,8 @@ pub(crate) async fn insert_job(
     let job_id = Uuid::now_v7();
     let inserted = sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
-         deadline_at, tasks_total, model_id, run_id, trace_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         deadline_at, tasks_total, model_id, run_id, trace_id, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, substr($12, 4, 32), $12) \
          ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(job_id)
@@ -356,7 +356,11 @@ pub(crate) async fn insert_job(
     .bind(new.tasks.len() as i32)
     .bind(model_id)
     .bind(run_id)
-    .bind(new.admission.as_ref().and_then(|a| a.trace_id.as_deref()))
+    .bind(
+        new.admission
+            .as_ref()
+            .and_then(|a| a.traceparent.as_deref()),
+    )
     .fetch_optional(&mut **tx)
     .await?;
     if inserted.is_some() && !new.tasks.is_empty() {

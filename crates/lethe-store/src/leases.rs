@@ -59,8 +59,9 @@ impl Store {
                      SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
                        AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
              ) \
-             SELECT c.*, j.tenant, coalesce(j.trace_id, (SELECT r.trace_id FROM jobs r \
-                 WHERE r.run_id = j.id AND r.trace_id IS NOT NULL ORDER BY r.id LIMIT 1)) AS trace_id \
+             SELECT c.*, j.tenant, coalesce(j.traceparent, (SELECT r.traceparent FROM jobs r \
+                 WHERE r.run_id = j.id AND r.traceparent IS NOT NULL ORDER BY r.id LIMIT 1)) \
+                 AS traceparent \
              FROM claimed c JOIN jobs j ON j.id = c.job_id",
         )
         .bind(worker)
@@ -74,7 +75,7 @@ impl Store {
                     id: row.try_get("id")?,
                     job_id: row.try_get("job_id")?,
                     tenant: row.try_get("tenant")?,
-                    trace_id: row.try_get("trace_id")?,
+                    traceparent: row.try_get("traceparent")?,
                     kind: row.try_get("kind")?,
                     spec: row.try_get("spec")?,
                     attempt: row.try_get("attempt")?,

@@ -125,8 +125,9 @@ pub struct Admission {
     pub audit: AuditEntry,
     /// Unfinished jobs the tenant may have, unless `tenant_quotas` says otherwise.
     pub default_max_active_jobs: u32,
-    /// The caller's W3C trace id (32 lowercase hex digits), kept with the job for its tasks.
-    pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that accepted the job (`00-{trace id}-{span id}-{flags}`),
+    /// kept with it so that its tasks' spans are that span's children.
+    pub traceparent: Option<String>,
 }
 
 /// Bounds what lands in a text column, whatever a caller sent.

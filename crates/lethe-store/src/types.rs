@@ -219,8 +219,8 @@ pub struct LeasedTask {
     pub id: Uuid,
     pub job_id: Uuid,
     pub tenant: String,
-    /// The trace of the request this task serves, when its caller sent one.
-    pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that accepted the request this task serves.
+    pub traceparent: Option<String>,
     pub kind: String,
     pub spec: Value,
     pub attempt: i32,

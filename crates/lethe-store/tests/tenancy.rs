@@ -46,7 +46,7 @@ fn submitted(tenant: &str, request_id: Option<&str>, quota: u32) -> NewJob {
                 detail: json!({}),
             },
             default_max_active_jobs: quota,
-            trace_id: None,
+            traceparent: None,
         }),
     }
 }

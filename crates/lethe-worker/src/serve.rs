@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use lethe_artifacts::ArtifactStore;
 use lethe_config::logging::LogFormat;
+use lethe_config::otlp::OtlpExport;
 use lethe_config::ConfigError;
 use lethe_proto::lethe::v1::Device;
 use lethe_runner::{Runner, RunnerConfig};
@@ -51,6 +52,9 @@ pub(crate) struct Settings {
     /// `text` for people, `json` (one object per line, each task's `trace_id` among the
     /// fields) for log pipelines. The level is `RUST_LOG` (default `info`).
     log_format: LogFormat,
+    /// The OTLP/HTTP address of an OpenTelemetry collector (`http://otel-collector:4318`) to
+    /// export each task's span to, in the trace of the request it serves; none by default.
+    otlp_endpoint: Option<String>,
 }
 
 impl Default for Settings {
@@ -68,6 +72,7 @@ impl Default for Settings {
             tls_key: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -173,6 +178,10 @@ pub(crate) struct ServeFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    /// OpenTelemetry collector to export spans to, over OTLP/HTTP [default: none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
 }
 
 impl ServeFlags {
@@ -210,7 +219,12 @@ fn client_tls(settings: &Settings) -> anyhow::Result<Option<ClientTlsConfig>> {
 pub(crate) fn run(flags: ServeFlags) -> anyhow::Result<()> {
     let args = flags.unvalidated()?;
     args.validate()?;
-    lethe_config::logging::init(args.log_format, "info");
+    let export = args.otlp_endpoint.clone().map(|endpoint| OtlpExport {
+        endpoint,
+        service: "lethe-worker",
+        unsampled_roots: &[],
+    });
+    let _telemetry = lethe_config::logging::init(args.log_format, "info", export.as_ref())?;
     let tls = client_tls(&args)?;
     let metrics_listen = args.metrics_listen;
     let artifacts_url = args.artifacts.clone().unwrap_or_default();
