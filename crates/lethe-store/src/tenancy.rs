@@ -161,7 +161,7 @@ impl Store {
         }
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        let token = format!("{}{}", kind.token_prefix(), hex_lower(&secret));
+        let token = format!("{}{}", kind.token_prefix(), hex::encode(secret));
         let id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
@@ -461,8 +461,4 @@ fn credential(row: &sqlx::postgres::PgRow) -> Result<Credential, StoreError> {
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
