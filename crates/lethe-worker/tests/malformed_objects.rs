@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack_with, Stack};
+use common::{serve, stack_with, watch_to_end, Stack};
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
@@ -77,22 +77,13 @@ impl Client {
             .into_inner()
             .name;
         let request = self.call(WatchOperationRequest { name });
-        let mut stream = self
+        let stream = self
             .lethe
             .watch_operation(request)
             .await
             .unwrap()
             .into_inner();
-        let mut last = None;
-        let following = async {
-            while let Some(operation) = stream.message().await.unwrap() {
-                last = Some(operation);
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(300), following)
-            .await
-            .expect("the operation ends within 5 minutes");
-        last.expect("the watch sent the operation")
+        watch_to_end(stream, Duration::from_secs(300), async |_| {}).await
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{serve_with, stack, Stack};
+use common::{serve_with, stack, watch_to_end, Stack};
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::admin_client::AdminClient;
@@ -85,22 +85,15 @@ async fn follow(
     metrics: SocketAddr,
     scrapes: &mut Vec<HashMap<String, f64>>,
 ) -> Operation {
-    let mut stream = lethe
+    let stream = lethe
         .watch_operation(with_token(token, WatchOperationRequest { name }))
         .await
         .unwrap()
         .into_inner();
-    let mut last = None;
-    let following = async {
-        while let Some(operation) = stream.message().await.unwrap() {
-            scrapes.push(scrape(metrics).await);
-            last = Some(operation);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(600), following)
-        .await
-        .expect("the operation ends within 10 minutes");
-    let operation = last.expect("the watch sent the operation");
+    let operation = watch_to_end(stream, Duration::from_secs(600), async |_| {
+        scrapes.push(scrape(metrics).await);
+    })
+    .await;
     assert!(
         matches!(operation.result, Some(operation::Result::Response(_))),
         "{operation:?}"

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack, Stack};
+use common::{serve, stack, watch_to_end, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
@@ -45,21 +45,12 @@ fn call<T>(message: T) -> tonic::Request<T> {
 
 /// Follows an operation with WatchOperation to its end.
 async fn watch(client: &mut LetheClient<Channel>, name: &str) -> Operation {
-    let mut stream = client
+    let stream = client
         .watch_operation(call(WatchOperationRequest { name: name.into() }))
         .await
         .unwrap()
         .into_inner();
-    let mut last = None;
-    let watching = async {
-        while let Some(operation) = stream.message().await.unwrap() {
-            last = Some(operation);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(600), watching)
-        .await
-        .expect("the operation finishes within 10 minutes");
-    let operation = last.expect("the watch sent the operation at least once");
+    let operation = watch_to_end(stream, Duration::from_secs(600), async |_| {}).await;
     assert!(operation.done, "{operation:?}");
     operation
 }

@@ -9,7 +9,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_proto::google::longrunning::Operation;
 use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
+
+/// Reads a `WatchOperation` stream to its end, handing each operation to `each`; returns the
+/// last one. Panics if the stream fails or does not end within `limit`.
+pub(crate) async fn watch_to_end(
+    mut stream: tonic::Streaming<Operation>,
+    limit: Duration,
+    mut each: impl AsyncFnMut(&Operation),
+) -> Operation {
+    let mut last = None;
+    let following = async {
+        while let Some(operation) = stream.message().await.unwrap() {
+            each(&operation).await;
+            last = Some(operation);
+        }
+    };
+    tokio::time::timeout(limit, following)
+        .await
+        .unwrap_or_else(|_| panic!("the operation ends within {limit:?}"));
+    last.expect("the watch sent the operation at least once")
+}
 
 /// A private PostgreSQL cluster (stopped when dropped), a store on it and a coordinator that
 /// wants API tokens, with one for tenant `acme` and one for workers.
