@@ -234,10 +234,13 @@ async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Resul
         .map(|worker| {
             let (store, done) = (store.clone(), done.clone());
             tokio::spawn(async move {
-                while let Some(task) = store.claim(worker, 1).await?.pop() {
-                    store
-                        .complete(task.id, task.attempt, worker, &[], None)
-                        .await?;
+                // As the worker API does: each completion claims the next task.
+                let mut next = store.claim(worker, 1).await?.pop();
+                while let Some(task) = next {
+                    next = store
+                        .complete_and_claim(task.id, task.attempt, worker, &[], None)
+                        .await?
+                        .1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<_, lethe_store::StoreError>(())

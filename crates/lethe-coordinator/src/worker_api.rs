@@ -154,12 +154,18 @@ impl WorkerService for WorkerApi {
                     .map_err(|e| invalid("result_json", format!("not JSON: {e}")))?,
             ),
         };
-        let completion = self
-            .shared
-            .store
-            .complete(task, request.attempt, worker, &artifacts, result.as_ref())
-            .await
-            .map_err(from_store)?;
+        let store = &self.shared.store;
+        let (completion, next_task) = if request.acquire_next {
+            store
+                .complete_and_claim(task, request.attempt, worker, &artifacts, result.as_ref())
+                .await
+        } else {
+            let completion = store
+                .complete(task, request.attempt, worker, &artifacts, result.as_ref())
+                .await;
+            completion.map(|completion| (completion, None))
+        }
+        .map_err(from_store)?;
         self.shared
             .wake
             .tasks_available(completion.tasks_released as usize);
@@ -169,10 +175,7 @@ impl WorkerService for WorkerApi {
             let shared = self.shared.clone();
             tokio::spawn(async move { shared.observe_finished(completion.job_id).await });
         }
-        let next_task = match request.acquire_next {
-            true => self.shared.claim_one(worker).await?,
-            false => None,
-        };
+        let next_task = next_task.map(|task| self.shared.leased(task));
         Ok(Response::new(CompleteTaskResponse {
             operation_done: completion.job_done,
             tasks_released: completion.tasks_released,
@@ -281,12 +284,15 @@ impl Shared {
     }
 
     async fn claim_one(&self, worker: Uuid) -> Result<Option<LeasedTask>, Status> {
-        let Some(task) = self.store.claim(worker, 1).await.map_err(from_store)?.pop() else {
-            return Ok(None);
-        };
+        let task = self.store.claim(worker, 1).await.map_err(from_store)?.pop();
+        Ok(task.map(|task| self.leased(task)))
+    }
+
+    /// A task a claim leased, as the worker gets it; its operation's watchers hear of it.
+    fn leased(&self, task: lethe_store::LeasedTask) -> LeasedTask {
         self.wake.job_changed(task.job_id);
         self.metrics.claimed(&task.kind);
-        Ok(Some(LeasedTask {
+        LeasedTask {
             task_id: task.id.to_string(),
             operation: operation_name(task.job_id),
             tenant: task.tenant,
@@ -295,7 +301,7 @@ impl Shared {
             attempt: task.attempt,
             lease_expires_at: Some(timestamp(task.lease_expires_at)),
             traceparent: task.traceparent.unwrap_or_default(),
-        }))
+        }
     }
 }
 

@@ -2,8 +2,12 @@
 //! names the task, the attempt and the worker it expects, so a worker whose lease was taken
 //! over changes nothing (fencing).
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -16,6 +20,157 @@ use crate::{seconds, Store, StoreError};
 /// A completion that sees more unfinished siblings than this does not try to finalise its
 /// job: for that, all of them would have to finish while its one statement runs.
 const FINALIZE_WHEN_AT_MOST: i64 = 16;
+
+/// The claim as CTEs (`me`, `seen`, `candidates`, `claimed`, `started`) for a statement to
+/// follow: `worker`, `limit` and `lease` (seconds) name the parameters that hold them, and
+/// `only_if` is a further condition on claiming anything. Written so that their generic plans
+/// (the store forces them) are index lookups: `= ANY(ARRAY(..))` rather than joins whose row
+/// counts a generic plan cannot know.
+fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
+    format!(
+        "me AS ( \
+             SELECT device, memory_bytes, kinds FROM workers \
+             WHERE id = {worker} AND state = 'active' {only_if} \
+         ), seen AS ( \
+             UPDATE workers SET last_seen_at = now() \
+             WHERE id = {worker} AND last_seen_at < now() - interval '5 seconds' \
+         ), candidates AS ( \
+             SELECT t.id FROM tasks t, me \
+             WHERE t.state = 'available' AND t.run_at <= now() \
+               AND (t.requires_device IS NULL OR t.requires_device = me.device) \
+               AND t.min_memory_bytes <= me.memory_bytes \
+               AND (cardinality(me.kinds) = 0 OR t.kind = ANY(me.kinds)) \
+             ORDER BY t.priority DESC, t.run_at, t.id \
+             LIMIT {limit} FOR UPDATE OF t SKIP LOCKED \
+         ), claimed AS ( \
+             UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, \
+                 lease_owner = {worker}, lease_expires_at = now() + make_interval(secs => {lease}), \
+                 leased_at = now(), progress = NULL \
+             WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) \
+             RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
+         ), started AS ( \
+             UPDATE jobs SET state = 'running', updated_at = now() \
+             WHERE id = ANY(ARRAY( \
+                 SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
+                   AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
+         )"
+    )
+}
+
+/// The claimed tasks with their tenant and the trace they serve (a deletion run's is that of
+/// the first request it serves), as [`leased_task`] reads them.
+const CLAIMED_TASKS: &str = "\
+    SELECT c.*, j.tenant, coalesce(j.traceparent, (SELECT r.traceparent FROM jobs r \
+        WHERE r.run_id = j.id AND r.traceparent IS NOT NULL ORDER BY r.id LIMIT 1)) AS traceparent \
+    FROM claimed c JOIN jobs j ON j.id = c.job_id";
+
+/// The completion as CTEs (`done`, `ended`, `stored`, `released`), with the parameters that
+/// [`AttemptResult::bind`] binds: `$1` task, `$2` attempt, `$3` worker, `$4` result, `$5`–`$9`
+/// the artifacts, `$10` how many unfinished siblings to count at most.
+const COMPLETE_CTES: &str = "\
+    done AS ( \
+        UPDATE tasks SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
+            finished_at = now(), result = $4 \
+        WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
+          AND NOT cancel_requested \
+        RETURNING id, job_id, attempt, leased_at \
+    ), ended AS ( \
+        INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome) \
+        SELECT id, attempt, $3, leased_at, 'succeeded' FROM done \
+    ), stored AS ( \
+        INSERT INTO artifacts (id, task_id, attempt, name, uri, sha256, size_bytes) \
+        SELECT u.id, done.id, done.attempt, u.name, u.uri, u.sha256, u.size \
+        FROM done, UNNEST($5::uuid[], $6::text[], $7::text[], $8::bytea[], $9::bigint[]) \
+             AS u(id, name, uri, sha256, size) \
+    ), released AS ( \
+        UPDATE tasks t SET unmet_deps = t.unmet_deps - 1, \
+            state = CASE WHEN t.unmet_deps = 1 THEN 'available' ELSE 'blocked' END, \
+            run_at = CASE WHEN t.unmet_deps = 1 THEN now() ELSE t.run_at END \
+        WHERE t.id = ANY(ARRAY(SELECT task_id FROM task_deps WHERE depends_on = $1)) \
+          AND t.state = 'blocked' AND EXISTS (SELECT 1 FROM done) \
+        RETURNING t.id, t.state \
+    )";
+
+/// What a completion reports: its job, the dependents it made available, and (up to `$10`)
+/// how many of the job's other tasks have not succeeded.
+const COMPLETION_SUMMARY: &str = "\
+    done.job_id AS completed_job_id, \
+    (SELECT count(*) FROM released WHERE state = 'available') AS released, \
+    (SELECT count(*) FROM (SELECT 1 FROM tasks o WHERE o.job_id = done.job_id \
+        AND o.state <> 'succeeded' AND o.id <> done.id LIMIT $10) AS x) AS others_unfinished";
+
+static CLAIM: LazyLock<String> =
+    LazyLock::new(|| format!("WITH {} {CLAIMED_TASKS}", claim_ctes("$1", "$2", "$3", "")));
+
+static COMPLETE: LazyLock<String> =
+    LazyLock::new(|| format!("WITH {COMPLETE_CTES} SELECT {COMPLETION_SUMMARY} FROM done"));
+
+/// The claim waits on the completion: `me` is empty unless `done` committed a row.
+static COMPLETE_AND_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {COMPLETE_CTES}, {} SELECT {COMPLETION_SUMMARY}, next.* \
+         FROM done LEFT JOIN ({CLAIMED_TASKS}) AS next ON true",
+        claim_ctes("$3", "$11", "$12", "AND EXISTS (SELECT 1 FROM done)")
+    )
+});
+
+/// A task a claim leased, from a row of [`CLAIMED_TASKS`].
+fn leased_task(row: &PgRow) -> Result<LeasedTask, sqlx::Error> {
+    Ok(LeasedTask {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        tenant: row.try_get("tenant")?,
+        traceparent: row.try_get("traceparent")?,
+        kind: row.try_get("kind")?,
+        spec: row.try_get("spec")?,
+        attempt: row.try_get("attempt")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+    })
+}
+
+/// An attempt's result as the arrays [`COMPLETE_CTES`] unnests.
+struct AttemptResult<'a> {
+    result: Option<&'a Value>,
+    ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    uris: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    sizes: Vec<i64>,
+}
+
+impl<'a> AttemptResult<'a> {
+    fn new(artifacts: &'a [ArtifactRef], result: Option<&'a Value>) -> Self {
+        AttemptResult {
+            result,
+            ids: artifacts.iter().map(|_| Uuid::now_v7()).collect(),
+            names: artifacts.iter().map(|a| a.name.as_str()).collect(),
+            uris: artifacts.iter().map(|a| a.uri.as_str()).collect(),
+            hashes: artifacts.iter().map(|a| &a.sha256[..]).collect(),
+            sizes: artifacts.iter().map(|a| a.size_bytes).collect(),
+        }
+    }
+
+    /// Binds `$1`–`$10` of [`COMPLETE_CTES`] and [`COMPLETION_SUMMARY`].
+    fn bind<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(task)
+            .bind(attempt)
+            .bind(worker)
+            .bind(self.result)
+            .bind(&self.ids)
+            .bind(&self.names)
+            .bind(&self.uris)
+            .bind(&self.hashes)
+            .bind(&self.sizes)
+            .bind(FINALIZE_WHEN_AT_MOST + 1)
+    }
+}
 
 /// How an attempt that did not succeed ended, as recorded in `task_attempts.outcome`.
 #[derive(Clone, Copy, Debug)]
@@ -31,58 +186,13 @@ impl Store {
     /// locks candidates with `SKIP LOCKED` (so concurrent claimers never wait on or share a
     /// row), bumps each attempt, and marks jobs running.
     pub async fn claim(&self, worker: Uuid, limit: i64) -> Result<Vec<LeasedTask>, StoreError> {
-        // Written so that their generic plans (the store forces them) are index lookups:
-        // `= ANY(ARRAY(..))` rather than joins whose row counts a generic plan cannot know.
-        let rows = sqlx::query(
-            "WITH me AS ( \
-                 SELECT device, memory_bytes, kinds FROM workers WHERE id = $1 AND state = 'active' \
-             ), seen AS ( \
-                 UPDATE workers SET last_seen_at = now() \
-                 WHERE id = $1 AND last_seen_at < now() - interval '5 seconds' \
-             ), candidates AS ( \
-                 SELECT t.id FROM tasks t, me \
-                 WHERE t.state = 'available' AND t.run_at <= now() \
-                   AND (t.requires_device IS NULL OR t.requires_device = me.device) \
-                   AND t.min_memory_bytes <= me.memory_bytes \
-                   AND (cardinality(me.kinds) = 0 OR t.kind = ANY(me.kinds)) \
-                 ORDER BY t.priority DESC, t.run_at, t.id \
-                 LIMIT $2 FOR UPDATE OF t SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, lease_owner = $1, \
-                     lease_expires_at = now() + make_interval(secs => $3), leased_at = now(), \
-                     progress = NULL \
-                 WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) \
-                 RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
-             ), started AS ( \
-                 UPDATE jobs SET state = 'running', updated_at = now() \
-                 WHERE id = ANY(ARRAY( \
-                     SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
-                       AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
-             ) \
-             SELECT c.*, j.tenant, coalesce(j.traceparent, (SELECT r.traceparent FROM jobs r \
-                 WHERE r.run_id = j.id AND r.traceparent IS NOT NULL ORDER BY r.id LIMIT 1)) \
-                 AS traceparent \
-             FROM claimed c JOIN jobs j ON j.id = c.job_id",
-        )
-        .bind(worker)
-        .bind(limit.max(1))
-        .bind(seconds(self.config.lease))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LeasedTask {
-                    id: row.try_get("id")?,
-                    job_id: row.try_get("job_id")?,
-                    tenant: row.try_get("tenant")?,
-                    traceparent: row.try_get("traceparent")?,
-                    kind: row.try_get("kind")?,
-                    spec: row.try_get("spec")?,
-                    attempt: row.try_get("attempt")?,
-                    lease_expires_at: row.try_get("lease_expires_at")?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&CLAIM)
+            .bind(worker)
+            .bind(limit.max(1))
+            .bind(seconds(self.config.lease))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(leased_task).collect::<Result<_, _>>()?)
     }
 
     /// Extends a lease and records progress. The answer says whether the job is being
@@ -125,8 +235,9 @@ impl Store {
 
     /// Commits an attempt's result: the task succeeds, its artifacts are recorded (once per
     /// name), and dependents whose last dependency this was become available, in one
-    /// statement. Replaying a completion that committed succeeds again and changes nothing. It touches no job row, so completions of one job's tasks never queue behind
-    /// each other; the job is finalised just after (see [`Store::finalize_job`]).
+    /// statement. Replaying a completion that committed succeeds again and changes nothing.
+    /// It touches no job row, so completions of one job's tasks never queue behind each other;
+    /// the job is finalised just after (see [`Store::finalize_job`]).
     pub async fn complete(
         &self,
         task: Uuid,
@@ -135,51 +246,54 @@ impl Store {
         artifacts: &[ArtifactRef],
         result: Option<&Value>,
     ) -> Result<Completion, StoreError> {
-        let ids: Vec<Uuid> = artifacts.iter().map(|_| Uuid::now_v7()).collect();
-        let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
-        let uris: Vec<&str> = artifacts.iter().map(|a| a.uri.as_str()).collect();
-        let hashes: Vec<&[u8]> = artifacts.iter().map(|a| &a.sha256[..]).collect();
-        let sizes: Vec<i64> = artifacts.iter().map(|a| a.size_bytes).collect();
-        let row = sqlx::query(
-            "WITH done AS ( \
-                 UPDATE tasks SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
-                     finished_at = now(), result = $4 \
-                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
-                   AND NOT cancel_requested \
-                 RETURNING id, job_id, attempt, leased_at \
-             ), ended AS ( \
-                 INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome) \
-                 SELECT id, attempt, $3, leased_at, 'succeeded' FROM done \
-             ), stored AS ( \
-                 INSERT INTO artifacts (id, task_id, attempt, name, uri, sha256, size_bytes) \
-                 SELECT u.id, done.id, done.attempt, u.name, u.uri, u.sha256, u.size \
-                 FROM done, UNNEST($5::uuid[], $6::text[], $7::text[], $8::bytea[], $9::bigint[]) \
-                      AS u(id, name, uri, sha256, size) \
-             ), released AS ( \
-                 UPDATE tasks t SET unmet_deps = t.unmet_deps - 1, \
-                     state = CASE WHEN t.unmet_deps = 1 THEN 'available' ELSE 'blocked' END, \
-                     run_at = CASE WHEN t.unmet_deps = 1 THEN now() ELSE t.run_at END \
-                 WHERE t.id = ANY(ARRAY(SELECT task_id FROM task_deps WHERE depends_on = $1)) \
-                   AND t.state = 'blocked' AND EXISTS (SELECT 1 FROM done) \
-                 RETURNING t.id, t.state \
-             ) \
-             SELECT done.job_id, (SELECT count(*) FROM released WHERE state = 'available') AS released, \
-                 (SELECT count(*) FROM (SELECT 1 FROM tasks o WHERE o.job_id = done.job_id \
-                     AND o.state <> 'succeeded' AND o.id <> done.id LIMIT $10) AS x) AS others_unfinished \
-             FROM done",
-        )
-        .bind(task)
-        .bind(attempt)
-        .bind(worker)
-        .bind(result)
-        .bind(&ids)
-        .bind(&names)
-        .bind(&uris)
-        .bind(&hashes)
-        .bind(&sizes)
-        .bind(FINALIZE_WHEN_AT_MOST + 1)
-        .fetch_optional(&self.pool)
-        .await;
+        let attempt_result = AttemptResult::new(artifacts, result);
+        let row = attempt_result
+            .bind(sqlx::query(&COMPLETE), task, attempt, worker)
+            .fetch_optional(&self.pool)
+            .await;
+        self.completed(row, task, attempt, worker, artifacts).await
+    }
+
+    /// [`Store::complete`], and in the same statement (one round trip, one commit) the claim
+    /// of the next task for the same worker, as [`Store::claim`] would make it. No task is
+    /// claimed unless the completion commits; a replayed completion claims none.
+    pub async fn complete_and_claim(
+        &self,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+        artifacts: &[ArtifactRef],
+        result: Option<&Value>,
+    ) -> Result<(Completion, Option<LeasedTask>), StoreError> {
+        let attempt_result = AttemptResult::new(artifacts, result);
+        let row = attempt_result
+            .bind(sqlx::query(&COMPLETE_AND_CLAIM), task, attempt, worker)
+            .bind(1_i64)
+            .bind(seconds(self.config.lease))
+            .fetch_optional(&self.pool)
+            .await;
+        let next = match &row {
+            Ok(Some(row)) if row.try_get::<Option<Uuid>, _>("id")?.is_some() => {
+                Some(leased_task(row)?)
+            }
+            _ => None,
+        };
+        let completion = self
+            .completed(row, task, attempt, worker, artifacts)
+            .await?;
+        Ok((completion, next))
+    }
+
+    /// What a completion statement's row says, finalising the job when it may be done; with
+    /// no row, whether this was a replay of a committed completion or why it was refused.
+    async fn completed(
+        &self,
+        row: Result<Option<PgRow>, sqlx::Error>,
+        task: Uuid,
+        attempt: i32,
+        worker: Uuid,
+        artifacts: &[ArtifactRef],
+    ) -> Result<Completion, StoreError> {
         let row = match row {
             Ok(Some(row)) => row,
             Ok(None) => {
@@ -194,13 +308,14 @@ impl Store {
             }
             // Two artifacts with one name: the caller's mistake, and nothing was written.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                let names: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
                 return Err(StoreError::InvalidArgument(format!(
                     "artifact names must be unique within a task: {names:?}"
-                )))
+                )));
             }
             Err(e) => return Err(e.into()),
         };
-        let job_id: Uuid = row.try_get("job_id")?;
+        let job_id: Uuid = row.try_get("completed_job_id")?;
         let others_unfinished: i64 = row.try_get("others_unfinished")?;
         // Most completions of a wide job see plenty of unfinished siblings and skip the extra
         // statement; near the end, every completion checks after its commit.

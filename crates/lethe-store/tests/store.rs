@@ -795,3 +795,56 @@ async fn a_worker_only_leases_the_kinds_it_runs() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].kind, "retrain");
 }
+
+#[tokio::test]
+async fn a_completion_claims_the_next_task_only_when_it_commits() {
+    let store = store().await;
+    let (job, _) = store.create_job(&job("acme", noop_tasks(3))).await.unwrap();
+    let (mine, theirs) = (worker(&store, "mine").await, worker(&store, "theirs").await);
+    let first = store.claim(mine, 1).await.unwrap().remove(0);
+
+    let (completion, next) = store
+        .complete_and_claim(first.id, 1, mine, &[artifact("model")], None)
+        .await
+        .unwrap();
+    assert_eq!((completion.job_id, completion.job_done), (job.id, false));
+    let next = next.expect("a task was available");
+    assert_ne!(next.id, first.id);
+    assert_eq!((next.attempt, next.tenant.as_str()), (1, "acme"));
+    let tasks = store.job_tasks("acme", job.id).await.unwrap();
+    let state = |id: Uuid| tasks.iter().find(|t| t.id == id).unwrap().state;
+    assert_eq!(state(first.id), TaskState::Succeeded);
+    assert_eq!(state(next.id), TaskState::Leased);
+
+    // A replay commits nothing and claims nothing; a fenced completion claims nothing either.
+    let (replay, claimed) = store
+        .complete_and_claim(first.id, 1, mine, &[artifact("model")], None)
+        .await
+        .unwrap();
+    assert_eq!((replay.job_id, claimed.map(|t| t.id)), (job.id, None));
+    let fenced = store
+        .complete_and_claim(next.id, 1, theirs, &[], None)
+        .await;
+    assert!(
+        matches!(fenced, Err(StoreError::Fenced { .. })),
+        "{fenced:?}"
+    );
+    assert_eq!(
+        store.claim(theirs, 1).await.unwrap().len(),
+        1,
+        "the last task was left"
+    );
+
+    // With nothing left to claim, the completion still commits and finishes the job.
+    let (completion, none) = store
+        .complete_and_claim(next.id, 1, mine, &[], None)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(!completion.job_done, "theirs is still running");
+    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE state = 'leased'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(leased, 1);
+}
