@@ -28,6 +28,9 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// Milliseconds between database re-reads of a waiting long-poll.
     pub poll_interval_ms: u64,
+    /// Milliseconds between passes of the maintenance loop (each ±25%): requeueing expired
+    /// leases, finalising jobs, planning deletion runs, expiring deadlines.
+    pub maintenance_interval_ms: u64,
     /// Seconds the oldest pending deletion request of a model waits for others to join its run.
     pub coalescing_window_seconds: f64,
     /// Fraction of the training set forgotten past which a run retrains from scratch.
@@ -70,6 +73,7 @@ impl Default for Settings {
             lease_seconds: 30.0,
             db_max_connections: 16,
             poll_interval_ms: 500,
+            maintenance_interval_ms: 2000,
             coalescing_window_seconds: 10.0,
             retrain_threshold: 0.05,
             metrics_listen: None,
@@ -108,6 +112,12 @@ impl Settings {
         }
         if self.poll_interval_ms < 10 {
             return Err(ConfigError::key("poll_interval_ms", "must be at least 10"));
+        }
+        if self.maintenance_interval_ms < 50 {
+            return Err(ConfigError::key(
+                "maintenance_interval_ms",
+                "must be at least 50",
+            ));
         }
         if !(self.coalescing_window_seconds.is_finite() && self.coalescing_window_seconds >= 0.0) {
             return Err(ConfigError::key(
@@ -197,6 +207,7 @@ impl Settings {
     pub fn coordinator_config(&self) -> CoordinatorConfig {
         CoordinatorConfig {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
+            maintenance_interval: Duration::from_millis(self.maintenance_interval_ms),
             coalescing_window: Duration::from_secs_f64(self.coalescing_window_seconds),
             retrain_threshold: self.retrain_threshold,
             auth: self.auth,
@@ -239,6 +250,10 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
+    /// Milliseconds between passes of the maintenance loop [default: 2000].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_interval_ms: Option<u64>,
     /// Seconds the oldest pending deletion request of a model waits for others [default: 10].
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -341,6 +356,10 @@ mod tests {
         assert_eq!(settings.lease_seconds, 5.0);
         assert_eq!(settings.retrain_threshold, 0.1);
         assert_eq!(
+            settings.coordinator_config().maintenance_interval,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
             settings.database().unwrap(),
             Database::Url("postgres://u:p@h/d".into())
         );
@@ -375,6 +394,13 @@ mod tests {
             (
                 vec![("LETHE_DATABASE_URL", "x"), ("LETHE_LISTEN", "nowhere")],
                 "listen",
+            ),
+            (
+                vec![
+                    ("LETHE_DATABASE_URL", "x"),
+                    ("LETHE_MAINTENANCE_INTERVAL_MS", "0"),
+                ],
+                "maintenance_interval_ms",
             ),
         ];
         for (pairs, key) in cases {
