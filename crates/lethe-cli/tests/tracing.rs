@@ -3,7 +3,8 @@
 //! trace and keeps the span with the operation, and the worker logs each task of it in a span
 //! of the same trace. Logs are JSON lines (`log_format = "json"`), and the spans also go to an
 //! OpenTelemetry collector over OTLP/HTTP (`otlp_endpoint`), where they form one tree: the
-//! command, the call that created the operation under it, and the tasks under that call.
+//! command, the call that created the operation under it, the tasks under that call, and each
+//! task's completion under the task.
 //!
 //! The coordinator and the runner share this test's process, and so its exporter and its
 //! `service.name`; the CLI is a process of its own.
@@ -245,11 +246,13 @@ async fn one_trace_spans_the_cli_the_coordinator_and_the_worker() {
     // The collector has the same trace as one tree: the command (from the CLI's process), the
     // call that created the operation under it, and the two tasks under that call.
     let spans = exported_until(&telemetry, &collector, |spans| {
-        spans
-            .iter()
-            .filter(|span| span.trace_id == trace && span.name == "noop")
-            .count()
-            == 2
+        let count = |name: &str| {
+            spans
+                .iter()
+                .filter(|span| span.trace_id == trace && span.name == name)
+                .count()
+        };
+        count("noop") == 2 && count("lethe.v1.WorkerService/CompleteTask") == 2
     })
     .await;
     let in_trace: Vec<&Exported> = spans.iter().filter(|span| span.trace_id == trace).collect();
@@ -273,8 +276,19 @@ async fn one_trace_spans_the_cli_the_coordinator_and_the_worker() {
     assert_eq!(accepted[0].parent_span_id, command[0].span_id);
     let tasks = named("noop");
     assert_eq!(tasks.len(), 2, "{spans:#?}");
-    for task in tasks {
+    for task in &tasks {
         assert_eq!(task.parent_span_id, accepted[0].span_id, "{task:?}");
+    }
+    // Each task's completion, as the coordinator handled it, is a child of the task's span.
+    let completions = named("lethe.v1.WorkerService/CompleteTask");
+    assert_eq!(completions.len(), 2, "{spans:#?}");
+    for completion in completions {
+        assert!(
+            tasks
+                .iter()
+                .any(|task| task.span_id == completion.parent_span_id),
+            "{completion:?}"
+        );
     }
     for span in &in_trace {
         assert!(

@@ -69,18 +69,25 @@ pub fn join_trace(span: &tracing::Span, parent: Option<&TraceContext>) -> TraceC
         // Fails only where nothing exports spans, and then there is nothing to parent.
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
-    let exported = span.context().span().span_context().clone();
-    let trace = if exported.is_valid() {
-        TraceContext {
-            trace_id: exported.trace_id().to_string(),
-            span_id: exported.span_id().to_string(),
-            sampled: exported.is_sampled(),
-        }
-    } else {
-        parent.map(TraceContext::child).unwrap_or_default()
-    };
+    let trace = exported_traceparent(span)
+        .and_then(|traceparent| TraceContext::parse(&traceparent))
+        .unwrap_or_else(|| parent.map(TraceContext::child).unwrap_or_default());
     span.record("trace_id", trace.trace_id.as_str());
     trace
+}
+
+/// The `traceparent` that calls made in `span` carry, where spans are exported: the span's own
+/// context, so that the callee's spans are its children. `None` where nothing exports spans.
+pub fn exported_traceparent(span: &tracing::Span) -> Option<String> {
+    let context = span.context().span().span_context().clone();
+    context.is_valid().then(|| {
+        TraceContext {
+            trace_id: context.trace_id().to_string(),
+            span_id: context.span_id().to_string(),
+            sampled: context.is_sampled(),
+        }
+        .traceparent()
+    })
 }
 
 /// A W3C trace context: which trace a call belongs to, and the span that made it.

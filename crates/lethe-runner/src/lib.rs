@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_config::logging::{join_trace, TraceContext};
+use lethe_config::logging::{exported_traceparent, join_trace, TraceContext};
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
@@ -137,13 +137,15 @@ pub struct RunnerConfig {
 }
 
 /// The worker API client, with the worker's token on every call.
-type WorkerClient = WorkerServiceClient<InterceptedService<Channel, BearerToken>>;
+type WorkerClient = WorkerServiceClient<InterceptedService<Channel, CallMetadata>>;
 
-/// Adds `authorization: Bearer <token>` to each call.
+/// Adds `authorization: Bearer <token>` to each call and, where spans are exported, the
+/// `traceparent` of the task span the call is made in (so the coordinator's handling of a
+/// heartbeat or a completion is part of the request's trace).
 #[derive(Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
+struct CallMetadata(Option<MetadataValue<Ascii>>);
 
-impl Interceptor for BearerToken {
+impl Interceptor for CallMetadata {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
@@ -152,6 +154,11 @@ impl Interceptor for BearerToken {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        let traceparent = exported_traceparent(&tracing::Span::current())
+            .and_then(|traceparent| traceparent.parse().ok());
+        if let Some(traceparent) = traceparent {
+            request.metadata_mut().insert("traceparent", traceparent);
         }
         Ok(request)
     }
@@ -223,7 +230,7 @@ impl Runner {
             None => None,
         };
         let mut client =
-            WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), BearerToken(token));
+            WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), CallMetadata(token));
         let request = RegisterWorkerRequest {
             name: self.config.name.clone(),
             device: self.config.device as i32,
