@@ -14,6 +14,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::Status;
 
@@ -202,6 +203,15 @@ impl Coordinator {
             health.set_not_serving::<LetheServer<OperationsApi>>().await;
             health.set_not_serving::<AdminServer<AdminApi>>().await;
         };
+        // tonic's own TCP_NODELAY applies only to listeners it binds: without it here, Nagle's
+        // algorithm holds back the end of small answers until the client acknowledges the start.
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.inspect(|stream| {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
+                }
+            })
+        });
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.shared.config.tls {
             builder = builder.tls_config(tls.server_config())?;
@@ -229,7 +239,7 @@ impl Coordinator {
             .add_service(AdminServer::new(AdminApi {
                 shared: self.shared.clone(),
             }))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         maintenance.abort();
         result
