@@ -69,9 +69,8 @@ pub fn join_trace(span: &tracing::Span, parent: Option<&TraceContext>) -> TraceC
         // Fails only where nothing exports spans, and then there is nothing to parent.
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
-    let trace = exported_traceparent(span)
-        .and_then(|traceparent| TraceContext::parse(&traceparent))
-        .unwrap_or_else(|| parent.map(TraceContext::child).unwrap_or_default());
+    let trace =
+        exported(span).unwrap_or_else(|| parent.map(TraceContext::child).unwrap_or_default());
     span.record("trace_id", trace.trace_id.as_str());
     trace
 }
@@ -79,14 +78,16 @@ pub fn join_trace(span: &tracing::Span, parent: Option<&TraceContext>) -> TraceC
 /// The `traceparent` that calls made in `span` carry, where spans are exported: the span's own
 /// context, so that the callee's spans are its children. `None` where nothing exports spans.
 pub fn exported_traceparent(span: &tracing::Span) -> Option<String> {
+    exported(span).map(|context| context.traceparent())
+}
+
+/// The exported span's own context, where spans are exported.
+fn exported(span: &tracing::Span) -> Option<TraceContext> {
     let context = span.context().span().span_context().clone();
-    context.is_valid().then(|| {
-        TraceContext {
-            trace_id: context.trace_id().to_string(),
-            span_id: context.span_id().to_string(),
-            sampled: context.is_sampled(),
-        }
-        .traceparent()
+    context.is_valid().then(|| TraceContext {
+        trace_id: context.trace_id().to_string(),
+        span_id: context.span_id().to_string(),
+        sampled: context.is_sampled(),
     })
 }
 

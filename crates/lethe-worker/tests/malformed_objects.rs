@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack_with, watch_to_end, Stack};
+use common::{serve, stack_with, watch_to_end, with_token, Stack};
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
@@ -34,12 +34,7 @@ struct Client {
 
 impl Client {
     fn call<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.token).parse().unwrap(),
-        );
-        request
+        with_token(&self.token, message)
     }
 
     async fn dataset(&mut self, id: &str, uri: String) {

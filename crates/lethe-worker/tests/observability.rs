@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{serve_with, stack, watch_to_end, Stack};
+use common::{serve_with, stack, watch_to_end, with_token, Stack};
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::admin_client::AdminClient;
@@ -26,14 +26,6 @@ use lethe_proto::lethe::v1::{
 use lethe_store::CredentialKind;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
-
-fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
 
 /// Every sample of an OpenMetrics exposition, by series (`name{labels}`).
 async fn scrape(address: SocketAddr) -> HashMap<String, f64> {

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack, watch_to_end, Stack};
+use common::{serve, stack, watch_to_end, with_token, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
@@ -35,12 +35,7 @@ use tonic::transport::Channel;
 static TENANT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn call<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let token = TENANT_TOKEN.get().expect("the stack is up");
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
+    with_token(TENANT_TOKEN.get().expect("the stack is up"), message)
 }
 
 /// Follows an operation with WatchOperation to its end.

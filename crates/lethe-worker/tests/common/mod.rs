@@ -12,6 +12,15 @@ use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, RunningCoordin
 use lethe_proto::google::longrunning::Operation;
 use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
 
+/// `message` as a call with `token` as its bearer token.
+pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// Reads a `WatchOperation` stream to its end, handing each operation to `each`; returns the
 /// last one. Panics if the stream fails or does not end within `limit`.
 pub(crate) async fn watch_to_end(
