@@ -11,8 +11,8 @@ use crate::error::{MlError, Result};
 /// Multi-layer perceptron on flattened inputs: `layers.{i}` linear layers with ReLU between.
 pub(crate) struct Mlp {
     pub(super) layers: Vec<Linear>,
-    /// Gradient buffers of the hand-written backward pass, allocated on first use.
-    pub(super) gradients: Option<Vec<Tensor>>,
+    /// Buffers of the hand-written backward pass, allocated on first use.
+    pub(super) workspace: super::mlp_backward::Workspace,
 }
 
 impl Mlp {
@@ -34,7 +34,7 @@ impl Mlp {
             .collect();
         Mlp {
             layers,
-            gradients: None,
+            workspace: Default::default(),
         }
     }
 }
