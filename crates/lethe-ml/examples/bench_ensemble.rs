@@ -12,9 +12,7 @@ use std::time::Instant;
 mod peer;
 
 use lethe_ml::data::{Dataset, DatasetSpec};
-use lethe_ml::ensemble::{
-    member_subset, run_ensemble, EnsembleEvent, EnsembleResults, EnsembleSpec,
-};
+use lethe_ml::ensemble::{member_subset, run_groups, EnsembleEvent, EnsembleResults, EnsembleSpec};
 use lethe_ml::model::{Model, ModelSpec};
 use lethe_ml::recipe::Recipe;
 use lethe_ml::train::train;
@@ -59,6 +57,9 @@ fn parse_args() -> Args {
     args
 }
 
+/// Slices of the ensemble between sgemm probes.
+const SLICES: usize = 4;
+
 /// fp32 GFLOP/s of a large square matrix product through libtorch, the best of several runs:
 /// the CPU's practical peak (the best run, so that noise can only lower `fraction_of_peak`).
 fn sgemm_gflops() -> f64 {
@@ -67,7 +68,7 @@ fn sgemm_gflops() -> f64 {
     let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
     let _warm = a.matmul(&b);
     let mut best = 0.0f64;
-    for _ in 0..6 {
+    for _ in 0..4 {
         let start = Instant::now();
         let _product = a.matmul(&b);
         best = best.max(2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9);
@@ -116,28 +117,45 @@ fn main() {
     let peer_rate = peer["examples_per_s"].as_f64().expect("peer rate");
     eprintln!("pytorch peer: {peer_rate:.0} examples/s");
 
-    let peak_before = sgemm_gflops();
-
+    // The machine is shared and its speed drifts over a run, so the sgemm rate is probed
+    // between slices of the ensemble and each slice is held to the faster of its two
+    // neighbouring probes: the peak that applies is the one measured at the same time.
+    let groups = spec.groups();
+    let slices: Vec<&[std::ops::Range<usize>]> =
+        groups.chunks(groups.len().div_ceil(SLICES)).collect();
+    let mut probes = vec![sgemm_gflops()];
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut ensemble_examples = 0u64;
-    let start = Instant::now();
-    run_ensemble(&spec, &data, dir.path(), Device::Cpu, &mut |event| {
-        if let EnsembleEvent::GroupFinished {
-            members,
-            seconds,
-            examples,
-            ..
-        } = event
-        {
-            ensemble_examples += examples;
-            eprintln!(
-                "ensemble: members {members:?} in {seconds:.1}s ({:.0} examples/s)",
-                examples as f64 / seconds
-            );
-        }
-    })
-    .expect("ensemble trains");
-    let ensemble_seconds = start.elapsed().as_secs_f64();
+    let mut ensemble_seconds = 0.0;
+    let mut peak_seconds = 0.0;
+    for slice in slices {
+        let start = Instant::now();
+        run_groups(&spec, &data, dir.path(), slice, Device::Cpu, &mut |event| {
+            if let EnsembleEvent::GroupFinished {
+                members,
+                seconds,
+                examples,
+                ..
+            } = event
+            {
+                ensemble_examples += examples;
+                eprintln!(
+                    "ensemble: members {members:?} in {seconds:.1}s ({:.0} examples/s)",
+                    examples as f64 / seconds
+                );
+            }
+        })
+        .expect("ensemble trains");
+        let seconds = start.elapsed().as_secs_f64();
+        probes.push(sgemm_gflops());
+        let [before, after] = probes[probes.len() - 2..] else {
+            unreachable!("a probe precedes and follows every slice")
+        };
+        ensemble_seconds += seconds;
+        peak_seconds += before.max(after) * seconds;
+    }
+    let peak = peak_seconds / ensemble_seconds;
+    eprintln!("sgemm probes: {probes:.0?} GFLOP/s; {peak:.1} over the ensemble");
     let ensemble_rate = ensemble_examples as f64 / ensemble_seconds;
     let val_acc = EnsembleResults::load(dir.path())
         .expect("results load")
@@ -163,8 +181,6 @@ fn main() {
     }
     let single_rate = single_examples as f64 / start.elapsed().as_secs_f64();
     eprintln!("single: {single_rate:.0} examples/s");
-    let peak = peak_before.max(sgemm_gflops());
-    eprintln!("sgemm: {peak:.1} GFLOP/s");
 
     let ensemble_gflops = 6.0 * parameters * ensemble_rate / 1e9;
     let result = serde_json::json!({
@@ -185,6 +201,7 @@ fn main() {
         "ratio_vs_pytorch": ensemble_rate / peer_rate,
         "ratio_vs_single": ensemble_rate / single_rate,
         "sgemm_gflops": peak,
+        "sgemm_gflops_probes": probes,
         "ensemble_gflops": ensemble_gflops,
         "fraction_of_peak": ensemble_gflops / peak,
         "val_acc_mean": val_acc_mean,

@@ -275,13 +275,7 @@ fn train_group(
     Ok(true)
 }
 
-/// Runs every group of the ensemble, skipping those already done.
-///
-/// On a CPU, groups run side by side, one per core, each with single-threaded libtorch ops:
-/// at subset-retrain sizes a group's work is many small operations, and one group per core
-/// avoids both the fork/join cost of every op and the memory traffic of sharing one group's
-/// parameters across cores. libtorch's thread count is restored afterwards. On CUDA, groups run
-/// one after another.
+/// Runs every group of the ensemble, skipping those already done (see [`run_groups`]).
 pub fn run_ensemble(
     spec: &EnsembleSpec,
     data: &Dataset,
@@ -289,10 +283,38 @@ pub fn run_ensemble(
     device: Device,
     events: &mut dyn FnMut(EnsembleEvent),
 ) -> Result<()> {
+    run_groups(spec, data, out_dir, &spec.groups(), device, events)
+}
+
+/// Runs the given groups of the ensemble (each one of [`EnsembleSpec::groups`]), skipping
+/// those already done.
+///
+/// On a CPU, groups run side by side, one per core, each with single-threaded libtorch ops:
+/// at subset-retrain sizes a group's work is many small operations, and one group per core
+/// avoids both the fork/join cost of every op and the memory traffic of sharing one group's
+/// parameters across cores. libtorch's thread count is restored afterwards. On CUDA, groups run
+/// one after another.
+pub fn run_groups(
+    spec: &EnsembleSpec,
+    data: &Dataset,
+    out_dir: &Path,
+    groups: &[Range<usize>],
+    device: Device,
+    events: &mut dyn FnMut(EnsembleEvent),
+) -> Result<()> {
     spec.validate(data.num_train)?;
+    let all = spec.groups();
+    if let Some(stray) = groups.iter().find(|members| !all.contains(members)) {
+        return Err(MlError::spec(
+            "ensemble",
+            format!(
+                "members {stray:?} are not one group of {} in an ensemble of {}",
+                spec.group_size, spec.members
+            ),
+        ));
+    }
     let fingerprint = claim_directory(spec, data, out_dir)?;
     let fingerprint = fingerprint.as_str();
-    let groups = spec.groups();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let workers = if device == Device::Cpu {
         cores.min(groups.len())
@@ -300,14 +322,14 @@ pub fn run_ensemble(
         1
     };
     if workers <= 1 {
-        for members in groups {
+        for members in groups.iter().cloned() {
             train_group(spec, data, out_dir, members, device, fingerprint, events)?;
         }
         return Ok(());
     }
     let previous_threads = tch::get_num_threads();
     tch::set_num_threads(1);
-    let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
+    let queue = Mutex::new(groups.iter().cloned().collect::<VecDeque<_>>());
     let (sender, receiver) = mpsc::channel::<Result<EnsembleEvent>>();
     let outcome = std::thread::scope(|scope| {
         for _ in 0..workers {

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use lethe_ml::ensemble::{
-    run_ensemble, run_member_range, EnsembleEvent, EnsembleResults, EnsembleSpec,
+    run_ensemble, run_groups, run_member_range, EnsembleEvent, EnsembleResults, EnsembleSpec,
 };
 use lethe_ml::recipe::Recipe;
 use tch::{Device, Kind};
@@ -81,6 +81,49 @@ fn an_ensemble_streams_groups_and_a_rerun_skips_finished_members() {
     );
     assert!(resumed.masks.equal(&complete.masks));
     assert_eq!(resumed.seeds, complete.seeds);
+}
+
+#[test]
+fn run_groups_trains_only_the_groups_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec();
+    let data = fmnist_tiny();
+    let mut trained = Vec::new();
+    run_groups(
+        &spec,
+        &data,
+        dir.path(),
+        &[0..2, 4..5],
+        Device::Cpu,
+        &mut |event| {
+            if let EnsembleEvent::GroupFinished { members, .. } = event {
+                trained.push(members);
+            }
+        },
+    )
+    .unwrap();
+    trained.sort_by_key(|members| members.start);
+    assert_eq!(trained, [0..2, 4..5]);
+    assert!(
+        EnsembleResults::load(dir.path()).is_err(),
+        "group 2..4 is missing"
+    );
+    assert_eq!(
+        run(&spec, dir.path()),
+        ["skip 0..2", "skip 4..5", "train 2..4"]
+    );
+
+    let error = run_groups(
+        &spec,
+        &data,
+        dir.path(),
+        &[4..5, 1..3],
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("not one group"), "{error}");
 }
 
 #[test]
