@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-attribution bench-quality bench-coordinator bench-report chaos clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-ensemble-cuda bench-attribution bench-quality bench-coordinator bench-report chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -41,6 +41,10 @@ demo: build
 
 bench-ensemble: setup
 	cargo run --release -p lethe-ml --example bench_ensemble -- --out bench/results/ensemble.json
+
+# On a machine with a CUDA GPU: the same bench there, plus how the ensemble's rate grows with M.
+bench-ensemble-cuda: setup
+	cargo run --release -p lethe-ml --example bench_ensemble -- --device cuda --out bench/results/ensemble-cuda.json
 
 bench-attribution: setup
 	cargo run --release -p lethe-ml --example bench_attribution -- --out bench/results/attribution.json

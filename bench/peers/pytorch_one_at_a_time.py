@@ -32,23 +32,25 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
-    x = torch.from_numpy(read_idx(f"{DIR}/train-images-idx3-ubyte.gz")[: args.train].copy()).float().div(255).flatten(1)
-    y = torch.from_numpy(read_idx(f"{DIR}/train-labels-idx1-ubyte.gz")[: args.train].astype(np.int64))
-    vx = torch.from_numpy(read_idx(f"{DIR}/t10k-images-idx3-ubyte.gz")[: args.val].copy()).float().div(255).flatten(1)
-    vy = torch.from_numpy(read_idx(f"{DIR}/t10k-labels-idx1-ubyte.gz")[: args.val].astype(np.int64))
+    x = torch.from_numpy(read_idx(f"{DIR}/train-images-idx3-ubyte.gz")[: args.train].copy()).float().div(255).flatten(1).to(device)
+    y = torch.from_numpy(read_idx(f"{DIR}/train-labels-idx1-ubyte.gz")[: args.train].astype(np.int64)).to(device)
+    vx = torch.from_numpy(read_idx(f"{DIR}/t10k-images-idx3-ubyte.gz")[: args.val].copy()).float().div(255).flatten(1).to(device)
+    vy = torch.from_numpy(read_idx(f"{DIR}/t10k-labels-idx1-ubyte.gz")[: args.val].astype(np.int64)).to(device)
     subset_size = round(args.alpha * args.train)
     examples = 0
     accuracies = []
     start = time.perf_counter()
     for member in range(args.members):
         torch.manual_seed(member)
-        subset = torch.randperm(args.train)[:subset_size]
-        model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+        subset = torch.randperm(args.train)[:subset_size].to(device)
+        model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for _ in range(args.epochs):
-            order = subset[torch.randperm(subset_size)]
+            order = subset[torch.randperm(subset_size).to(device)]
             for begin in range(0, subset_size, args.batch):
                 index = order[begin : begin + args.batch]
                 loss = nn.functional.cross_entropy(model(x[index]), y[index])
@@ -58,6 +60,8 @@ def main():
                 examples += len(index)
         with torch.no_grad():
             accuracies.append(float((model(vx).argmax(1) == vy).float().mean()))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     print(json.dumps({
         "members": args.members,
@@ -66,6 +70,7 @@ def main():
         "examples_per_s": examples / seconds,
         "val_acc_mean": sum(accuracies) / len(accuracies),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
     }))
 
 

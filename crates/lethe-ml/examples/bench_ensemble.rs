@@ -2,7 +2,12 @@
 //! α = 0.5) trained as one ensemble, against the same members trained one at a time by the
 //! engine, a plain one-model-at-a-time PyTorch loop (the peer), and the machine's sgemm rate.
 //!
+//! On a GPU, where one small model cannot fill the device, `--sweep` also trains ensembles of
+//! M = 1, 4, 16, ... members as one batched network each and reports how the rate grows with M
+//! (`by_members`); it is on by default there.
+//!
 //! Usage: bench_ensemble [--members 256] [--group 8] [--single 256] [--peer 16] [--epochs 20]
+//!                       [--device cpu|cuda] [--sweep 1,4,16,64,256] [--sweep-epochs 2]
 //!                       [--out bench/results/ensemble.json]
 
 use std::path::PathBuf;
@@ -12,7 +17,9 @@ use std::time::Instant;
 mod peer;
 
 use lethe_ml::data::{Dataset, DatasetSpec};
-use lethe_ml::ensemble::{member_subset, run_groups, EnsembleEvent, EnsembleResults, EnsembleSpec};
+use lethe_ml::ensemble::{
+    member_subset, run_ensemble, run_groups, EnsembleEvent, EnsembleResults, EnsembleSpec,
+};
 use lethe_ml::model::{Model, ModelSpec};
 use lethe_ml::recipe::Recipe;
 use lethe_ml::train::train;
@@ -24,6 +31,9 @@ struct Args {
     single: usize,
     peer: usize,
     epochs: usize,
+    device: Device,
+    sweep: Vec<usize>,
+    sweep_epochs: usize,
     out: PathBuf,
 }
 
@@ -34,8 +44,12 @@ fn parse_args() -> Args {
         single: 256,
         peer: 16,
         epochs: 20,
+        device: Device::Cpu,
+        sweep: Vec::new(),
+        sweep_epochs: 2,
         out: PathBuf::from("bench/results/ensemble.json"),
     };
+    let mut sweep = None;
     let mut raw = std::env::args().skip(1);
     while let Some(flag) = raw.next() {
         let value = raw.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -50,11 +64,87 @@ fn parse_args() -> Args {
             "--single" => args.single = number(),
             "--peer" => args.peer = number(),
             "--epochs" => args.epochs = number(),
+            "--sweep-epochs" => args.sweep_epochs = number(),
+            "--sweep" => {
+                sweep = Some(
+                    value
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(|m| {
+                            m.parse()
+                                .unwrap_or_else(|_| panic!("--sweep takes numbers"))
+                        })
+                        .collect(),
+                )
+            }
+            "--device" => {
+                args.device = match value.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+                    "cuda" => panic!("--device cuda: libtorch sees no CUDA device"),
+                    other => panic!("--device takes cpu or cuda, not {other}"),
+                }
+            }
             "--out" => args.out = PathBuf::from(&value),
             other => panic!("unknown flag {other}"),
         }
     }
+    args.sweep = sweep.unwrap_or_else(|| {
+        if args.device.is_cuda() {
+            vec![1, 4, 16, 64, 256]
+        } else {
+            Vec::new()
+        }
+    });
     args
+}
+
+/// Waits for the device's queued work, so that a timer sees it done.
+fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// Ensembles of each size in `sweep`, each trained as one batched network for `epochs`:
+/// examples/s per size, and its advantage over one member at a time (the first size, 1).
+fn sweep_members(
+    data: &Dataset,
+    spec: &EnsembleSpec,
+    sweep: &[usize],
+    epochs: usize,
+    device: Device,
+) -> Vec<serde_json::Value> {
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for &members in sweep {
+        let sized = EnsembleSpec {
+            members,
+            group_size: members,
+            recipe: Recipe {
+                epochs,
+                ..spec.recipe.clone()
+            },
+            ..spec.clone()
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut examples = 0u64;
+        let start = Instant::now();
+        run_ensemble(&sized, data, dir.path(), device, &mut |event| {
+            if let EnsembleEvent::GroupFinished { examples: e, .. } = event {
+                examples += e;
+            }
+        })
+        .expect("sweep ensemble trains");
+        let rate = examples as f64 / start.elapsed().as_secs_f64();
+        let base = rows.first().and_then(|row| row["examples_per_s"].as_f64());
+        eprintln!("sweep: {members} members as one network, {rate:.0} examples/s");
+        rows.push(serde_json::json!({
+            "members": members,
+            "examples_per_s": rate,
+            "advantage_vs_first": base.map_or(1.0, |base| rate / base),
+        }));
+    }
+    rows
 }
 
 /// Slices of the ensemble between sgemm probes.
@@ -62,15 +152,17 @@ const SLICES: usize = 4;
 
 /// fp32 GFLOP/s of a large square matrix product through libtorch, the best of several runs:
 /// the CPU's practical peak (the best run, so that noise can only lower `fraction_of_peak`).
-fn sgemm_gflops() -> f64 {
+fn sgemm_gflops(device: Device) -> f64 {
     let n = 4096i64;
-    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
-    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+    let a = Tensor::randn([n, n], (Kind::Float, device));
+    let b = Tensor::randn([n, n], (Kind::Float, device));
     let _warm = a.matmul(&b);
+    synchronize(device);
     let mut best = 0.0f64;
     for _ in 0..4 {
         let start = Instant::now();
         let _product = a.matmul(&b);
+        synchronize(device);
         best = best.max(2.0 * (n as f64).powi(3) / start.elapsed().as_secs_f64() / 1e9);
     }
     best
@@ -99,7 +191,7 @@ fn main() {
         &[0],
         &data.sample_shape,
         data.num_classes,
-        Device::Cpu,
+        args.device,
     )
     .expect("the MLP fits Fashion-MNIST")
     .parameters_per_member() as f64;
@@ -112,6 +204,8 @@ fn main() {
             args.peer.to_string(),
             "--epochs".to_owned(),
             args.epochs.to_string(),
+            "--device".to_owned(),
+            if args.device.is_cuda() { "cuda" } else { "cpu" }.to_owned(),
         ],
     );
     let peer_rate = peer["examples_per_s"].as_f64().expect("peer rate");
@@ -123,14 +217,14 @@ fn main() {
     let groups = spec.groups();
     let slices: Vec<&[std::ops::Range<usize>]> =
         groups.chunks(groups.len().div_ceil(SLICES)).collect();
-    let mut probes = vec![sgemm_gflops()];
+    let mut probes = vec![sgemm_gflops(args.device)];
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut ensemble_examples = 0u64;
     let mut ensemble_seconds = 0.0;
     let mut peak_seconds = 0.0;
     for slice in slices {
         let start = Instant::now();
-        run_groups(&spec, &data, dir.path(), slice, Device::Cpu, &mut |event| {
+        run_groups(&spec, &data, dir.path(), slice, args.device, &mut |event| {
             if let EnsembleEvent::GroupFinished {
                 members,
                 seconds,
@@ -147,7 +241,7 @@ fn main() {
         })
         .expect("ensemble trains");
         let seconds = start.elapsed().as_secs_f64();
-        probes.push(sgemm_gflops());
+        probes.push(sgemm_gflops(args.device));
         let [before, after] = probes[probes.len() - 2..] else {
             unreachable!("a probe precedes and follows every slice")
         };
@@ -172,7 +266,7 @@ fn main() {
             &[seed],
             &data.sample_shape,
             data.num_classes,
-            Device::Cpu,
+            args.device,
         )
         .expect("model builds");
         single_examples += train(&mut model, &data, &[subset], &recipe, &mut |_| {})
@@ -181,11 +275,12 @@ fn main() {
     }
     let single_rate = single_examples as f64 / start.elapsed().as_secs_f64();
     eprintln!("single: {single_rate:.0} examples/s");
+    let by_members = sweep_members(&data, &spec, &args.sweep, args.sweep_epochs, args.device);
 
     let ensemble_gflops = 6.0 * parameters * ensemble_rate / 1e9;
     let result = serde_json::json!({
         "workload": "fmnist-bench MLP 784-128-10, Adam 1e-3, batch 128, alpha 0.5",
-        "device": "cpu",
+        "device": if args.device.is_cuda() { "cuda" } else { "cpu" },
         "threads": tch::get_num_threads(),
         "members": args.members,
         "group_size": args.group,
@@ -206,6 +301,8 @@ fn main() {
         "fraction_of_peak": ensemble_gflops / peak,
         "val_acc_mean": val_acc_mean,
         "val_acc_min": val_acc.iter().cloned().fold(f64::INFINITY, f64::min),
+        "by_members": by_members,
+        "sweep_epochs": args.sweep_epochs,
     });
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent).expect("results directory");
