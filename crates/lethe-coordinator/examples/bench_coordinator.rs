@@ -23,7 +23,8 @@ use lethe_proto::lethe::v1::{
     AcquireTaskRequest, CompleteTaskRequest, Device, RegisterWorkerRequest,
 };
 use lethe_store::{
-    sqlx, Durability, JobKind, LocalCluster, NewJob, NewTask, NewWorker, Store, StoreConfig,
+    sqlx, CompletionRequest, Durability, GroupCommit, GroupCommitLimits, JobKind, LocalCluster,
+    NewJob, NewTask, NewWorker, Store, StoreConfig,
 };
 use serde_json::json;
 use tonic::transport::Channel;
@@ -212,7 +213,7 @@ async fn run_raw(store: &Store, workers: usize, tasks: usize) -> anyhow::Result<
     Ok(finished as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The store's own claim and completion, called in process: Lethe's SQL without gRPC, which
+/// The store's own claim and group commit, called in process: Lethe's SQL without gRPC, which
 /// splits the gap between lethe and raw into bookkeeping and transport.
 async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
@@ -228,17 +229,26 @@ async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Resul
         };
         ids.push(store.register_worker(&worker).await?);
     }
+    let commit = GroupCommit::start(store.clone(), GroupCommitLimits::default());
     let start = Instant::now();
     let loops: Vec<_> = ids
         .into_iter()
         .map(|worker| {
-            let (store, done) = (store.clone(), done.clone());
+            let (store, commit, done) = (store.clone(), commit.clone(), done.clone());
             tokio::spawn(async move {
-                // As the worker API does: each completion claims the next task.
+                // As the worker API does: each completion claims the next task, and completions
+                // from all workers share statements.
                 let mut next = store.claim(worker, 1).await?.pop();
                 while let Some(task) = next {
-                    next = store
-                        .complete_and_claim(task.id, task.attempt, worker, &[], None)
+                    next = commit
+                        .complete(CompletionRequest {
+                            task: task.id,
+                            attempt: task.attempt,
+                            worker,
+                            artifacts: Vec::new(),
+                            result: None,
+                            acquire_next: true,
+                        })
                         .await?
                         .1;
                     done.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use lethe_proto::google::longrunning::operations_server::OperationsServer;
 use lethe_proto::lethe::v1::admin_server::AdminServer;
 use lethe_proto::lethe::v1::lethe_server::LetheServer;
 use lethe_proto::lethe::v1::worker_service_server::WorkerServiceServer;
-use lethe_store::Store;
+use lethe_store::{GroupCommit, GroupCommitLimits, Store};
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -109,9 +109,17 @@ pub(crate) struct Shared {
     /// Permits for refusals being written to the audit log in the background.
     pub(crate) audit_writes: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Completions go through one queue per replica, batched under load; started on first use,
+    /// inside the runtime that serves the calls.
+    completions: std::sync::OnceLock<GroupCommit>,
 }
 
 impl Shared {
+    pub(crate) fn completions(&self) -> &GroupCommit {
+        self.completions
+            .get_or_init(|| GroupCommit::start(self.store.clone(), GroupCommitLimits::default()))
+    }
+
     pub(crate) fn calls_limit(&self) -> usize {
         self.config.max_concurrent_calls
     }
@@ -166,6 +174,7 @@ impl Coordinator {
                 long_polls: Arc::new(Semaphore::new(config.max_long_polls.max(1))),
                 audit_writes: Arc::new(Semaphore::new(AUDIT_WRITES)),
                 metrics: Arc::new(Metrics::new()),
+                completions: std::sync::OnceLock::new(),
                 config,
             }),
         }

@@ -11,7 +11,9 @@ use lethe_proto::lethe::v1::{
     GetTaskInputsResponse, HeartbeatRequest, HeartbeatResponse, LeasedTask, RegisterWorkerRequest,
     RegisterWorkerResponse, TaskInput,
 };
-use lethe_store::{ArtifactRef, Device, FailureClass, JobState, NewWorker, TaskState};
+use lethe_store::{
+    ArtifactRef, CompletionRequest, Device, FailureClass, JobState, NewWorker, TaskState,
+};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -154,18 +156,19 @@ impl WorkerService for WorkerApi {
                     .map_err(|e| invalid("result_json", format!("not JSON: {e}")))?,
             ),
         };
-        let store = &self.shared.store;
-        let (completion, next_task) = if request.acquire_next {
-            store
-                .complete_and_claim(task, request.attempt, worker, &artifacts, result.as_ref())
-                .await
-        } else {
-            let completion = store
-                .complete(task, request.attempt, worker, &artifacts, result.as_ref())
-                .await;
-            completion.map(|completion| (completion, None))
-        }
-        .map_err(from_store)?;
+        let (completion, next_task) = self
+            .shared
+            .completions()
+            .complete(CompletionRequest {
+                task,
+                attempt: request.attempt,
+                worker,
+                artifacts,
+                result,
+                acquire_next: request.acquire_next,
+            })
+            .await
+            .map_err(from_store)?;
         self.shared
             .wake
             .tasks_available(completion.tasks_released as usize);

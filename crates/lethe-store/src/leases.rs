@@ -19,7 +19,7 @@ use crate::{seconds, Store, StoreError};
 
 /// A completion that sees more unfinished siblings than this does not try to finalise its
 /// job: for that, all of them would have to finish while its one statement runs.
-const FINALIZE_WHEN_AT_MOST: i64 = 16;
+pub(crate) const FINALIZE_WHEN_AT_MOST: i64 = 16;
 
 /// The claim as CTEs (`me`, `seen`, `candidates`, `claimed`, `started`) for a statement to
 /// follow: `worker`, `limit` and `lease` (seconds) name the parameters that hold them, and
@@ -59,7 +59,7 @@ fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
 
 /// The claimed tasks with their tenant and the trace they serve (a deletion run's is that of
 /// the first request it serves), as [`leased_task`] reads them.
-const CLAIMED_TASKS: &str = "\
+pub(crate) const CLAIMED_TASKS: &str = "\
     SELECT c.*, j.tenant, coalesce(j.traceparent, (SELECT r.traceparent FROM jobs r \
         WHERE r.run_id = j.id AND r.traceparent IS NOT NULL ORDER BY r.id LIMIT 1)) AS traceparent \
     FROM claimed c JOIN jobs j ON j.id = c.job_id";
@@ -115,7 +115,7 @@ static COMPLETE_AND_CLAIM: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A task a claim leased, from a row of [`CLAIMED_TASKS`].
-fn leased_task(row: &PgRow) -> Result<LeasedTask, sqlx::Error> {
+pub(crate) fn leased_task(row: &PgRow) -> Result<LeasedTask, sqlx::Error> {
     Ok(LeasedTask {
         id: row.try_get("id")?,
         job_id: row.try_get("job_id")?,
@@ -286,7 +286,7 @@ impl Store {
 
     /// What a completion statement's row says, finalising the job when it may be done; with
     /// no row, whether this was a replay of a committed completion or why it was refused.
-    async fn completed(
+    pub(crate) async fn completed(
         &self,
         row: Result<Option<PgRow>, sqlx::Error>,
         task: Uuid,

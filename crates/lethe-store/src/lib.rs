@@ -25,6 +25,7 @@
 mod cluster;
 mod deletions;
 mod error;
+mod group_commit;
 mod jobs;
 mod leases;
 mod registry;
@@ -45,6 +46,7 @@ pub use deletions::{
     IndexRef, ModelVersion, PendingRequest, RunInputs, RunPlan, StoredRef, TaskInput,
 };
 pub use error::StoreError;
+pub use group_commit::{CompletionOutcome, CompletionRequest, GroupCommit, GroupCommitLimits};
 pub use jobs::MAX_TASKS_PER_JOB;
 pub use registry::{Dataset, Model};
 pub use retry::RetryPolicy;

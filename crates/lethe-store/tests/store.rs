@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use lethe_store::sqlx;
 use lethe_store::{
-    ArtifactRef, Device, FailureClass, JobFilter, JobKind, JobState, LocalCluster, NewJob, NewTask,
-    NewWorker, RetryPolicy, Store, StoreConfig, StoreError, TaskState,
+    ArtifactRef, CompletionRequest, Device, FailureClass, GroupCommit, GroupCommitLimits,
+    JobFilter, JobKind, JobState, LocalCluster, NewJob, NewTask, NewWorker, RetryPolicy, Store,
+    StoreConfig, StoreError, TaskState,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -847,4 +848,221 @@ async fn a_completion_claims_the_next_task_only_when_it_commits() {
         .await
         .unwrap();
     assert_eq!(leased, 1);
+}
+
+fn request(task: Uuid, worker: Uuid, acquire_next: bool) -> CompletionRequest {
+    CompletionRequest {
+        task,
+        attempt: 1,
+        worker,
+        artifacts: Vec::new(),
+        result: None,
+        acquire_next,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_completions_keeps_every_guard_of_one_completion() {
+    let store = store().await;
+    let mut graph = job(
+        "acme",
+        vec![
+            NewTask::new("shard", json!({})),
+            NewTask::new("shard", json!({})),
+            NewTask::new("reduce", json!({})).after([0, 1]),
+        ],
+    );
+    graph.priority = 10;
+    let (graph, _) = store.create_job(&graph).await.unwrap();
+    let (noop, _) = store.create_job(&job("acme", noop_tasks(4))).await.unwrap();
+    let (cpu1, cpu2) = (worker(&store, "cpu1").await, worker(&store, "cpu2").await);
+    let gpu = worker_with(&store, "gpu", Device::Cuda, 1 << 40).await;
+
+    let shards = store.claim(cpu1, 2).await.unwrap();
+    assert!(shards.iter().all(|t| t.kind == "shard"));
+    let replayed = store.claim(cpu2, 1).await.unwrap().remove(0);
+    store
+        .complete(replayed.id, 1, cpu2, &[], None)
+        .await
+        .unwrap();
+    let mine = store.claim(cpu2, 1).await.unwrap().remove(0);
+    let theirs = store.claim(gpu, 1).await.unwrap().remove(0);
+    assert_eq!((mine.job_id, theirs.job_id), (noop.id, noop.id));
+    // Only the GPU worker can run this one, and it comes first in its order.
+    let mut gpu_task = NewTask::new("gpu", json!({}));
+    gpu_task.requires_device = Some(Device::Cuda);
+    let mut gpu_job = job("acme", vec![gpu_task]);
+    gpu_job.priority = 5;
+    let (gpu_job, _) = store.create_job(&gpu_job).await.unwrap();
+
+    let mut first = request(shards[0].id, cpu1, false);
+    first.artifacts = vec![artifact("part")];
+    let mut second = request(shards[1].id, cpu1, true);
+    second.artifacts = vec![artifact("part"), artifact("log")];
+    let outcomes = store
+        .complete_many(&[
+            first,
+            second,
+            request(mine.id, cpu2, true),
+            request(theirs.id, gpu, true),
+            request(theirs.id, cpu2, true),
+            request(replayed.id, cpu2, true),
+        ])
+        .await;
+
+    let next = |i: usize| match &outcomes[i] {
+        Ok((_, next)) => next.as_ref().map(|t| (t.job_id, t.kind.clone())),
+        Err(e) => panic!("request {i} failed: {e}"),
+    };
+    // The two CPU workers asking share one noop task: the first in the batch gets it.
+    assert_eq!(next(0), None, "no next task was asked for");
+    assert_eq!(next(1), Some((noop.id, "noop".to_owned())));
+    assert_eq!(
+        next(2),
+        None,
+        "the only CPU task left went to the request before"
+    );
+    assert_eq!(next(3), Some((gpu_job.id, "gpu".to_owned())));
+    assert!(
+        matches!(outcomes[4], Err(StoreError::Fenced { .. })),
+        "{:?}",
+        outcomes[4]
+    );
+    assert_eq!(next(5), None, "a replay commits and claims nothing");
+    let released: i64 = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+        .map(|(c, _)| c.tasks_released)
+        .sum();
+    assert_eq!(released, 1, "the reduce, released once by its two shards");
+    let reduce = store.claim(cpu1, 5).await.unwrap();
+    assert_eq!(
+        reduce.iter().map(|t| t.job_id).collect::<Vec<_>>(),
+        vec![graph.id]
+    );
+    let count = |sql: &'static str, tasks: Vec<Uuid>| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(tasks)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let shard_ids = vec![shards[0].id, shards[1].id];
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM artifacts WHERE task_id = ANY($1)",
+            shard_ids.clone()
+        )
+        .await,
+        3
+    );
+    let committed = vec![shards[0].id, shards[1].id, mine.id, theirs.id, replayed.id];
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM task_attempts WHERE task_id = ANY($1) AND outcome = 'succeeded'",
+            committed
+        )
+        .await,
+        5,
+        "one attempt record per committed completion, none for the replay or the fenced one"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_that_ends_a_job_finalises_it_once_and_isolates_a_bad_request() {
+    let store = store().await;
+    let (finishing, _) = store.create_job(&job("acme", noop_tasks(2))).await.unwrap();
+    let (other, _) = store.create_job(&job("acme", noop_tasks(2))).await.unwrap();
+    let (a, b) = (worker(&store, "a").await, worker(&store, "b").await);
+    let tasks = [
+        store.claim(a, 1).await.unwrap().remove(0),
+        store.claim(b, 1).await.unwrap().remove(0),
+    ];
+    assert!(tasks.iter().all(|t| t.job_id == finishing.id));
+    let outcomes = store
+        .complete_many(&[
+            request(tasks[0].id, a, false),
+            request(tasks[1].id, b, false),
+        ])
+        .await;
+    let done: Vec<bool> = outcomes
+        .iter()
+        .map(|o| o.as_ref().unwrap().0.job_done)
+        .collect();
+    assert_eq!(done, [true, false], "the job's first completion reports it");
+    let finishing = store.get_job("acme", finishing.id).await.unwrap();
+    assert_eq!(finishing.state, JobState::Succeeded);
+
+    // Two artifacts of one request share a name: that request is refused, the other commits.
+    let tasks = [
+        store.claim(a, 1).await.unwrap().remove(0),
+        store.claim(b, 1).await.unwrap().remove(0),
+    ];
+    assert!(tasks.iter().all(|t| t.job_id == other.id));
+    let mut bad = request(tasks[0].id, a, false);
+    bad.artifacts = vec![artifact("model"), artifact("model")];
+    let outcomes = store
+        .complete_many(&[bad, request(tasks[1].id, b, false)])
+        .await;
+    assert!(
+        matches!(outcomes[0], Err(StoreError::InvalidArgument(_))),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
+}
+
+#[tokio::test]
+async fn workers_completing_through_group_commit_run_every_task_once() {
+    let store = store().await;
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(
+            store
+                .create_job(&job("acme", noop_tasks(50)))
+                .await
+                .unwrap()
+                .0
+                .id,
+        );
+    }
+    let commit = GroupCommit::start(store.clone(), GroupCommitLimits::default());
+    let mut loops = Vec::new();
+    for i in 0..16 {
+        let (store, commit) = (store.clone(), commit.clone());
+        let me = worker(&store, &format!("w{i}")).await;
+        loops.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            let mut next = store.claim(me, 1).await.unwrap().pop();
+            while let Some(task) = next {
+                assert_eq!(task.attempt, 1, "no task is leased twice");
+                let (_, claimed) = commit.complete(request(task.id, me, true)).await.unwrap();
+                done.push(task.id);
+                next = claimed;
+            }
+            done
+        }));
+    }
+    let mut completed = Vec::new();
+    for handle in loops {
+        completed.extend(handle.await.unwrap());
+    }
+    let distinct: HashSet<Uuid> = completed.iter().copied().collect();
+    assert_eq!((completed.len(), distinct.len()), (300, 300));
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM task_attempts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, 300);
+    // The last completions of a job may race its finalisation; the sweep settles any left.
+    store.finalize_finished_jobs(10).await.unwrap();
+    for id in jobs {
+        assert_eq!(
+            store.get_job("acme", id).await.unwrap().state,
+            JobState::Succeeded
+        );
+    }
 }
