@@ -136,50 +136,46 @@ impl Store {
     /// fenced one is refused), and if the statement as a whole fails (two artifacts of one
     /// request share a name, or it deadlocked with another batch) every request is tried alone.
     pub async fn complete_many(&self, requests: &[CompletionRequest]) -> Vec<CompletionOutcome> {
-        if requests.len() <= 1 {
-            let mut outcomes = Vec::new();
+        let rows = match requests.len() {
+            0 | 1 => None,
+            _ => self
+                .complete_many_statement(requests)
+                .await
+                .ok()
+                .filter(|rows| rows.len() == requests.len()),
+        };
+        let Some(rows) = rows else {
+            let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
                 outcomes.push(self.complete_one(request).await);
             }
             return outcomes;
-        }
-        let rows = match self.complete_many_statement(requests).await {
-            Ok(rows) if rows.len() == requests.len() => rows,
-            _ => {
-                let mut outcomes = Vec::with_capacity(requests.len());
-                for request in requests {
-                    outcomes.push(self.complete_one(request).await);
-                }
-                return outcomes;
-            }
         };
         let mut outcomes = Vec::with_capacity(requests.len());
-        let mut jobs_to_finalize = Vec::new();
+        let mut committed = Vec::with_capacity(requests.len());
         for (request, row) in requests.iter().zip(&rows) {
-            let outcome = self.batched_outcome(request, row).await;
-            if let Ok((completion, _)) = &outcome {
-                let others: Option<i64> = row.try_get("others_unfinished").unwrap_or(None);
-                if others.is_some_and(|n| n <= FINALIZE_WHEN_AT_MOST) {
-                    jobs_to_finalize.push(completion.job_id);
-                }
-            }
+            let (outcome, job) = self.batched_outcome(request, row).await;
             outcomes.push(outcome);
+            committed.push(job);
         }
-        // One finalisation per job, reported by the job's first completion in the batch (as
-        // with one completion, its failure is that completion's error: the tasks committed,
+        // A job is finalised once, by its first completion in the batch, which reports it; as
+        // with one completion, a failure here is that completion's error (the tasks committed,
         // a retry replays, and maintenance finalises the job meanwhile).
-        let mut finalized = HashSet::new();
-        for job_id in jobs_to_finalize {
-            if !finalized.insert(job_id) {
+        let mut seen = HashSet::new();
+        for (outcome, job) in outcomes.iter_mut().zip(committed) {
+            let Some((job_id, may_be_done)) = job else {
+                continue;
+            };
+            if !seen.insert(job_id) || !may_be_done {
                 continue;
             }
-            let first = outcomes
-                .iter_mut()
-                .find(|o| matches!(o, Ok((c, _)) if c.job_id == job_id));
-            match (self.finalize_job(job_id).await, first) {
-                (Ok(done), Some(Ok((completion, _)))) => completion.job_done = done,
-                (Err(error), Some(first)) => *first = Err(error),
-                _ => {}
+            match self.finalize_job(job_id).await {
+                Ok(done) => {
+                    if let Ok((completion, _)) = outcome {
+                        completion.job_done = done;
+                    }
+                }
+                Err(error) => *outcome = Err(error),
             }
         }
         outcomes
@@ -237,26 +233,43 @@ impl Store {
             .await
     }
 
-    /// One request's answer from its row of [`COMPLETE_MANY`] (before job finalisation).
-    async fn batched_outcome(&self, request: &CompletionRequest, row: &PgRow) -> CompletionOutcome {
-        let Some(job_id) = row.try_get::<Option<Uuid>, _>("completed_job_id")? else {
-            // Not committed here: a replay of a committed completion, or refused.
-            let (task, attempt, worker) = (request.task, request.attempt, request.worker);
-            let completion = self
-                .completed(Ok(None), task, attempt, worker, &request.artifacts)
-                .await?;
-            return Ok((completion, None));
+    /// One request's answer from its row of [`COMPLETE_MANY`] (before job finalisation), and,
+    /// if it committed there, its job and whether that job may now be done.
+    async fn batched_outcome(
+        &self,
+        request: &CompletionRequest,
+        row: &PgRow,
+    ) -> (CompletionOutcome, Option<(Uuid, bool)>) {
+        let job_id = match row.try_get::<Option<Uuid>, _>("completed_job_id") {
+            Ok(Some(job_id)) => job_id,
+            Ok(None) => {
+                // Not committed here: a replay of a committed completion, or refused.
+                let (task, attempt, worker) = (request.task, request.attempt, request.worker);
+                let completion = self
+                    .completed(Ok(None), task, attempt, worker, &request.artifacts)
+                    .await;
+                return (completion.map(|completion| (completion, None)), None);
+            }
+            Err(error) => return (Err(error.into()), None),
         };
-        let next = match row.try_get::<Option<Uuid>, _>("id")? {
-            Some(_) => Some(leased_task(row)?),
-            None => None,
+        let parsed = || -> Result<_, sqlx::Error> {
+            let next = match row.try_get::<Option<Uuid>, _>("id")? {
+                Some(_) => Some(leased_task(row)?),
+                None => None,
+            };
+            let completion = Completion {
+                job_id,
+                job_done: false,
+                tasks_released: row.try_get("released")?,
+            };
+            let others: i64 = row.try_get("others_unfinished")?;
+            Ok(((completion, next), others <= FINALIZE_WHEN_AT_MOST))
         };
-        let completion = Completion {
-            job_id,
-            job_done: false,
-            tasks_released: row.try_get("released")?,
-        };
-        Ok((completion, next))
+        match parsed() {
+            Ok((outcome, may_be_done)) => (Ok(outcome), Some((job_id, may_be_done))),
+            // The completion committed: the job still needs its finalisation check.
+            Err(error) => (Err(error.into()), Some((job_id, true))),
+        }
     }
 }
 
