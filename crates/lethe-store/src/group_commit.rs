@@ -17,7 +17,9 @@ use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
-use crate::leases::{leased_task, CLAIMED_TASKS, FINALIZE_WHEN_AT_MOST};
+use crate::leases::{
+    leased_task, runnable_by, ArtifactColumns, CLAIMED_TASKS, FINALIZE_WHEN_AT_MOST,
+};
 use crate::types::{ArtifactRef, Completion, LeasedTask};
 use crate::{seconds, Store, StoreError};
 
@@ -46,6 +48,7 @@ pub type CompletionOutcome = Result<(Completion, Option<LeasedTask>), StoreError
 /// A task that two groups both took (a task both kinds of worker can run) is leased once, to
 /// one of them; the other worker gets no task this time and asks again.
 static COMPLETE_MANY: LazyLock<String> = LazyLock::new(|| {
+    let runnable = runnable_by("s");
     format!(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[], $5::bool[]) \
@@ -95,10 +98,7 @@ static COMPLETE_MANY: LazyLock<String> = LazyLock::new(|| {
                                     ORDER BY c.priority DESC, c.run_at, c.id) AS k \
              FROM signatures s, LATERAL ( \
                  SELECT t.id, t.priority, t.run_at FROM tasks t \
-                 WHERE t.state = 'available' AND t.run_at <= now() \
-                   AND (t.requires_device IS NULL OR t.requires_device = s.device) \
-                   AND t.min_memory_bytes <= s.memory_bytes \
-                   AND (cardinality(s.kinds) = 0 OR t.kind = ANY(s.kinds)) \
+                 WHERE t.state = 'available' AND t.run_at <= now() AND {runnable} \
                  ORDER BY t.priority DESC, t.run_at, t.id \
                  LIMIT s.wanted FOR UPDATE OF t SKIP LOCKED \
              ) c \
@@ -204,29 +204,21 @@ impl Store {
         let workers: Vec<Uuid> = requests.iter().map(|r| r.worker).collect();
         let results: Vec<Option<&Value>> = requests.iter().map(|r| r.result.as_ref()).collect();
         let acquire: Vec<bool> = requests.iter().map(|r| r.acquire_next).collect();
-        let artifacts: Vec<(i64, &ArtifactRef)> = requests
+        let ordinals: Vec<i64> = requests
             .iter()
             .enumerate()
-            .flat_map(|(index, r)| r.artifacts.iter().map(move |a| (index as i64 + 1, a)))
+            .flat_map(|(index, r)| r.artifacts.iter().map(move |_| index as i64 + 1))
             .collect();
-        let ordinals: Vec<i64> = artifacts.iter().map(|(n, _)| *n).collect();
-        let ids: Vec<Uuid> = artifacts.iter().map(|_| Uuid::now_v7()).collect();
-        let names: Vec<&str> = artifacts.iter().map(|(_, a)| a.name.as_str()).collect();
-        let uris: Vec<&str> = artifacts.iter().map(|(_, a)| a.uri.as_str()).collect();
-        let hashes: Vec<&[u8]> = artifacts.iter().map(|(_, a)| &a.sha256[..]).collect();
-        let sizes: Vec<i64> = artifacts.iter().map(|(_, a)| a.size_bytes).collect();
-        sqlx::query(&COMPLETE_MANY)
+        let artifacts = ArtifactColumns::new(requests.iter().flat_map(|r| &r.artifacts));
+        let query = sqlx::query(&COMPLETE_MANY)
             .bind(&tasks)
             .bind(&attempts)
             .bind(&workers)
             .bind(&results)
             .bind(&acquire)
-            .bind(&ordinals)
-            .bind(&ids)
-            .bind(&names)
-            .bind(&uris)
-            .bind(&hashes)
-            .bind(&sizes)
+            .bind(&ordinals);
+        artifacts
+            .bind(query)
             .bind(FINALIZE_WHEN_AT_MOST + 1)
             .bind(seconds(self.config.lease))
             .fetch_all(&self.pool)

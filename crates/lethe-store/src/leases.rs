@@ -27,6 +27,7 @@ pub(crate) const FINALIZE_WHEN_AT_MOST: i64 = 16;
 /// (the store forces them) are index lookups: `= ANY(ARRAY(..))` rather than joins whose row
 /// counts a generic plan cannot know.
 fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
+    let runnable = runnable_by("me");
     format!(
         "me AS ( \
              SELECT device, memory_bytes, kinds FROM workers \
@@ -36,10 +37,7 @@ fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
              WHERE id = {worker} AND last_seen_at < now() - interval '5 seconds' \
          ), candidates AS ( \
              SELECT t.id FROM tasks t, me \
-             WHERE t.state = 'available' AND t.run_at <= now() \
-               AND (t.requires_device IS NULL OR t.requires_device = me.device) \
-               AND t.min_memory_bytes <= me.memory_bytes \
-               AND (cardinality(me.kinds) = 0 OR t.kind = ANY(me.kinds)) \
+             WHERE t.state = 'available' AND t.run_at <= now() AND {runnable} \
              ORDER BY t.priority DESC, t.run_at, t.id \
              LIMIT {limit} FOR UPDATE OF t SKIP LOCKED \
          ), claimed AS ( \
@@ -54,6 +52,16 @@ fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
                  SELECT j.id FROM jobs j WHERE j.id = ANY(ARRAY(SELECT job_id FROM claimed)) \
                    AND j.state = 'queued' FOR UPDATE SKIP LOCKED)) \
          )"
+    )
+}
+
+/// Whether task `t` can run on a worker whose device, memory and kinds are columns of
+/// `worker`: the one definition the claims share.
+pub(crate) fn runnable_by(worker: &str) -> String {
+    format!(
+        "(t.requires_device IS NULL OR t.requires_device = {worker}.device) \
+         AND t.min_memory_bytes <= {worker}.memory_bytes \
+         AND (cardinality({worker}.kinds) = 0 OR t.kind = ANY({worker}.kinds))"
     )
 }
 
@@ -128,9 +136,8 @@ pub(crate) fn leased_task(row: &PgRow) -> Result<LeasedTask, sqlx::Error> {
     })
 }
 
-/// An attempt's result as the arrays [`COMPLETE_CTES`] unnests.
-struct AttemptResult<'a> {
-    result: Option<&'a Value>,
+/// Artifacts as the parallel arrays a completion statement unnests (each with a fresh id).
+pub(crate) struct ArtifactColumns<'a> {
     ids: Vec<Uuid>,
     names: Vec<&'a str>,
     uris: Vec<&'a str>,
@@ -138,15 +145,50 @@ struct AttemptResult<'a> {
     sizes: Vec<i64>,
 }
 
+impl<'a> ArtifactColumns<'a> {
+    pub(crate) fn new(artifacts: impl IntoIterator<Item = &'a ArtifactRef>) -> Self {
+        let mut columns = ArtifactColumns {
+            ids: Vec::new(),
+            names: Vec::new(),
+            uris: Vec::new(),
+            hashes: Vec::new(),
+            sizes: Vec::new(),
+        };
+        for artifact in artifacts {
+            columns.ids.push(Uuid::now_v7());
+            columns.names.push(&artifact.name);
+            columns.uris.push(&artifact.uri);
+            columns.hashes.push(&artifact.sha256);
+            columns.sizes.push(artifact.size_bytes);
+        }
+        columns
+    }
+
+    /// Binds the next five parameters: ids, names, URIs, hashes and sizes.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.names)
+            .bind(&self.uris)
+            .bind(&self.hashes)
+            .bind(&self.sizes)
+    }
+}
+
+/// An attempt's result as [`COMPLETE_CTES`] takes it.
+struct AttemptResult<'a> {
+    result: Option<&'a Value>,
+    artifacts: ArtifactColumns<'a>,
+}
+
 impl<'a> AttemptResult<'a> {
     fn new(artifacts: &'a [ArtifactRef], result: Option<&'a Value>) -> Self {
         AttemptResult {
             result,
-            ids: artifacts.iter().map(|_| Uuid::now_v7()).collect(),
-            names: artifacts.iter().map(|a| a.name.as_str()).collect(),
-            uris: artifacts.iter().map(|a| a.uri.as_str()).collect(),
-            hashes: artifacts.iter().map(|a| &a.sha256[..]).collect(),
-            sizes: artifacts.iter().map(|a| a.size_bytes).collect(),
+            artifacts: ArtifactColumns::new(artifacts),
         }
     }
 
@@ -158,17 +200,12 @@ impl<'a> AttemptResult<'a> {
         attempt: i32,
         worker: Uuid,
     ) -> Query<'q, Postgres, PgArguments> {
-        query
+        let query = query
             .bind(task)
             .bind(attempt)
             .bind(worker)
-            .bind(self.result)
-            .bind(&self.ids)
-            .bind(&self.names)
-            .bind(&self.uris)
-            .bind(&self.hashes)
-            .bind(&self.sizes)
-            .bind(FINALIZE_WHEN_AT_MOST + 1)
+            .bind(self.result);
+        self.artifacts.bind(query).bind(FINALIZE_WHEN_AT_MOST + 1)
     }
 }
 
