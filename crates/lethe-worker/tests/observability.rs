@@ -198,8 +198,11 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
             token,
             CreateIndexBuildRequest {
                 model: "models/shoes".into(),
-                members: 64,
-                members_per_task: 8,
+                // Tasks long enough (a second or so each) that the page, refreshing every
+                // second, sees the build's progress between its start and its end even on a
+                // fast, idle machine.
+                members: 256,
+                members_per_task: 32,
                 ..Default::default()
             },
         ))
