@@ -28,8 +28,22 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     echo "setup: creating the virtualenv $VENV"
     python3 -m venv "$VENV"
 fi
+# The wheels unpack to about 5.5 GB (torch and its CUDA libraries) and pip needs about 2 GB of
+# scratch on top; a debug and a release build of the workspace take about 6 GB more. A full disk
+# otherwise surfaces as an OSError deep inside pip.
+NEEDED_GB=14
+warn_if_disk_is_short() {
+    local free_gb
+    free_gb=$(df -P --block-size=1G "$VENV" | awk 'NR == 2 { print $4 }')
+    if ((free_gb < NEEDED_GB)); then
+        echo "setup: warning: only ${free_gb} GB free on the disk holding $VENV; installing and building need about ${NEEDED_GB} GB" >&2
+    fi
+}
+
 if ! cmp -s scripts/requirements.txt "$STAMP"; then
+    warn_if_disk_is_short
     echo "setup: installing $(grep -v '^#' scripts/requirements.txt | tr '\n' ' ')into $VENV (torch is large: minutes on a fresh machine)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/requirements.txt
+    # No download cache: it would keep a second copy of every wheel (3.5 GB) after the install.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
     cp scripts/requirements.txt "$STAMP"
 fi
