@@ -72,6 +72,7 @@ pub(crate) struct Metrics {
     retries: Family<ClassLabel, Counter>,
     lease_expiries: Counter,
     completions: Counter,
+    completion_batches: Histogram,
     finished: Family<OperationLabels, Histogram>,
     fleet: Mutex<FleetGauges>,
 }
@@ -120,6 +121,14 @@ impl Metrics {
             "Attempts that committed their result through this replica",
             completions.clone(),
         );
+        // 1, 2, 4, ..., 64: the group-commit queue's largest batch.
+        let completion_batches = Histogram::new(exponential_buckets(1.0, 2.0, 7));
+        registry.register(
+            "lethe_completion_batch_size",
+            "Completions committed together in one database statement by this replica's \
+             group-commit queue",
+            completion_batches.clone(),
+        );
         let finished = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
             // 1 s to about 4.5 h.
             Histogram::new(exponential_buckets(1.0, 2.0, 15))
@@ -137,6 +146,7 @@ impl Metrics {
             retries,
             lease_expiries,
             completions,
+            completion_batches,
             finished,
             fleet: Mutex::new(FleetGauges::new()),
         }
@@ -162,6 +172,11 @@ impl Metrics {
 
     pub(crate) fn completed(&self) {
         self.completions.inc();
+    }
+
+    /// The group-commit queue sent a statement with `size` completions.
+    pub(crate) fn completion_statement(&self, size: usize) {
+        self.completion_batches.observe(size as f64);
     }
 
     pub(crate) fn leases_expired(&self, count: u64) {

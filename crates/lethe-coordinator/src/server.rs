@@ -116,8 +116,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn completions(&self) -> &GroupCommit {
-        self.completions
-            .get_or_init(|| GroupCommit::start(self.store.clone(), GroupCommitLimits::default()))
+        self.completions.get_or_init(|| {
+            let metrics = self.metrics.clone();
+            GroupCommit::start_observed(
+                self.store.clone(),
+                GroupCommitLimits::default(),
+                move |size| metrics.completion_statement(size),
+            )
+        })
     }
 
     pub(crate) fn calls_limit(&self) -> usize {

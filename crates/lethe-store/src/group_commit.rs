@@ -300,6 +300,17 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the batching task on the current Tokio runtime.
     pub fn start(store: Store, limits: GroupCommitLimits) -> Self {
+        Self::start_observed(store, limits, |_| {})
+    }
+
+    /// As [`GroupCommit::start`], and calls `on_statement` with the number of completions in
+    /// each statement as it is sent: how well the queue batches is what operators tune its
+    /// limits by.
+    pub fn start_observed(
+        store: Store,
+        limits: GroupCommitLimits,
+        on_statement: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
         let max_batch = limits.max_batch.max(1);
         let (queue, mut receiver) = mpsc::channel::<Pending>(max_batch * limits.in_flight.max(1));
         let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
@@ -316,6 +327,7 @@ impl GroupCommit {
                         Err(_) => break,
                     }
                 }
+                on_statement(batch.len());
                 let store = store.clone();
                 tokio::spawn(async move {
                     let (requests, replies): (Vec<_>, Vec<_>) = batch

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lethe_store::sqlx;
@@ -1029,7 +1030,13 @@ async fn workers_completing_through_group_commit_run_every_task_once() {
                 .id,
         );
     }
-    let commit = GroupCommit::start(store.clone(), GroupCommitLimits::default());
+    let statements = Arc::new(Mutex::new(Vec::new()));
+    let commit = {
+        let statements = statements.clone();
+        GroupCommit::start_observed(store.clone(), GroupCommitLimits::default(), move |size| {
+            statements.lock().unwrap().push(size)
+        })
+    };
     let mut loops = Vec::new();
     for i in 0..16 {
         let (store, commit) = (store.clone(), commit.clone());
@@ -1057,6 +1064,14 @@ async fn workers_completing_through_group_commit_run_every_task_once() {
         .await
         .unwrap();
     assert_eq!(attempts, 300);
+    let statements = statements.lock().unwrap().clone();
+    assert_eq!(
+        statements.iter().sum::<usize>(),
+        300,
+        "each completion sent once"
+    );
+    // 16 callers and 4 statements in flight: callers wait, and waiting callers share.
+    assert!(statements.len() < 300, "no completions shared a statement");
     // The last completions of a job may race its finalisation; the sweep settles any left.
     store.finalize_finished_jobs(10).await.unwrap();
     for id in jobs {

@@ -358,6 +358,14 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
         "retrain tasks were seen queued or leased"
     );
     assert!(sum(&after, "lethe_task_completions_total") >= 6.0);
+    // Every completion went through the group-commit queue, in some statement.
+    let statements = value(&after, "lethe_completion_batch_size_count");
+    assert!(statements >= 1.0, "{after:?}");
+    assert!(
+        value(&after, "lethe_completion_batch_size_sum")
+            >= sum(&after, "lethe_task_completions_total"),
+        "{after:?}"
+    );
     assert_eq!(
         value(
             &after,
