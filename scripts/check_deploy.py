@@ -53,13 +53,15 @@ def command_name(program, sub):
 
 
 class Option:
-    def __init__(self, flag, env, takes_value, default, bool_values):
+    def __init__(self, flag, env, takes_value, default, bool_values, is_list=False):
         self.flag = flag
         self.key = flag.replace("-", "_")
         self.env = env
         self.takes_value = takes_value
         self.default = default
         self.is_bool = not takes_value or bool_values
+        # A list: an array of strings in a file, one comma-separated string elsewhere.
+        self.is_list = is_list
 
 
 class Interface:
@@ -105,7 +107,8 @@ def parse_help(text):
         default = re.search(r"\[default: ([^\]]*)\]", rest)
         bools = re.search(r"\[possible values: true, false\]", rest)
         options.append(Option(flag, env.group(1) if env else None, takes_value,
-                              default.group(1) if default else None, bool(bools)))
+                              default.group(1) if default else None, bool(bools),
+                              "comma-separated" in rest))
     return options
 
 
@@ -232,6 +235,10 @@ def value_problem(option, value):
         if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
             return None
         return "must be true or false"
+    if option.is_list:
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return None
+        return "must be a list of strings, or one comma-separated string"
     if option.default is None:
         return None
     default = option.default

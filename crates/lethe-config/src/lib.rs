@@ -15,7 +15,7 @@
 pub mod logging;
 pub mod otlp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use config::{Config, File, FileFormat, Map, Value};
@@ -70,10 +70,14 @@ where
 {
     let defaults = Config::try_from(&T::default())
         .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
-    let keys: Vec<String> = config::Source::collect(&defaults)
+    let mut keys: BTreeSet<String> = config::Source::collect(&defaults)
         .map_err(|e| ConfigError::Invalid(e.to_string()))?
         .into_keys()
         .collect();
+    // `config` leaves out keys whose default is an empty list; their variables count too.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(T::default()) {
+        keys.extend(fields.into_iter().map(|(key, _)| key));
+    }
     let environment: BTreeMap<String, String> = environment.into_iter().collect();
     let file = file
         .map(Path::to_path_buf)
@@ -141,6 +145,45 @@ pub fn to_toml<T: Serialize>(settings: &T) -> Result<String, ConfigError> {
         }
     }
     Ok(text)
+}
+
+/// Deserialises a list of strings from a TOML array or, as a variable or a flag gives it, from
+/// one string of items separated by commas or whitespace. Use with
+/// `#[serde(deserialize_with = "lethe_config::string_list")]`.
+pub fn string_list<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Items;
+
+    impl<'de> serde::de::Visitor<'de> for Items {
+        type Value = Vec<String>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a list of strings, or one string of items separated by commas")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|item| !item.is_empty())
+                .map(str::to_string)
+                .collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_any(Items)
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:********@host/db`; URLs without a
@@ -309,5 +352,46 @@ mod tests {
         let dumped = to_toml(&Settings::default()).unwrap();
         assert!(dumped.contains("lease_seconds = 30.0"), "{dumped}");
         assert!(dumped.contains("# name = (unset)"), "{dumped}");
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Listed {
+        #[serde(deserialize_with = "string_list")]
+        prefixes: Vec<String>,
+    }
+
+    #[derive(Default, Serialize)]
+    struct ListedFlags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prefixes: Option<String>,
+    }
+
+    #[test]
+    fn a_list_is_an_array_in_a_file_and_one_string_elsewhere() {
+        let expected = |items: &[&str]| Listed {
+            prefixes: items.iter().map(|s| s.to_string()).collect(),
+        };
+        let toml = file("prefixes = [\"s3://a/\", \"file:///b/\"]\n");
+        let from_file: Listed = load(Some(toml.path()), env(&[]), &ListedFlags::default()).unwrap();
+        assert_eq!(from_file, expected(&["s3://a/", "file:///b/"]));
+
+        let environment = env(&[("LETHE_PREFIXES", " s3://c/, file:///d/ s3://e/")]);
+        let from_env: Listed = load(
+            Some(toml.path()),
+            environment.clone(),
+            &ListedFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(from_env, expected(&["s3://c/", "file:///d/", "s3://e/"]));
+
+        let flags = ListedFlags {
+            prefixes: Some("s3://f/".into()),
+        };
+        let from_flag: Listed = load(Some(toml.path()), environment, &flags).unwrap();
+        assert_eq!(from_flag, expected(&["s3://f/"]));
+
+        let unset: Listed = load(None, env(&[]), &ListedFlags::default()).unwrap();
+        assert_eq!(unset, Listed::default());
     }
 }

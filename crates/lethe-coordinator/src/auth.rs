@@ -355,6 +355,32 @@ impl Shared {
         crate::status::from_store(error)
     }
 
+    /// Refuses a registration of `uri` outside the caller's `registration_url_prefixes`, and
+    /// appends the attempt to the audit log as denied.
+    pub(crate) async fn admit_registration(
+        &self,
+        caller: &Caller,
+        action: &str,
+        resource: String,
+        uri: &str,
+    ) -> Result<(), Status> {
+        let prefixes = &self.config.registration_url_prefixes;
+        let Err(status) = crate::registry::check_registrable(prefixes, &caller.tenant, uri) else {
+            return Ok(());
+        };
+        tracing::warn!(tenant = %caller.tenant, actor = %caller.actor, action, %resource, "registration outside the tenant's prefixes refused");
+        // Both are the caller's text, of any length, and not yet checked by the store.
+        self.record(caller.audit(
+            action,
+            crate::status::bounded(resource),
+            AuditOutcome::Denied,
+            Some("outside the tenant's registration prefixes".into()),
+            serde_json::json!({"uri": crate::status::bounded(uri.to_string())}),
+        ))
+        .await;
+        Err(status)
+    }
+
     /// Appends a line for a change the caller made; a failure is logged, not returned, since the
     /// change itself has been made.
     pub(crate) async fn record(&self, entry: AuditEntry) {

@@ -224,6 +224,14 @@ impl Lethe for OperationsApi {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let sha256 = optional_hash("sha256", &request.sha256)?;
+        self.shared
+            .admit_registration(
+                &caller,
+                "dataset.register",
+                format!("datasets/{}", request.dataset_id),
+                &request.uri,
+            )
+            .await?;
         let (dataset, created) = self
             .shared
             .store
@@ -265,6 +273,14 @@ impl Lethe for OperationsApi {
         let request = request.into_inner();
         let sha256 = optional_hash("sha256", &request.sha256)?;
         let dataset = resource_id("dataset", "datasets", &request.dataset)?;
+        self.shared
+            .admit_registration(
+                &caller,
+                "model.register",
+                format!("models/{}", request.model_id),
+                &request.uri,
+            )
+            .await?;
         let registered = self
             .shared
             .store

@@ -49,6 +49,9 @@ pub struct CoordinatorConfig {
     pub max_long_polls: usize,
     /// Unfinished jobs a tenant may have, unless its own quota says otherwise.
     pub max_active_jobs_per_tenant: u32,
+    /// URL prefixes tenants may register datasets and models under (`{tenant}` is the
+    /// caller's); empty, any URL the store accepts.
+    pub registration_url_prefixes: Vec<String>,
     /// TLS for every connection; with a client CA, workers must present a certificate it
     /// signed (mutual TLS) while public API clients need not.
     pub tls: Option<TlsSettings>,
@@ -89,6 +92,7 @@ impl Default for CoordinatorConfig {
             max_concurrent_calls: 512,
             max_long_polls: 2048,
             max_active_jobs_per_tenant: 1000,
+            registration_url_prefixes: Vec::new(),
             tls: None,
         }
     }

@@ -57,6 +57,13 @@ pub struct Settings {
     pub max_long_polls: usize,
     /// Unfinished operations a tenant may have, unless `lethe-coordinator quota` set its own.
     pub max_active_jobs_per_tenant: u32,
+    /// URL prefixes under which tenants may register datasets and models, `{tenant}` standing
+    /// for the caller's tenant: `["s3://lethe-data/{tenant}/"]`. Workers read registered URLs
+    /// with the fleet's credentials, so without prefixes (the default) a tenant can register
+    /// another's checkpoint or Lethe's own artifacts by URL: leave it empty only when there is
+    /// one tenant. In a variable or a flag: one string, prefixes separated by commas.
+    #[serde(deserialize_with = "lethe_config::string_list")]
+    pub registration_url_prefixes: Vec<String>,
     /// PEM certificate (chain) and private key: serve TLS instead of plaintext.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -84,6 +91,7 @@ impl Default for Settings {
             max_concurrent_calls: 512,
             max_long_polls: 2048,
             max_active_jobs_per_tenant: 1000,
+            registration_url_prefixes: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -155,6 +163,10 @@ impl Settings {
         if self.max_long_polls == 0 {
             return Err(ConfigError::key("max_long_polls", "must be at least 1"));
         }
+        for prefix in &self.registration_url_prefixes {
+            crate::registry::validate_prefix(prefix)
+                .map_err(|problem| ConfigError::key("registration_url_prefixes", problem))?;
+        }
         self.database().map(|_| ())
     }
 
@@ -214,6 +226,7 @@ impl Settings {
             max_concurrent_calls: self.max_concurrent_calls,
             max_long_polls: self.max_long_polls,
             max_active_jobs_per_tenant: self.max_active_jobs_per_tenant,
+            registration_url_prefixes: self.registration_url_prefixes.clone(),
             ..CoordinatorConfig::default()
         }
     }
@@ -294,6 +307,11 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_active_jobs_per_tenant: Option<u32>,
+    /// URL prefixes tenants may register under, comma-separated, `{tenant}` for the caller's
+    /// tenant [default: any file:/// or s3:// URL].
+    #[arg(long, global = true, value_name = "PREFIXES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration_url_prefixes: Option<String>,
     /// PEM certificate (chain) to serve TLS with [default: plaintext].
     #[arg(long, global = true, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,6 +373,7 @@ mod tests {
             .unwrap();
         assert_eq!(settings.lease_seconds, 5.0);
         assert_eq!(settings.retrain_threshold, 0.1);
+        assert!(settings.registration_url_prefixes.is_empty());
         assert_eq!(
             settings.coordinator_config().maintenance_interval,
             Duration::from_secs(2)
@@ -402,6 +421,13 @@ mod tests {
                 ],
                 "maintenance_interval_ms",
             ),
+            (
+                vec![
+                    ("LETHE_DATABASE_URL", "x"),
+                    ("LETHE_REGISTRATION_URL_PREFIXES", "s3://data/{tenant}"),
+                ],
+                "registration_url_prefixes",
+            ),
         ];
         for (pairs, key) in cases {
             let error = Flags::default().settings(env(&pairs)).unwrap_err();
@@ -410,11 +436,48 @@ mod tests {
     }
 
     #[test]
+    fn registration_prefixes_come_as_a_list_from_every_layer() {
+        let prefixes = ["s3://data/{tenant}/", "file:///srv/shared/"].map(String::from);
+        let from_env = Flags::default()
+            .settings(env(&[
+                ("LETHE_DATABASE_URL", "x"),
+                (
+                    "LETHE_REGISTRATION_URL_PREFIXES",
+                    "s3://data/{tenant}/,file:///srv/shared/",
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(from_env.registration_url_prefixes, prefixes);
+        let flags = Flags {
+            registration_url_prefixes: Some("s3://data/{tenant}/".into()),
+            ..Flags::default()
+        };
+        let from_flag = flags.settings(env(&[("LETHE_DATABASE_URL", "x")])).unwrap();
+        assert_eq!(
+            from_flag.coordinator_config().registration_url_prefixes,
+            ["s3://data/{tenant}/"]
+        );
+    }
+
+    #[test]
     fn the_dump_of_the_defaults_loads_back() {
         let settings = Settings {
             database_url: Some("postgres://u@h/d".into()),
             ..Settings::default()
         };
+        let listed = Settings {
+            registration_url_prefixes: vec!["s3://data/{tenant}/".into()],
+            ..settings.clone()
+        };
+        let dumped = lethe_config::to_toml(&listed).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &dumped).unwrap();
+        let flags = Flags {
+            config: Some(file.path().to_path_buf()),
+            ..Flags::default()
+        };
+        assert_eq!(flags.settings(env(&[])).unwrap(), listed, "{dumped}");
+
         let dumped = lethe_config::to_toml(&settings).unwrap();
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), &dumped).unwrap();

@@ -80,6 +80,23 @@ pub(crate) fn from_store(error: StoreError) -> Status {
     }
 }
 
+/// A registration of a URL outside the caller's prefixes (`registration_url_prefixes`).
+pub(crate) fn outside_registration_prefixes(uri: &str, allowed: &[String]) -> Status {
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!(
+            "uri {:?} is outside the prefixes this tenant may register under: {}",
+            bounded(uri.to_string()),
+            allowed.join(", ")
+        ),
+        ErrorDetails::with_error_info(
+            "URI_NOT_ALLOWED",
+            DOMAIN,
+            HashMap::from([("allowed_prefixes".to_string(), allowed.join(","))]),
+        ),
+    )
+}
+
 pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> Status {
     let problem = bounded(problem.into());
     Status::with_error_details(
@@ -93,7 +110,7 @@ pub(crate) fn invalid(field: &str, problem: impl Into<String>) -> Status {
 /// headers, which clients cap (a few KiB to 16 KiB). Quotes past this are cut.
 const MAX_QUOTED: usize = 300;
 
-fn bounded(text: String) -> String {
+pub(crate) fn bounded(text: String) -> String {
     match text.char_indices().nth(MAX_QUOTED) {
         Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
         None => text,

@@ -39,6 +39,10 @@ struct Stack {
 }
 
 async fn stack_with(store_config: StoreConfig) -> Stack {
+    stack_configured(store_config, CoordinatorConfig::default()).await
+}
+
+async fn stack_configured(store_config: StoreConfig, config: CoordinatorConfig) -> Stack {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!("g{}", NEXT.fetch_add(1, Ordering::SeqCst));
     let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
@@ -49,7 +53,7 @@ async fn stack_with(store_config: StoreConfig) -> Stack {
     let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
-        ..CoordinatorConfig::default()
+        ..config
     };
     let replica = Coordinator::new(store.clone(), config);
     let coordinator = replica
@@ -714,6 +718,93 @@ async fn create_is_idempotent_over_grpc_and_validates_its_input() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.operations.len(), 1, "refused requests wrote nothing");
+}
+
+#[tokio::test]
+async fn registrations_outside_the_tenants_prefixes_are_refused_and_audited() {
+    use lethe_proto::lethe::v1::{GetDatasetRequest, RegisterDatasetRequest, RegisterModelRequest};
+    let config = CoordinatorConfig {
+        registration_url_prefixes: vec!["s3://lethe-data/{tenant}/".into()],
+        ..CoordinatorConfig::default()
+    };
+    let stack = stack_configured(StoreConfig::default(), config).await;
+    let mut api = LetheClient::new(stack.channel.clone());
+    let dataset = |id: &str, uri: &str| RegisterDatasetRequest {
+        dataset_id: id.into(),
+        uri: uri.into(),
+        sha256: vec![],
+    };
+    api.register_dataset(as_tenant(
+        "acme",
+        dataset("mine", "s3://lethe-data/acme/fmnist.safetensors"),
+    ))
+    .await
+    .unwrap();
+    api.register_dataset(as_tenant(
+        "acme",
+        dataset("embedded", "builtin:fmnist-tiny"),
+    ))
+    .await
+    .unwrap();
+
+    let theirs = api
+        .register_dataset(as_tenant(
+            "acme",
+            dataset("theirs", "s3://lethe-data/globex/fmnist.safetensors"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(theirs.code(), Code::PermissionDenied, "{theirs:?}");
+    let info = theirs.get_details_error_info().expect("ErrorInfo detail");
+    assert_eq!(info.reason, "URI_NOT_ALLOWED");
+    assert_eq!(info.metadata["allowed_prefixes"], "s3://lethe-data/acme/");
+    let artifacts = api
+        .register_model(as_tenant(
+            "acme",
+            RegisterModelRequest {
+                model_id: "borrowed".into(),
+                dataset: "datasets/mine".into(),
+                uri: "file:///var/lib/lethe/artifacts/tasks/1/model.safetensors".into(),
+                sha256: vec![],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(artifacts.code(), Code::PermissionDenied, "{artifacts:?}");
+
+    let missing = api
+        .get_dataset(as_tenant(
+            "acme",
+            GetDatasetRequest {
+                name: "datasets/theirs".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.code(),
+        Code::NotFound,
+        "a refused registration wrote nothing"
+    );
+    let denied: Vec<(String, String)> = stack
+        .store
+        .audit_log(Some("acme"), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|line| line.entry.outcome == lethe_store::AuditOutcome::Denied)
+        .map(|line| (line.entry.action, line.entry.resource))
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            (
+                "dataset.register".to_string(),
+                "datasets/theirs".to_string()
+            ),
+            ("model.register".to_string(), "models/borrowed".to_string()),
+        ]
+    );
 }
 
 #[tokio::test]
