@@ -169,6 +169,7 @@ async fn run_raw(store: &Store, workers: usize, tasks: usize) -> anyhow::Result<
             slots: 1,
             version: String::new(),
             kinds: Vec::new(),
+            credential_id: None,
         })
         .await?;
     let done = Arc::new(AtomicU64::new(0));
@@ -226,6 +227,7 @@ async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Resul
             slots: 1,
             version: String::new(),
             kinds: vec!["noop".into()],
+            credential_id: None,
         };
         ids.push(store.register_worker(&worker).await?);
     }

@@ -171,10 +171,18 @@ pub(crate) struct Operator {
     pub(crate) actor: String,
 }
 
+/// A caller of the worker API, once authenticated.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerCaller {
+    /// The worker token; `None` behind trusted headers, where workers are bound to none.
+    pub(crate) credential_id: Option<Uuid>,
+    pub(crate) actor: String,
+}
+
 /// The principal a call is made by: inserted into the request for handlers.
 enum Principal {
     Tenant(Caller),
-    Worker,
+    Worker(WorkerCaller),
     Admin(Operator),
     Anyone,
 }
@@ -200,7 +208,10 @@ impl Shared {
         }
         match (self.config.auth, api) {
             (_, Api::Open) => Ok(Principal::Anyone),
-            (AuthMode::TrustedHeader, Api::Worker) => Ok(Principal::Worker),
+            (AuthMode::TrustedHeader, Api::Worker) => Ok(Principal::Worker(WorkerCaller {
+                credential_id: None,
+                actor: "(trusted network)".into(),
+            })),
             (AuthMode::TrustedHeader, Api::Admin) => Ok(Principal::Admin(Operator {
                 credential_id: None,
                 actor: "(trusted network)".into(),
@@ -276,7 +287,10 @@ impl Shared {
                 actor: credential.name.clone(),
                 trace: None,
             })),
-            (CredentialKind::Worker, Api::Worker, _) => Ok(Principal::Worker),
+            (CredentialKind::Worker, Api::Worker, _) => Ok(Principal::Worker(WorkerCaller {
+                credential_id: Some(credential.id),
+                actor: credential.name.clone(),
+            })),
             (CredentialKind::Admin, Api::Admin, _) => Ok(Principal::Admin(Operator {
                 credential_id: Some(credential.id),
                 actor: credential.name.clone(),
@@ -353,6 +367,59 @@ impl Shared {
             }
         }
         crate::status::from_store(error)
+    }
+
+    /// Refuses a worker-API call that acts for `worker` with a token other than the one the
+    /// worker registered with, and appends the attempt to the audit log as denied. A binding
+    /// never changes, so each replica remembers the ones it has read.
+    pub(crate) async fn admit_worker(
+        &self,
+        caller: &WorkerCaller,
+        worker: Uuid,
+        action: &str,
+    ) -> Result<(), Status> {
+        let Some(credential) = caller.credential_id else {
+            return Ok(());
+        };
+        let remembered = self
+            .worker_bindings
+            .lock()
+            .expect("worker bindings lock")
+            .get(&worker)
+            .copied();
+        let bound = match remembered {
+            Some(bound) => Some(bound),
+            None => {
+                let bound = self
+                    .store
+                    .worker_credential(worker)
+                    .await
+                    .map_err(crate::status::from_store)?;
+                if let Some(bound) = bound {
+                    self.worker_bindings
+                        .lock()
+                        .expect("worker bindings lock")
+                        .insert(worker, bound);
+                }
+                bound
+            }
+        };
+        if bound.is_none_or(|bound| bound == credential) {
+            return Ok(());
+        }
+        tracing::warn!(actor = %caller.actor, %worker, action, "worker call with another worker's token refused");
+        self.record(AuditEntry {
+            tenant: None,
+            credential_id: Some(credential),
+            actor: caller.actor.clone(),
+            action: action.to_string(),
+            resource: format!("workers/{worker}"),
+            outcome: AuditOutcome::Denied,
+            reason: Some("the worker registered with another token".into()),
+            detail: serde_json::json!({}),
+        })
+        .await;
+        Err(crate::status::worker_of_another_token(worker))
     }
 
     /// Refuses a registration of `uri` outside the caller's `registration_url_prefixes`, and
@@ -478,7 +545,10 @@ where
                     Ok(Principal::Admin(operator)) => {
                         request.extensions_mut().insert(operator);
                     }
-                    Ok(Principal::Worker | Principal::Anyone) => {}
+                    Ok(Principal::Worker(worker)) => {
+                        request.extensions_mut().insert(worker);
+                    }
+                    Ok(Principal::Anyone) => {}
                     Err(refusal) => {
                         if refusal.status.code() != Code::Unavailable {
                             shared.record_refusal(&path, &refusal);

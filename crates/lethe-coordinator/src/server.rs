@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     /// Completions go through one queue per replica, batched under load; started on first use,
     /// inside the runtime that serves the calls.
     completions: std::sync::OnceLock<GroupCommit>,
+    /// Worker id → the token it registered with, as read from the database (they never change).
+    pub(crate) worker_bindings: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, uuid::Uuid>>,
 }
 
 impl Shared {
@@ -185,6 +187,7 @@ impl Coordinator {
                 audit_writes: Arc::new(Semaphore::new(AUDIT_WRITES)),
                 metrics: Arc::new(Metrics::new()),
                 completions: std::sync::OnceLock::new(),
+                worker_bindings: Default::default(),
                 config,
             }),
         }

@@ -80,6 +80,22 @@ pub(crate) fn from_store(error: StoreError) -> Status {
     }
 }
 
+/// A worker-API call for a worker that registered with another token.
+pub(crate) fn worker_of_another_token(worker: uuid::Uuid) -> Status {
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!(
+            "worker {worker} registered with another worker token; a worker's calls must carry \
+             the token it registered with"
+        ),
+        ErrorDetails::with_error_info(
+            "WORKER_TOKEN_MISMATCH",
+            DOMAIN,
+            HashMap::from([("worker".to_string(), worker.to_string())]),
+        ),
+    )
+}
+
 /// A registration of a URL outside the caller's prefixes (`registration_url_prefixes`).
 pub(crate) fn outside_registration_prefixes(uri: &str, allowed: &[String]) -> Status {
     Status::with_error_details(

@@ -18,6 +18,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::auth::WorkerCaller;
 use crate::operations::{operation_name, timestamp};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
@@ -36,6 +37,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let device = match ProtoDevice::try_from(request.device) {
             Ok(ProtoDevice::Cpu) => Device::Cpu,
@@ -53,6 +55,7 @@ impl WorkerService for WorkerApi {
             },
             version: request.version.chars().take(100).collect(),
             kinds: request.kinds,
+            credential_id: caller.credential_id,
         };
         let id = self
             .shared
@@ -73,8 +76,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<AcquireTaskRequest>,
     ) -> Result<Response<AcquireTaskResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "task.acquire")
+            .await?;
         let wait = match request.wait {
             None => Duration::ZERO,
             Some(w) => Duration::try_from(w)
@@ -116,8 +123,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "task.heartbeat")
+            .await?;
         let progress = match &request.progress {
             Some(p) if !(0.0..=1.0).contains(&p.fraction) => {
                 return Err(invalid("progress.fraction", "must be in [0, 1]"))
@@ -141,8 +152,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "task.complete")
+            .await?;
         let artifacts = request
             .artifacts
             .iter()
@@ -190,8 +205,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<FailTaskRequest>,
     ) -> Result<Response<FailTaskResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "task.fail")
+            .await?;
         let class = match ErrorClass::try_from(request.class) {
             Ok(ErrorClass::Retryable) => FailureClass::Retryable,
             Ok(ErrorClass::Fatal) => FailureClass::Fatal,
@@ -232,9 +251,13 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<GetTaskInputsRequest>,
     ) -> Result<Response<GetTaskInputsResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         let task = parse_uuid("task_id", &request.task_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "task.inputs")
+            .await?;
         let inputs = self
             .shared
             .store
@@ -263,8 +286,12 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<DrainWorkerRequest>,
     ) -> Result<Response<DrainWorkerResponse>, Status> {
+        let caller = worker_caller(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
+        self.shared
+            .admit_worker(&caller, worker, "worker.drain")
+            .await?;
         let handed_back = self.shared.drain(worker, request.hand_back).await?;
         Ok(Response::new(DrainWorkerResponse {
             tasks_handed_back: handed_back as u32,
@@ -306,6 +333,15 @@ impl Shared {
             traceparent: task.traceparent.unwrap_or_default(),
         }
     }
+}
+
+/// The authenticated caller the gate put on the request.
+fn worker_caller<T>(request: &Request<T>) -> Result<WorkerCaller, Status> {
+    request
+        .extensions()
+        .get::<WorkerCaller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))
 }
 
 fn ids(task: &str, worker: &str) -> Result<(Uuid, Uuid), Status> {

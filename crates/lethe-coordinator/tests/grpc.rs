@@ -721,6 +721,143 @@ async fn create_is_idempotent_over_grpc_and_validates_its_input() {
 }
 
 #[tokio::test]
+async fn a_worker_token_acts_only_for_the_workers_it_registered() {
+    use lethe_coordinator::AuthMode;
+    use lethe_store::CredentialKind;
+    let config = CoordinatorConfig {
+        auth: AuthMode::Tokens,
+        ..CoordinatorConfig::default()
+    };
+    let stack = stack_configured(StoreConfig::default(), config).await;
+    let mut tokens = Vec::new();
+    for name in ["rack-1", "rack-2"] {
+        let issued = stack
+            .store
+            .create_credential(CredentialKind::Worker, None, name, "test")
+            .await
+            .unwrap();
+        tokens.push(issued.token);
+    }
+    fn with<T>(token: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let bearer = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", bearer);
+        request
+    }
+    let mut workers = stack.workers();
+    let registration = RegisterWorkerRequest {
+        name: "gpu-0".into(),
+        device: Device::Cpu as i32,
+        memory_bytes: 1 << 34,
+        slots: 1,
+        version: "test".into(),
+        ..Default::default()
+    };
+    let mine = workers
+        .register_worker(with(&tokens[0], registration))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    stack.noop_job("acme", 1).await;
+    let acquire = || AcquireTaskRequest {
+        worker_id: mine.clone(),
+        wait: None,
+    };
+
+    // The other token may neither take work as this worker nor touch its lease.
+    let taken = workers
+        .acquire_task(with(&tokens[1], acquire()))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::PermissionDenied, "{taken:?}");
+    let info = taken.get_details_error_info().expect("ErrorInfo detail");
+    assert_eq!(info.reason, "WORKER_TOKEN_MISMATCH");
+    let task = workers
+        .acquire_task(with(&tokens[0], acquire()))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .expect("the worker's own token takes the task");
+    let heartbeat = HeartbeatRequest {
+        worker_id: mine.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        progress: None,
+    };
+    let failure = FailTaskRequest {
+        worker_id: mine.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        class: ErrorClass::Fatal as i32,
+        message: "sabotage".into(),
+    };
+    let refusals = [
+        workers
+            .heartbeat(with(&tokens[1], heartbeat.clone()))
+            .await
+            .unwrap_err(),
+        workers
+            .fail_task(with(&tokens[1], failure))
+            .await
+            .unwrap_err(),
+        workers
+            .complete_task(with(&tokens[1], complete(&mine, &task, "")))
+            .await
+            .unwrap_err(),
+        workers
+            .drain_worker(with(
+                &tokens[1],
+                DrainWorkerRequest {
+                    worker_id: mine.clone(),
+                    hand_back: true,
+                },
+            ))
+            .await
+            .unwrap_err(),
+    ];
+    for refused in &refusals {
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    workers
+        .heartbeat(with(&tokens[0], heartbeat))
+        .await
+        .unwrap();
+    workers
+        .complete_task(with(&tokens[0], complete(&mine, &task, "")))
+        .await
+        .expect("the lease survived the other token's calls");
+
+    let denied: Vec<String> = stack
+        .store
+        .audit_log(None, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|line| line.entry.outcome == lethe_store::AuditOutcome::Denied)
+        .map(|line| {
+            format!(
+                "{} {} {}",
+                line.entry.actor, line.entry.action, line.entry.resource
+            )
+        })
+        .collect();
+    let worker = format!("workers/{mine}");
+    assert_eq!(
+        denied,
+        [
+            "task.acquire",
+            "task.heartbeat",
+            "task.fail",
+            "task.complete",
+            "worker.drain"
+        ]
+        .map(|action| format!("rack-2 {action} {worker}"))
+    );
+}
+
+#[tokio::test]
 async fn registrations_outside_the_tenants_prefixes_are_refused_and_audited() {
     use lethe_proto::lethe::v1::{GetDatasetRequest, RegisterDatasetRequest, RegisterModelRequest};
     let config = CoordinatorConfig {

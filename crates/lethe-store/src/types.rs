@@ -236,6 +236,9 @@ pub struct NewWorker {
     pub version: String,
     /// The task kinds it runs; empty means every kind.
     pub kinds: Vec<String>,
+    /// The worker token it registered with, which alone may act for it afterwards; `None`
+    /// without token authentication.
+    pub credential_id: Option<Uuid>,
 }
 
 /// An object a worker wrote, as reported on completion. The coordinator records it; readers

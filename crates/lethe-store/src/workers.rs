@@ -30,8 +30,8 @@ impl Store {
         }
         let id = Uuid::now_v7();
         sqlx::query(
-            "INSERT INTO workers (id, name, device, memory_bytes, slots, version, kinds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO workers (id, name, device, memory_bytes, slots, version, kinds, \
+             credential_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(&worker.name)
@@ -40,9 +40,21 @@ impl Store {
         .bind(worker.slots)
         .bind(&worker.version)
         .bind(&worker.kinds)
+        .bind(worker.credential_id)
         .execute(&self.pool)
         .await?;
         Ok(id)
+    }
+
+    /// The worker token `worker` registered with; `None` for a worker bound to none, or one
+    /// that does not exist (its own call then says so).
+    pub async fn worker_credential(&self, worker: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let credential: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT credential_id FROM workers WHERE id = $1")
+                .bind(worker)
+                .fetch_optional(&self.reads)
+                .await?;
+        Ok(credential.flatten())
     }
 
     /// Notes that a worker is alive. Returns whether it is still allowed to take work (it is

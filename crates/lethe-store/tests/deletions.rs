@@ -38,6 +38,7 @@ async fn worker(store: &Store) -> Uuid {
             slots: 1,
             version: "test".into(),
             kinds: Vec::new(),
+            credential_id: None,
         })
         .await
         .unwrap()

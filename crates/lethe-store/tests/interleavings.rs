@@ -302,6 +302,7 @@ async fn register(store: &Store, name: &str) -> Uuid {
         slots: 4,
         version: String::new(),
         kinds: Vec::new(),
+        credential_id: None,
     };
     store.register_worker(&worker).await.unwrap()
 }

@@ -46,6 +46,7 @@ async fn worker_with(store: &Store, name: &str, device: Device, memory_bytes: i6
         slots: 1,
         version: "test".into(),
         kinds: Vec::new(),
+        credential_id: None,
     };
     store.register_worker(&new).await.unwrap()
 }
@@ -786,6 +787,7 @@ async fn a_worker_only_leases_the_kinds_it_runs() {
             slots: 1,
             version: "test".into(),
             kinds: vec!["noop".into()],
+            credential_id: None,
         })
         .await
         .unwrap();
