@@ -525,7 +525,7 @@ where
                 if api == Api::Open {
                     return inner.call(request).await;
                 }
-                let _permit = if is_long_poll(&path) {
+                let permit = if is_long_poll(&path) {
                     None
                 } else {
                     match shared.calls.clone().try_acquire_owned() {
@@ -533,12 +533,24 @@ where
                         Err(_) => return Ok(overloaded("concurrent calls", shared.calls_limit())),
                     }
                 };
+                // Held, like the permit, until the handler answers.
+                let mut tenant_place = None;
                 let client_certificate = has_client_certificate(&request);
                 let headers = std::mem::take(request.headers_mut());
                 let authenticated = shared.authenticate(api, &headers, client_certificate).await;
                 *request.headers_mut() = headers;
                 match authenticated {
                     Ok(Principal::Tenant(mut caller)) => {
+                        // Long-polls aside, as for the replica's own limit.
+                        if permit.is_some() {
+                            match shared.tenant_calls.enter(&caller.tenant) {
+                                Some(place) => tenant_place = Some(place),
+                                None => {
+                                    let limit = shared.tenant_calls.limit();
+                                    return Ok(tenant_overloaded(&caller.tenant, limit).into_http());
+                                }
+                            }
+                        }
                         caller.trace = Some(trace);
                         request.extensions_mut().insert(caller);
                     }
@@ -557,7 +569,9 @@ where
                     }
                 }
                 tracing::debug!("call");
-                inner.call(request).await
+                let answer = inner.call(request).await;
+                drop(tenant_place);
+                answer
             }
             .instrument(span),
         )
@@ -588,6 +602,24 @@ fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
 /// instead of queueing calls it cannot serve soon.
 pub(crate) fn overloaded<B: Default>(what: &str, limit: usize) -> http::Response<B> {
     overloaded_status(what, limit).into_http()
+}
+
+/// A tenant at its own share of the concurrent calls, while the replica may have room.
+fn tenant_overloaded(tenant: &str, limit: usize) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(500)));
+    details.add_quota_failure_violation(
+        format!("tenants/{tenant}"),
+        format!("at most {limit} concurrent calls per tenant on each replica"),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "tenant {tenant:?} has {limit} calls in flight on this replica, its limit; retry with \
+             backoff"
+        ),
+        details,
+    )
 }
 
 pub(crate) fn overloaded_status(what: &str, limit: usize) -> Status {

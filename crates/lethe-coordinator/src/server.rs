@@ -22,6 +22,7 @@ use crate::admin_api::AdminApi;
 use crate::auth::{overloaded_status, AuthMode, Credentials, GateLayer};
 use crate::metrics::Metrics;
 use crate::operations::OperationsApi;
+use crate::tenant::TenantCalls;
 use crate::wake::Wakeups;
 use crate::worker_api::{WorkerApi, MAX_LONG_POLL};
 
@@ -45,6 +46,8 @@ pub struct CoordinatorConfig {
     /// Calls served at once (long-polls aside); past it, calls are refused with
     /// RESOURCE_EXHAUSTED instead of queueing behind the database pool.
     pub max_concurrent_calls: usize,
+    /// Of those, the most one tenant's calls may hold, so that others are still served.
+    pub max_concurrent_calls_per_tenant: usize,
     /// WaitOperation, WatchOperation and AcquireTask calls held open at once.
     pub max_long_polls: usize,
     /// Unfinished jobs a tenant may have, unless its own quota says otherwise.
@@ -90,6 +93,7 @@ impl Default for CoordinatorConfig {
             retrain_threshold: 0.05,
             auth: AuthMode::TrustedHeader,
             max_concurrent_calls: 512,
+            max_concurrent_calls_per_tenant: 256,
             max_long_polls: 2048,
             max_active_jobs_per_tenant: 1000,
             registration_url_prefixes: Vec::new(),
@@ -108,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) credentials: Credentials,
     /// Permits for calls in flight, long-polls aside.
     pub(crate) calls: Arc<Semaphore>,
+    /// Each tenant's share of `calls`.
+    pub(crate) tenant_calls: Arc<TenantCalls>,
     /// Permits for long-polls held open.
     pub(crate) long_polls: Arc<Semaphore>,
     /// Permits for refusals being written to the audit log in the background.
@@ -183,6 +189,7 @@ impl Coordinator {
                 wake: Wakeups::new(),
                 credentials: Credentials::default(),
                 calls: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
+                tenant_calls: TenantCalls::new(config.max_concurrent_calls_per_tenant),
                 long_polls: Arc::new(Semaphore::new(config.max_long_polls.max(1))),
                 audit_writes: Arc::new(Semaphore::new(AUDIT_WRITES)),
                 metrics: Arc::new(Metrics::new()),

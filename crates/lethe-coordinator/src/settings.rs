@@ -53,6 +53,10 @@ pub struct Settings {
     pub auth: AuthMode,
     /// Calls served at once, long-polls aside; past it calls get RESOURCE_EXHAUSTED.
     pub max_concurrent_calls: usize,
+    /// Of those, the most one tenant's calls may hold at once on a replica, so that a tenant
+    /// in a burst cannot starve the others; past it that tenant's calls get
+    /// RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls_per_tenant: usize,
     /// Long-polls (WaitOperation, WatchOperation, AcquireTask) held open at once.
     pub max_long_polls: usize,
     /// Unfinished operations a tenant may have, unless `lethe-coordinator quota` set its own.
@@ -89,6 +93,7 @@ impl Default for Settings {
             otlp_endpoint: None,
             auth: AuthMode::Tokens,
             max_concurrent_calls: 512,
+            max_concurrent_calls_per_tenant: 256,
             max_long_polls: 2048,
             max_active_jobs_per_tenant: 1000,
             registration_url_prefixes: Vec::new(),
@@ -160,6 +165,12 @@ impl Settings {
                 "needs tls_cert and tls_key: mutual TLS is TLS first",
             ));
         }
+        if self.max_concurrent_calls_per_tenant == 0 {
+            return Err(ConfigError::key(
+                "max_concurrent_calls_per_tenant",
+                "must be at least 1",
+            ));
+        }
         if self.max_long_polls == 0 {
             return Err(ConfigError::key("max_long_polls", "must be at least 1"));
         }
@@ -224,6 +235,7 @@ impl Settings {
             retrain_threshold: self.retrain_threshold,
             auth: self.auth,
             max_concurrent_calls: self.max_concurrent_calls,
+            max_concurrent_calls_per_tenant: self.max_concurrent_calls_per_tenant,
             max_long_polls: self.max_long_polls,
             max_active_jobs_per_tenant: self.max_active_jobs_per_tenant,
             registration_url_prefixes: self.registration_url_prefixes.clone(),
@@ -299,6 +311,10 @@ pub struct Flags {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_calls: Option<usize>,
+    /// Of those, the most one tenant's calls may hold [default: 256].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls_per_tenant: Option<usize>,
     /// Long-polls held open at once [default: 2048].
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,9 @@
 //! Which tenant a public call acts for: the caller that the gate ([`crate::auth`]) put on the
 //! request. Every store query a handler makes is scoped by it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use tonic::{Request, Status};
 
 use crate::auth::Caller;
@@ -41,5 +44,80 @@ pub fn validate_tenant(tenant: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("must be 1 to 200 of [A-Za-z0-9._-]".into())
+    }
+}
+
+/// Each tenant's calls in flight on this replica, so that one tenant cannot hold every permit
+/// of `max_concurrent_calls` and starve the others.
+pub(crate) struct TenantCalls {
+    limit: usize,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// One call in flight for a tenant; its place is given back when it drops.
+pub(crate) struct TenantCall {
+    calls: Arc<TenantCalls>,
+    tenant: String,
+}
+
+impl TenantCalls {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(TenantCalls {
+            limit: limit.max(1),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A place for one more call of `tenant`, or `None` when it has `limit` in flight.
+    pub(crate) fn enter(self: &Arc<Self>, tenant: &str) -> Option<TenantCall> {
+        let mut in_flight = self.in_flight.lock().expect("tenant calls lock");
+        let count = in_flight.entry(tenant.to_string()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(TenantCall {
+            calls: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+impl Drop for TenantCall {
+    fn drop(&mut self) {
+        let mut in_flight = self.calls.in_flight.lock().expect("tenant calls lock");
+        if let Some(count) = in_flight.get_mut(&self.tenant) {
+            *count -= 1;
+            // Tenants without calls leave the map, so it holds only those being served.
+            if *count == 0 {
+                in_flight.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_at_its_limit_waits_while_others_are_served() {
+        let calls = TenantCalls::new(2);
+        let first = calls.enter("acme").unwrap();
+        let _second = calls.enter("acme").unwrap();
+        assert!(calls.enter("acme").is_none());
+        let _other = calls
+            .enter("globex")
+            .expect("another tenant has its own places");
+        drop(first);
+        let _third = calls
+            .enter("acme")
+            .expect("a finished call gives its place back");
+        drop(_other);
+        assert!(!calls.in_flight.lock().unwrap().contains_key("globex"));
     }
 }

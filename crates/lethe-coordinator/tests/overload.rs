@@ -177,6 +177,79 @@ async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
     );
 }
 
+/// Waits until `count` queries on the jobs table are blocked behind the lock.
+async fn blocked_on_jobs(url: &str, count: usize) {
+    let mut observer = PgConnection::connect(url).await.unwrap();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%FROM jobs%'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting as usize >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_every_call_permit() {
+    let config = CoordinatorConfig {
+        max_concurrent_calls: 8,
+        max_concurrent_calls_per_tenant: 2,
+        ..CoordinatorConfig::default()
+    };
+    let (url, _coordinator, channel) = start("overload_tenant", config).await;
+    let acme = unfinished(&channel, "acme").await.unwrap();
+    let globex = unfinished(&channel, "globex").await.unwrap();
+    let mut locker = PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let get = |tenant: &'static str, name: String| {
+        let channel = channel.clone();
+        async move {
+            OperationsClient::new(channel)
+                .get_operation(as_tenant(tenant, GetOperationRequest { name }))
+                .await
+        }
+    };
+    let stuck: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get("acme", acme.clone())))
+        .collect();
+    blocked_on_jobs(&url, 2).await;
+
+    // acme is at its share: its next call is shed, naming the tenant's limit.
+    // (Were it not shed, it would wait behind the lock: the timeout turns that into a failure.)
+    let shed = tokio::time::timeout(Duration::from_secs(30), get("acme", acme.clone()))
+        .await
+        .expect("the call past the tenant's share waited instead of being shed")
+        .unwrap_err();
+    assert_shed(&shed, "calls in flight on this replica");
+    let violation = &shed
+        .get_details_quota_failure()
+        .expect("QuotaFailure")
+        .violations[0];
+    assert_eq!(violation.subject, "tenants/acme");
+    // globex still gets through to the database (and waits there, like acme's calls).
+    let served = tokio::spawn(get("globex", globex.clone()));
+    blocked_on_jobs(&url, 3).await;
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    for call in stuck {
+        call.await.unwrap().expect("a call that waited is answered");
+    }
+    served.await.unwrap().expect("the other tenant was served");
+    get("acme", acme)
+        .await
+        .expect("finished calls give their places back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polls_are_bounded_on_their_own() {
     let config = CoordinatorConfig {
