@@ -91,12 +91,7 @@ async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
     let name = unfinished(&channel, "acme").await.unwrap();
 
     // The jobs table is locked: every call that reads it waits, holding its permit.
-    let mut locker = PgConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = lock_jobs(&url).await;
     let get = |channel: Channel, name: String| async move {
         OperationsClient::new(channel)
             .get_operation(as_tenant("acme", GetOperationRequest { name }))
@@ -105,20 +100,7 @@ async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
     let stuck: Vec<_> = (0..LIMIT)
         .map(|_| tokio::spawn(get(channel.clone(), name.clone())))
         .collect();
-    let mut observer = PgConnection::connect(&url).await.unwrap();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE '%FROM jobs%'",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting as usize >= LIMIT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    blocked_on_jobs(&url, LIMIT).await;
 
     // Every further call is refused at once, whatever it is.
     let storm: Vec<_> = (0..STORM)
@@ -177,6 +159,17 @@ async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
     );
 }
 
+/// A connection holding the jobs table locked until it rolls back.
+async fn lock_jobs(url: &str) -> PgConnection {
+    let mut locker = PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
 /// Waits until `count` queries on the jobs table are blocked behind the lock.
 async fn blocked_on_jobs(url: &str, count: usize) {
     let mut observer = PgConnection::connect(url).await.unwrap();
@@ -205,12 +198,7 @@ async fn one_tenant_cannot_take_every_call_permit() {
     let (url, _coordinator, channel) = start("overload_tenant", config).await;
     let acme = unfinished(&channel, "acme").await.unwrap();
     let globex = unfinished(&channel, "globex").await.unwrap();
-    let mut locker = PgConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = lock_jobs(&url).await;
     let get = |tenant: &'static str, name: String| {
         let channel = channel.clone();
         async move {
