@@ -477,30 +477,23 @@ mod tests {
 
     #[test]
     fn the_dump_of_the_defaults_loads_back() {
-        let settings = Settings {
+        let defaults = Settings {
             database_url: Some("postgres://u@h/d".into()),
             ..Settings::default()
         };
         let listed = Settings {
             registration_url_prefixes: vec!["s3://data/{tenant}/".into()],
-            ..settings.clone()
+            ..defaults.clone()
         };
-        let dumped = lethe_config::to_toml(&listed).unwrap();
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &dumped).unwrap();
-        let flags = Flags {
-            config: Some(file.path().to_path_buf()),
-            ..Flags::default()
-        };
-        assert_eq!(flags.settings(env(&[])).unwrap(), listed, "{dumped}");
-
-        let dumped = lethe_config::to_toml(&settings).unwrap();
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), &dumped).unwrap();
-        let flags = Flags {
-            config: Some(file.path().to_path_buf()),
-            ..Flags::default()
-        };
-        assert_eq!(flags.settings(env(&[])).unwrap(), settings, "{dumped}");
+        for settings in [defaults, listed] {
+            let dumped = lethe_config::to_toml(&settings).unwrap();
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), &dumped).unwrap();
+            let flags = Flags {
+                config: Some(file.path().to_path_buf()),
+                ..Flags::default()
+            };
+            assert_eq!(flags.settings(env(&[])).unwrap(), settings, "{dumped}");
+        }
     }
 }

@@ -105,19 +105,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tenant_at_its_limit_waits_while_others_are_served() {
+    fn a_tenant_at_its_limit_is_refused_while_others_are_served() {
         let calls = TenantCalls::new(2);
         let first = calls.enter("acme").unwrap();
         let _second = calls.enter("acme").unwrap();
         assert!(calls.enter("acme").is_none());
-        let _other = calls
+        let other = calls
             .enter("globex")
             .expect("another tenant has its own places");
         drop(first);
         let _third = calls
             .enter("acme")
             .expect("a finished call gives its place back");
-        drop(_other);
+        drop(other);
         assert!(!calls.in_flight.lock().unwrap().contains_key("globex"));
     }
 }
