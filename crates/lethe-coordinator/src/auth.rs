@@ -396,10 +396,13 @@ impl Shared {
                     .await
                     .map_err(crate::status::from_store)?;
                 if let Some(bound) = bound {
-                    self.worker_bindings
-                        .lock()
-                        .expect("worker bindings lock")
-                        .insert(worker, bound);
+                    let mut bindings = self.worker_bindings.lock().expect("worker bindings lock");
+                    // Every restart registers a new worker id: a long-lived replica forgets
+                    // them all now and then rather than keep every one it has seen.
+                    if bindings.len() >= MAX_REMEMBERED_BINDINGS {
+                        bindings.clear();
+                    }
+                    bindings.insert(worker, bound);
                 }
                 bound
             }
@@ -456,6 +459,9 @@ impl Shared {
         }
     }
 }
+
+/// Worker bindings a replica keeps before it starts over (about 5 MB).
+const MAX_REMEMBERED_BINDINGS: usize = 100_000;
 
 /// The tower layer that authenticates every call and sheds load when the coordinator is full.
 #[derive(Clone)]
