@@ -80,14 +80,16 @@ impl Mlp {
         });
         // Forward; a layer's input is the previous output (the ReLU outputs double as masks).
         let flat = x.f_flatten(2, -1)?;
-        let last = self.layers.len() - 1;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let input = if index == 0 {
+        let input_of = |index: usize| {
+            if index == 0 {
                 &flat
             } else {
                 &outputs[index - 1]
-            };
-            let mut h = input.f_bmm_out(&outputs[index], layer.weight())?;
+            }
+        };
+        let last = self.layers.len() - 1;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let mut h = input_of(index).f_bmm_out(&outputs[index], layer.weight())?;
             if let Some(bias) = layer.bias() {
                 let _ = h.f_add_(&bias.unsqueeze(1))?;
             }
@@ -119,12 +121,7 @@ impl Mlp {
                     delta.f_sum_intlist_out(&gradients[slot], &[1i64][..], false, Kind::Float)?;
             }
             slot -= 1;
-            let input = if index == 0 {
-                &flat
-            } else {
-                &outputs[index - 1]
-            };
-            let _ = input
+            let _ = input_of(index)
                 .f_transpose(1, 2)?
                 .f_bmm_out(&gradients[slot], delta)?;
             if index > 0 {
