@@ -10,7 +10,7 @@ use lethe_proto::lethe::v1::{
 use lethe_store::{AuditEntry, AuditOutcome, WorkerInfo};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Operator;
+use crate::auth::{authenticated, Operator};
 use crate::operations::{operation_name, timestamp};
 use crate::server::Shared;
 use crate::status::{from_store, parse_uuid};
@@ -40,11 +40,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AdminDrainWorkerRequest>,
     ) -> Result<Response<AdminDrainWorkerResponse>, Status> {
-        let operator = request
-            .extensions()
-            .get::<Operator>()
-            .cloned()
-            .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))?;
+        let operator: Operator = authenticated(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         let handed_back = self.shared.drain(worker, request.hand_back).await?;

@@ -171,6 +171,19 @@ pub(crate) struct Operator {
     pub(crate) actor: String,
 }
 
+/// What the gate put on the request for its handler: a tenant's [`Caller`], an admin's
+/// [`Operator`] or a [`WorkerCaller`].
+pub(crate) fn authenticated<P, T>(request: &tonic::Request<T>) -> Result<P, Status>
+where
+    P: Clone + Send + Sync + 'static,
+{
+    request
+        .extensions()
+        .get::<P>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))
+}
+
 /// A caller of the worker API, once authenticated.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkerCaller {
@@ -381,32 +394,7 @@ impl Shared {
         let Some(credential) = caller.credential_id else {
             return Ok(());
         };
-        let remembered = self
-            .worker_bindings
-            .lock()
-            .expect("worker bindings lock")
-            .get(&worker)
-            .copied();
-        let bound = match remembered {
-            Some(bound) => Some(bound),
-            None => {
-                let bound = self
-                    .store
-                    .worker_credential(worker)
-                    .await
-                    .map_err(crate::status::from_store)?;
-                if let Some(bound) = bound {
-                    let mut bindings = self.worker_bindings.lock().expect("worker bindings lock");
-                    // Every restart registers a new worker id: a long-lived replica forgets
-                    // them all now and then rather than keep every one it has seen.
-                    if bindings.len() >= MAX_REMEMBERED_BINDINGS {
-                        bindings.clear();
-                    }
-                    bindings.insert(worker, bound);
-                }
-                bound
-            }
-        };
+        let bound = self.worker_binding(worker).await?;
         if bound.is_none_or(|bound| bound == credential) {
             return Ok(());
         }
@@ -423,6 +411,34 @@ impl Shared {
         })
         .await;
         Err(crate::status::worker_of_another_token(worker))
+    }
+
+    /// The token `worker` registered with, remembered once read.
+    async fn worker_binding(&self, worker: Uuid) -> Result<Option<Uuid>, Status> {
+        let remembered = self
+            .worker_bindings
+            .lock()
+            .expect("worker bindings lock")
+            .get(&worker)
+            .copied();
+        if remembered.is_some() {
+            return Ok(remembered);
+        }
+        let bound = self
+            .store
+            .worker_credential(worker)
+            .await
+            .map_err(crate::status::from_store)?;
+        if let Some(bound) = bound {
+            let mut bindings = self.worker_bindings.lock().expect("worker bindings lock");
+            // Every restart registers a new worker id: a long-lived replica forgets them all
+            // now and then rather than keep every one it has seen.
+            if bindings.len() >= MAX_REMEMBERED_BINDINGS {
+                bindings.clear();
+            }
+            bindings.insert(worker, bound);
+        }
+        Ok(bound)
     }
 
     /// Refuses a registration of `uri` outside the caller's `registration_url_prefixes`, and
@@ -610,10 +626,13 @@ pub(crate) fn overloaded<B: Default>(what: &str, limit: usize) -> http::Response
     overloaded_status(what, limit).into_http()
 }
 
+/// The retry hint of a call shed for load.
+const RETRY_SHED_CALL_AFTER: Duration = Duration::from_millis(500);
+
 /// A tenant at its own share of the concurrent calls, while the replica may have room.
 fn tenant_overloaded(tenant: &str, limit: usize) -> Status {
     use tonic_types::{ErrorDetails, StatusExt};
-    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(500)));
+    let mut details = ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER));
     details.add_quota_failure_violation(
         format!("tenants/{tenant}"),
         format!("at most {limit} concurrent calls per tenant on each replica"),
@@ -633,6 +652,6 @@ pub(crate) fn overloaded_status(what: &str, limit: usize) -> Status {
     Status::with_error_details(
         Code::ResourceExhausted,
         format!("the coordinator is at its limit of {limit} {what}; retry with backoff"),
-        ErrorDetails::with_retry_info(Some(Duration::from_millis(500))),
+        ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER)),
     )
 }

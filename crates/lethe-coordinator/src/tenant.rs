@@ -6,18 +6,14 @@ use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Status};
 
-use crate::auth::Caller;
+use crate::auth::{authenticated, Caller};
 use crate::status::invalid;
 
 pub const TENANT_HEADER: &str = "x-lethe-tenant";
 pub const DEFAULT_TENANT: &str = "default";
 
 pub(crate) fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))
+    authenticated(request)
 }
 
 /// The tenant named by `x-lethe-tenant` (the default tenant when absent), in trusted-header

@@ -18,7 +18,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::auth::WorkerCaller;
+use crate::auth::{authenticated, WorkerCaller};
 use crate::operations::{operation_name, timestamp};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
@@ -37,7 +37,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let device = match ProtoDevice::try_from(request.device) {
             Ok(ProtoDevice::Cpu) => Device::Cpu,
@@ -76,7 +76,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<AcquireTaskRequest>,
     ) -> Result<Response<AcquireTaskResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         self.shared
@@ -123,7 +123,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
@@ -152,7 +152,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
@@ -205,7 +205,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<FailTaskRequest>,
     ) -> Result<Response<FailTaskResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
@@ -251,7 +251,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<GetTaskInputsRequest>,
     ) -> Result<Response<GetTaskInputsResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         let task = parse_uuid("task_id", &request.task_id)?;
@@ -286,7 +286,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<DrainWorkerRequest>,
     ) -> Result<Response<DrainWorkerResponse>, Status> {
-        let caller = worker_caller(&request)?;
+        let caller: WorkerCaller = authenticated(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         self.shared
@@ -333,15 +333,6 @@ impl Shared {
             traceparent: task.traceparent.unwrap_or_default(),
         }
     }
-}
-
-/// The authenticated caller the gate put on the request.
-fn worker_caller<T>(request: &Request<T>) -> Result<WorkerCaller, Status> {
-    request
-        .extensions()
-        .get::<WorkerCaller>()
-        .cloned()
-        .ok_or_else(|| Status::internal("the call reached its handler unauthenticated"))
 }
 
 fn ids(task: &str, worker: &str) -> Result<(Uuid, Uuid), Status> {
