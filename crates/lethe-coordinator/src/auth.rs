@@ -21,6 +21,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::server::Shared;
+use crate::status::{overloaded_status, tenant_overloaded};
 use crate::tenant::tenant_from_header;
 
 /// How callers prove who they are.
@@ -624,34 +625,4 @@ fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
 /// instead of queueing calls it cannot serve soon.
 pub(crate) fn overloaded<B: Default>(what: &str, limit: usize) -> http::Response<B> {
     overloaded_status(what, limit).into_http()
-}
-
-/// The retry hint of a call shed for load.
-const RETRY_SHED_CALL_AFTER: Duration = Duration::from_millis(500);
-
-/// A tenant at its own share of the concurrent calls, while the replica may have room.
-fn tenant_overloaded(tenant: &str, limit: usize) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let mut details = ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER));
-    details.add_quota_failure_violation(
-        format!("tenants/{tenant}"),
-        format!("at most {limit} concurrent calls per tenant on each replica"),
-    );
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
-            "tenant {tenant:?} has {limit} calls in flight on this replica, its limit; retry with \
-             backoff"
-        ),
-        details,
-    )
-}
-
-pub(crate) fn overloaded_status(what: &str, limit: usize) -> Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!("the coordinator is at its limit of {limit} {what}; retry with backoff"),
-        ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER)),
-    )
 }

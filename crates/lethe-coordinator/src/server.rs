@@ -19,9 +19,10 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::Status;
 
 use crate::admin_api::AdminApi;
-use crate::auth::{overloaded_status, AuthMode, Credentials, GateLayer};
+use crate::auth::{AuthMode, Credentials, GateLayer};
 use crate::metrics::Metrics;
 use crate::operations::OperationsApi;
+use crate::status::overloaded_status;
 use crate::tenant::TenantCalls;
 use crate::wake::Wakeups;
 use crate::worker_api::{WorkerApi, MAX_LONG_POLL};

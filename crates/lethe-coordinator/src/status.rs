@@ -80,6 +80,35 @@ pub(crate) fn from_store(error: StoreError) -> Status {
     }
 }
 
+/// The retry hint of a call shed for load.
+const RETRY_SHED_CALL_AFTER: Duration = Duration::from_millis(500);
+
+/// A tenant at its own share of the concurrent calls, while the replica may have room.
+pub(crate) fn tenant_overloaded(tenant: &str, limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER));
+    details.add_quota_failure_violation(
+        format!("tenants/{tenant}"),
+        format!("at most {limit} concurrent calls per tenant on each replica"),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "tenant {tenant:?} has {limit} calls in flight on this replica, its limit; retry with \
+             backoff"
+        ),
+        details,
+    )
+}
+
+/// A call shed because the replica is at `limit` of `what`.
+pub(crate) fn overloaded_status(what: &str, limit: usize) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("the coordinator is at its limit of {limit} {what}; retry with backoff"),
+        ErrorDetails::with_retry_info(Some(RETRY_SHED_CALL_AFTER)),
+    )
+}
+
 /// A worker-API call for a worker that registered with another token.
 pub(crate) fn worker_of_another_token(worker: uuid::Uuid) -> Status {
     Status::with_error_details(
