@@ -9,6 +9,8 @@
 //! - [`checkpoint`]: safetensors checkpoints that PyTorch loads;
 //! - [`attribution`]: the attribution index (β), its estimators and its evaluation (LDS);
 //! - [`unlearn`]: DMM, Oracle Matching and the baselines, and sequential requests;
+//! - [`forget_sets`]: forget sets by family (random, clusters, class slices, high loss), and
+//!   the suite that fixes which instances are for tuning and which only for reporting;
 //! - [`audit`]: KLoM, the audit of unlearned models against oracles.
 //!
 //! Architecture invariants: this is the only library crate that links libtorch; it does no
@@ -20,6 +22,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod ensemble;
 pub mod error;
+pub mod forget_sets;
 pub mod model;
 mod optim;
 pub mod outputs;

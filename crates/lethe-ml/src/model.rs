@@ -261,25 +261,37 @@ impl Model {
 
     /// Member `member` alone, as a one-member model.
     pub fn select_member(&self, member: i64) -> Result<Model> {
-        if !(0..self.members()).contains(&member) {
+        self.select_members(member..member + 1)
+    }
+
+    /// Members `range`, in order, as a model of their own.
+    pub fn select_members(&self, range: std::ops::Range<i64>) -> Result<Model> {
+        if range.is_empty() || range.start < 0 || range.end > self.members() {
             return Err(MlError::spec(
                 "model",
-                format!("member {member} is outside 0..{}", self.members()),
+                format!(
+                    "members {}..{} are not a non-empty range inside 0..{}",
+                    range.start,
+                    range.end,
+                    self.members()
+                ),
             ));
         }
-        let mut single = Model::new(
+        let mut selected = Model::new(
             &self.spec,
-            &[self.member_seeds[member as usize]],
+            &self.member_seeds[range.start as usize..range.end as usize],
             &self.sample_shape,
             self.num_classes,
             self.device(),
         )?;
-        single.load_member_state(
-            0,
-            &self.member_state(member),
-            Path::new("<ensemble member>"),
-        )?;
-        Ok(single)
+        for (position, member) in range.enumerate() {
+            selected.load_member_state(
+                position as i64,
+                &self.member_state(member),
+                Path::new("<ensemble member>"),
+            )?;
+        }
+        Ok(selected)
     }
 
     /// Fails, naming `what`, unless `data`'s samples have the shape this model takes.

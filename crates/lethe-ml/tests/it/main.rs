@@ -3,6 +3,7 @@
 mod attribution;
 mod data;
 mod ensemble;
+mod forget_sets;
 mod interop;
 mod model;
 mod support;
