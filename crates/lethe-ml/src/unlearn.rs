@@ -11,8 +11,10 @@
 //! - baselines: [`Method::DoNothing`], [`Method::Retrain`] on S∖F (exact unlearning),
 //!   [`Method::Ga`] (gradient ascent on F), [`Method::Gd`] (gradient descent on S∖F) and
 //!   [`Method::Scrub`];
+//! - [`confidence`]: how far a request's DMM targets can be trusted, before any fine-tune;
 //! - [`lineage`]: sequential requests on a model version.
 
+pub mod confidence;
 pub mod finetune;
 mod forget;
 pub mod lineage;
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MlError, Result};
 
 pub use forget::{parse_indices, ForgetSet};
-pub use methods::{unlearn, MethodConfig, Resources, UnlearnSummary};
+pub use methods::{request_confidence, unlearn, MethodConfig, Resources, UnlearnSummary};
 
 /// The unlearning methods a user can choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use crate::outputs::Outputs;
 use crate::recipe::Recipe;
 use crate::seed;
 use crate::train::train;
+use crate::unlearn::confidence::{index_confidence, TargetConfidence};
 use crate::unlearn::finetune::{
     gradient_ascent, gradient_descent, match_targets, matching_examples, scrub, FineTuneSummary,
     GradientConfig, MatchingConfig, ScrubConfig,
@@ -129,6 +130,10 @@ pub struct UnlearnSummary {
     pub examples: u64,
     pub seconds: f64,
     pub final_loss: Option<f64>,
+    /// How far DMM's targets can be trusted ([`crate::unlearn::confidence`]); `None` for the
+    /// other methods and for indexes without a noise model (TRAK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<TargetConfidence>,
 }
 
 /// Applies `config` to every member of `model` for `forget`, in place. Deterministic for a
@@ -178,12 +183,7 @@ fn unlearn_on_current_threads(
         }
     }
     let retained = forget.retained(data.num_train);
-    let finished = |summary: Option<FineTuneSummary>| UnlearnSummary {
-        method: config.method(),
-        examples: summary.as_ref().map_or(0, |summary| summary.examples),
-        seconds: started.elapsed().as_secs_f64(),
-        final_loss: summary.map(|summary| summary.final_loss),
-    };
+    let mut confidence = None;
     let summary = match config {
         MethodConfig::DoNothing => None,
         MethodConfig::Retrain { recipe } => {
@@ -214,7 +214,18 @@ fn unlearn_on_current_threads(
                     denoise,
                     multiplier,
                     ..
-                } => predicted_targets(model, resources, forget, &examples, *denoise, *multiplier)?,
+                } => {
+                    let (targets, trusted) = predicted_targets(
+                        model,
+                        resources,
+                        forget,
+                        &examples,
+                        *denoise,
+                        *multiplier,
+                    )?;
+                    confidence = trusted;
+                    targets
+                }
                 _ => oracle_targets(model, resources, &examples)?,
             };
             Some(match_targets(
@@ -250,18 +261,40 @@ fn unlearn_on_current_threads(
             )?)
         }
     };
-    Ok(finished(summary))
+    Ok(UnlearnSummary {
+        method: config.method(),
+        examples: summary.as_ref().map_or(0, |summary| summary.examples),
+        seconds: started.elapsed().as_secs_f64(),
+        final_loss: summary.map(|summary| summary.final_loss),
+        confidence,
+    })
 }
 
-/// DMM's targets for `examples` (`M × L × C`): the anchor's logits minus the predicted shift.
-fn predicted_targets(
-    model: &mut Model,
-    resources: &Resources,
+/// The confidence of the targets DMM would fine-tune towards for `forget`, computed without
+/// fine-tuning (a request policy reads it first): `None` for methods other than DMM and for
+/// indexes without a noise model.
+pub fn request_confidence(
+    config: &MethodConfig,
     forget: &ForgetSet,
-    examples: &[i64],
-    denoise: Denoise,
-    multiplier: f64,
-) -> Result<Tensor> {
+    resources: &Resources,
+) -> Result<Option<TargetConfidence>> {
+    let MethodConfig::Dmm {
+        denoise,
+        multiplier,
+        ..
+    } = config
+    else {
+        return Ok(None);
+    };
+    let index = dmm_index(resources)?;
+    if index.noise.is_none() {
+        return Ok(None);
+    }
+    let shift = predicted_shift(index, forget, *denoise)?;
+    index_confidence(index, &shift, *multiplier, forget)
+}
+
+fn dmm_index<'a>(resources: &Resources<'a>) -> Result<&'a AttributionIndex> {
     let data = resources.data;
     let index = resources.index.ok_or_else(|| {
         MlError::spec(
@@ -282,6 +315,21 @@ fn predicted_targets(
             ),
         ));
     }
+    Ok(index)
+}
+
+/// DMM's targets for `examples` (`M × L × C`): the anchor's logits minus the predicted shift,
+/// and their confidence when the index has a noise model.
+fn predicted_targets(
+    model: &mut Model,
+    resources: &Resources,
+    forget: &ForgetSet,
+    examples: &[i64],
+    denoise: Denoise,
+    multiplier: f64,
+) -> Result<(Tensor, Option<TargetConfidence>)> {
+    let data = resources.data;
+    let index = dmm_index(resources)?;
     let anchor = match resources.anchor_logits {
         Some(anchor) => {
             check_member_logits(anchor, model, data, "anchor logits")?;
@@ -291,7 +339,11 @@ fn predicted_targets(
         None => Outputs::compute(model, data, examples)?.logits,
     };
     let shift = predicted_shift(index, forget, denoise)?;
-    dmm_targets(&anchor, &shift, multiplier, examples)
+    let confidence = index_confidence(index, &shift, multiplier, forget)?;
+    Ok((
+        dmm_targets(&anchor, &shift, multiplier, examples)?,
+        confidence,
+    ))
 }
 
 /// Oracle Matching's targets for `examples` (`M × L × C`): the oracles' mean logits, the same

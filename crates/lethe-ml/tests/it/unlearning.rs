@@ -473,3 +473,37 @@ fn forget_sets_are_parsed_and_checked() {
     assert_eq!("SCRUB".parse::<Method>().unwrap(), Method::Scrub);
     assert!("forget-harder".parse::<Method>().is_err());
 }
+
+#[test]
+fn confidence_falls_as_the_targets_reach_beyond_the_index_variation() {
+    use lethe_ml::unlearn::confidence::target_confidence;
+    let (targets, classes) = (40, 4);
+    let noise = IndexNoise {
+        target_std: Tensor::full([targets, classes], 0.5, (Kind::Float, Device::Cpu)),
+        source_weight_sq: Tensor::ones([30], (Kind::Float, Device::Cpu)),
+        target_labels: None,
+    };
+    let forget = ForgetSet::new(vec![1, 2, 3], 30).unwrap();
+    // A shift of one σ at the forget set, none elsewhere: reach 1 at every moved target.
+    let shift = Tensor::zeros([targets, classes], (Kind::Float, Device::Cpu));
+    let _ = shift.narrow(0, 1, 3).fill_(0.5);
+    let within = target_confidence(&noise, &shift, 1.0, &forget).unwrap();
+    assert_eq!(within.moved_targets, 3);
+    assert!((within.reach_p95 - 1.0).abs() < 1e-6, "{within:?}");
+    assert!((within.confidence - 0.5).abs() < 1e-6, "{within:?}");
+    // The multiplier scales the reach; a kept shift outside F counts as a moved target.
+    let _ = shift.narrow(0, 20, 1).fill_(2.0);
+    let beyond = target_confidence(&noise, &shift, 0.5, &forget).unwrap();
+    assert_eq!(beyond.moved_targets, 4);
+    assert!(beyond.reach_p95 > within.reach_p95 && beyond.confidence < within.confidence);
+    // Nothing moved beyond noise: full confidence.
+    let still = Tensor::zeros([targets, classes], (Kind::Float, Device::Cpu));
+    assert_eq!(
+        target_confidence(&noise, &still, 1.0, &forget)
+            .unwrap()
+            .confidence,
+        1.0
+    );
+    let wrong = Tensor::zeros([targets, classes + 1], (Kind::Float, Device::Cpu));
+    assert!(target_confidence(&noise, &wrong, 1.0, &forget).is_err());
+}
