@@ -2,9 +2,9 @@
 //! `smoke`), and the ML engine's local jobs.
 //!
 //! Architecture invariant: this binary does not link libtorch. Subcommands that run the ML
-//! engine locally (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`) are carried out by `lethe-worker`, which
-//! this command finds (see [`locate_worker`]) and replaces itself with, passing the arguments
-//! through untouched.
+//! engine locally (`train`, `ensemble`, `evaluate`, `index`, `forget-sets`, `unlearn`, `audit`)
+//! are carried out by `lethe-worker`, which this command finds (see [`locate_worker`]) and
+//! replaces itself with, passing the arguments through untouched.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -41,6 +41,9 @@ enum Verb {
     /// Build, evaluate or inspect an attribution index (run by lethe-worker; `lethe index --help`).
     #[command(disable_help_flag = true)]
     Index(Forwarded),
+    /// Draw forget sets by family (run by lethe-worker; `lethe forget-sets --help`).
+    #[command(disable_help_flag = true)]
+    ForgetSets(Forwarded),
     /// Forget training examples of a checkpoint (run by lethe-worker; `lethe unlearn --help`).
     #[command(disable_help_flag = true)]
     Unlearn(Forwarded),
@@ -74,6 +77,7 @@ impl Verb {
             Verb::Ensemble(_) => "ensemble",
             Verb::Evaluate(_) => "evaluate",
             Verb::Index(_) => "index",
+            Verb::ForgetSets(_) => "forget-sets",
             Verb::Unlearn(_) => "unlearn",
             Verb::Audit(_) => "audit",
             Verb::Operations(_) => "operations",
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),
         Verb::Index(forwarded) => ("index", forwarded),
+        Verb::ForgetSets(forwarded) => ("forget-sets", forwarded),
         Verb::Unlearn(forwarded) => ("unlearn", forwarded),
         Verb::Audit(forwarded) => ("audit", forwarded),
     };

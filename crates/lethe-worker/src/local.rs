@@ -3,6 +3,7 @@
 pub(crate) mod audit;
 pub(crate) mod ensemble;
 pub(crate) mod evaluate;
+pub(crate) mod forget_sets;
 pub(crate) mod index;
 pub(crate) mod options;
 mod progress;

@@ -1,5 +1,5 @@
 //! `lethe-worker`: the process that links libtorch. It runs the ML engine's jobs locally
-//! (`train`, `ensemble`, `evaluate`, `index`, `unlearn`, `audit`; the `lethe` CLI forwards those
+//! (`train`, `ensemble`, `evaluate`, `index`, `forget-sets`, `unlearn`, `audit`; the `lethe` CLI forwards those
 //! subcommands here so that the CLI itself never links libtorch), and serves a coordinator
 //! (`serve`).
 
@@ -33,6 +33,10 @@ enum Command {
     /// Attribution indexes: build from subset retrains, evaluate (LDS), inspect.
     #[command(subcommand)]
     Index(local::index::IndexCommand),
+    /// Forget sets by family (random, clusters, class slices, high loss), and the suite that
+    /// benchmarks tune on and report on.
+    #[command(subcommand)]
+    ForgetSets(local::forget_sets::ForgetSetsCommand),
     /// Forget training examples: apply an unlearning method to a checkpoint and write the next
     /// model version.
     Unlearn(local::unlearn::UnlearnArgs),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Ensemble(args) => local::ensemble::run(args),
         Command::Evaluate(args) => local::evaluate::run(args),
         Command::Index(command) => local::index::run(command),
+        Command::ForgetSets(command) => local::forget_sets::run(command),
         Command::Unlearn(args) => local::unlearn::run(args),
         Command::Audit(args) => local::audit::run(args),
         Command::Serve(flags) => serve::run(flags),

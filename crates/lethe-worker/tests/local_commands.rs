@@ -416,10 +416,81 @@ fn unlearn_writes_versions_and_audit_scores_a_method() {
         .unwrap()
         .contains("| dmm |"));
 
+    let dmm_with_minimum = |minimum: &str, out: &str| {
+        stdout(&worker(&[
+            "unlearn",
+            "--dataset",
+            "fmnist-tiny",
+            "--device",
+            "cpu",
+            "--model",
+            &path("v0.safetensors"),
+            "--method",
+            "dmm",
+            "--index",
+            &path("beta.safetensors"),
+            "--forget-file",
+            &path("forget.txt"),
+            "--min-confidence",
+            minimum,
+            "--out",
+            &path(out),
+        ]))
+    };
+    let trusted = dmm_with_minimum("0.000001", "trusted.safetensors");
+    assert!(
+        trusted.contains("dmm: version 1") && trusted.contains("  confidence 0."),
+        "{trusted}"
+    );
+    let retrained = dmm_with_minimum("1", "retrained.safetensors");
+    assert!(
+        retrained.contains("is below --min-confidence 1: retraining from scratch without the 10")
+            && retrained.contains("retrain: version 1"),
+        "a 16-model index never predicts within its own noise everywhere: {retrained}"
+    );
+
     let v1 = path("v1.safetensors");
     let beta = path("beta.safetensors");
     let v0 = path("v0.safetensors");
-    let failures: [(&[&str], &str); 8] = [
+    let failures: [(&[&str], &str); 10] = [
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "dmm",
+                "--index",
+                &beta,
+                "--min-confidence",
+                "1.5",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "--min-confidence 1.5 must lie in (0, 1]",
+        ),
+        (
+            &[
+                "unlearn",
+                "--dataset",
+                "fmnist-tiny",
+                "--model",
+                &v0,
+                "--method",
+                "ga",
+                "--min-confidence",
+                "0.5",
+                "--forget",
+                "5",
+                "--out",
+                &path("x"),
+            ],
+            "--min-confidence needs DMM",
+        ),
         (
             &[
                 "unlearn",
@@ -558,4 +629,121 @@ fn unlearn_writes_versions_and_audit_scores_a_method() {
         ),
     ];
     assert_failures(&failures);
+}
+
+#[test]
+fn forget_sets_are_drawn_by_family_into_files_that_requests_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let listed = stdout(&worker(&["forget-sets", "suite"]));
+    assert!(
+        listed.contains("random/7") && listed.contains("tuning") && listed.contains("reporting"),
+        "{listed}"
+    );
+    let draw = |extra: &[&str]| {
+        let mut args = vec![
+            "forget-sets",
+            "draw",
+            "--dataset",
+            "fmnist-tiny",
+            "--device",
+            "cpu",
+            "--size",
+            "12",
+        ];
+        args.extend_from_slice(extra);
+        stdout(&worker(&args))
+    };
+    let slice = draw(&["--family", "class-random", "--class", "3", "--seed", "9"]);
+    assert_eq!(
+        slice,
+        draw(&["--family", "class_random", "--class", "3", "--seed", "9"])
+    );
+    assert!(
+        slice.contains("12 random training examples of class 3"),
+        "{slice}"
+    );
+    let indices = lethe_ml::unlearn::parse_indices(&slice).unwrap();
+    assert_eq!(indices.len(), 12, "{slice}");
+
+    stdout(&worker(&[
+        "train",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--model",
+        "mlp:32",
+        "--epochs",
+        "1",
+        "--out",
+        &path("v0.safetensors"),
+    ]));
+    draw(&[
+        "--family",
+        "high_loss",
+        "--model",
+        &path("v0.safetensors"),
+        "--out",
+        &path("hard.txt"),
+    ]);
+    let hard = std::fs::read_to_string(path("hard.txt")).unwrap();
+    assert!(
+        hard.contains("highest loss") && hard.contains("sha256"),
+        "{hard}"
+    );
+    let forgotten = stdout(&worker(&[
+        "unlearn",
+        "--dataset",
+        "fmnist-tiny",
+        "--device",
+        "cpu",
+        "--model",
+        &path("v0.safetensors"),
+        "--method",
+        "ga",
+        "--forget-file",
+        &path("hard.txt"),
+        "--out",
+        &path("v1.safetensors"),
+    ]));
+    assert!(forgotten.contains("(12 forgotten"), "{forgotten}");
+
+    assert_failures(&[
+        (
+            &[
+                "forget-sets",
+                "draw",
+                "--dataset",
+                "fmnist-tiny",
+                "--family",
+                "high_loss",
+            ],
+            "defined by the deployed model",
+        ),
+        (
+            &[
+                "forget-sets",
+                "draw",
+                "--dataset",
+                "fmnist-tiny",
+                "--family",
+                "nearby",
+            ],
+            "unknown family `nearby`",
+        ),
+        (
+            &[
+                "forget-sets",
+                "draw",
+                "--dataset",
+                "fmnist-tiny",
+                "--family",
+                "random",
+                "--size",
+                "600",
+            ],
+            "size 600 must lie in 1..512",
+        ),
+    ]);
 }

@@ -172,8 +172,17 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
     for line in &table {
         println!("{line}");
     }
-    if let Some(closure) = closure {
-        println!("gap closure {closure:.3}");
+    match (closure, &summary.confidence) {
+        (Some(closure), Some(trusted)) => println!(
+            "gap closure {closure:.3} (the request's confidence beforehand: {:.3})",
+            trusted.confidence
+        ),
+        (Some(closure), None) => println!("gap closure {closure:.3}"),
+        (None, Some(trusted)) => println!(
+            "confidence {:.3} (hold oracles out with --held-out for the gap closure it predicts)",
+            trusted.confidence
+        ),
+        (None, None) => {}
     }
     println!(
         "{:.0} example passes per model in {:.1} s",
@@ -192,6 +201,7 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
             "do_nothing": do_nothing,
             "noise_floor": floor,
             "gap_closure": closure,
+            "confidence": summary.confidence,
             "examples_per_model": summary.examples as f64 / audited.models as f64,
             "seconds": summary.seconds,
         });

@@ -12,7 +12,9 @@ use lethe_ml::recipe::Recipe;
 use lethe_ml::unlearn::finetune::MatchingConfig;
 use lethe_ml::unlearn::lineage::{unlearn_version, Lineage};
 use lethe_ml::unlearn::targets::{AttributionIndex, Denoise};
-use lethe_ml::unlearn::{parse_indices, ForgetSet, Method, MethodConfig, Resources};
+use lethe_ml::unlearn::{
+    parse_indices, request_confidence, ForgetSet, Method, MethodConfig, Resources,
+};
 use tch::{Kind, Tensor};
 
 use super::options::{checkpoint_fits, DataArgs};
@@ -298,6 +300,10 @@ pub(crate) struct UnlearnArgs {
     /// small removals).
     #[arg(long, default_value_t = 0.05)]
     retrain_threshold: f64,
+    /// Retrain from scratch instead when DMM's confidence in its targets (0–1, printed with
+    /// every DMM request) is below this (docs/unlearning.md).
+    #[arg(long)]
+    min_confidence: Option<f64>,
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
@@ -320,6 +326,11 @@ fn check_fits(info: &CheckpointInfo, data: &Dataset, path: &Path) -> anyhow::Res
 }
 
 pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
+    if let Some(minimum) = args.min_confidence {
+        if !(minimum > 0.0 && minimum <= 1.0) {
+            bail!("--min-confidence {minimum} must lie in (0, 1]");
+        }
+    }
     let device = args.data.device()?;
     let data = args.data.load()?;
     let (mut current, info) = checkpoint::load(&args.model, device)
@@ -329,8 +340,8 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
         bail!("give the examples to forget with --forget or --forget-file");
     };
     let request = ForgetSet::new(indices, data.num_train)?;
-    let method = args.method.method()?;
-    let config = args.method.config(info.recipe.as_ref())?;
+    let mut method = args.method.method()?;
+    let mut config = args.method.config(info.recipe.as_ref())?;
     let lineage = match &info.lineage {
         Some(lineage) => lineage.clone(),
         None => Lineage::start(sha256_of(&args.model)?),
@@ -365,6 +376,30 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
         oracle_logits: oracle_logits.as_ref(),
         ..Resources::new(&data)
     };
+    let confidence = request_confidence(&config, &forgotten, &resources)?;
+    if let Some(minimum) = args.min_confidence {
+        let Some(trusted) = &confidence else {
+            bail!(
+                "--min-confidence needs DMM with an index that has a noise model (subsample or regression); {} has no confidence figure",
+                if method == Method::Dmm { "this index" } else { "this method" }
+            );
+        };
+        if trusted.confidence < minimum {
+            let Some(recipe) = info.recipe.as_ref() else {
+                bail!(
+                    "confidence {:.3} is below --min-confidence {minimum}, and a retrain needs the model's training recipe, which this checkpoint does not record",
+                    trusted.confidence
+                );
+            };
+            println!(
+                "confidence {:.3} is below --min-confidence {minimum}: retraining from scratch without the {} forgotten examples instead of DMM",
+                trusted.confidence,
+                forgotten.len()
+            );
+            method = Method::Retrain;
+            config = MethodConfig::defaults(Method::Retrain, recipe);
+        }
+    }
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
         "{method} on {} for {} examples ({} forgotten in all)",
@@ -407,6 +442,12 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
             .map(|loss| format!(", final loss {loss:.4}"))
             .unwrap_or_default()
     );
+    if let Some(trusted) = &confidence {
+        println!(
+            "  confidence {:.3} (reach P95 {:.2} over {} moved targets)",
+            trusted.confidence, trusted.reach_p95, trusted.moved_targets
+        );
+    }
     if next.forgotten_fraction(data.num_train) > args.retrain_threshold {
         println!(
             "  note: more than {:.1}% of the training set is forgotten: retrain on what remains and build a fresh index",
