@@ -86,6 +86,10 @@ pub(crate) struct DeletionArgs {
     audit_oracles: u32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Retrain from scratch instead of DMM when the run's confidence in its predicted targets
+    /// is below this (0–1]; a retrained version needs a new index before the next request.
+    #[arg(long)]
+    min_confidence: Option<f64>,
     #[command(flatten)]
     submission: Submission,
 }
@@ -137,6 +141,7 @@ pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result
                     audit_oracles: args.audit_oracles,
                     seed: args.seed,
                     priority: args.submission.priority,
+                    min_confidence: args.min_confidence,
                 };
                 let operation = client
                     .lethe()

@@ -22,10 +22,30 @@ pub(crate) fn deletion(result: &Value) -> Option<Vec<String>> {
         text(&result["model_sha256"])
     ));
     let report = &result["report"];
+    if let Some(line) = confidence(report) {
+        lines.push(line);
+    }
     if let Some(audit) = audit(report) {
         lines.extend(audit);
     }
     Some(lines)
+}
+
+/// The confidence the run had in its predicted targets, and what the request's minimum made
+/// of it. The audit's report carries it beside the closure; without an audit, the match's.
+fn confidence(report: &Value) -> Option<String> {
+    let confidence = report["confidence"]["confidence"].as_f64()?;
+    let minimum = report["min_confidence"].as_f64();
+    Some(match minimum {
+        Some(minimum) if report["retrained_instead"] == true => format!(
+            "  confidence in the predicted targets {confidence:.3}, below the request's minimum \
+             {minimum}: retrained from scratch instead of DMM"
+        ),
+        Some(minimum) => format!(
+            "  confidence in the predicted targets {confidence:.3} (the request's minimum: {minimum})"
+        ),
+        None => format!("  confidence in the predicted targets {confidence:.3}"),
+    })
 }
 
 fn audit(report: &Value) -> Option<Vec<String>> {
@@ -140,6 +160,27 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.contains("0.600 before, 0.300 after")));
+    }
+
+    #[test]
+    fn the_confidence_is_shown_with_what_the_minimum_made_of_it() {
+        let confident = json!({"model_version": 1, "model_uri": "u", "model_sha256": "ab",
+                               "model_size_bytes": 1, "forgotten_total": 3, "retrained": false,
+                               "report": {"confidence": {"confidence": 0.912}, "min_confidence": 0.5}});
+        let lines = deletion(&confident).unwrap();
+        assert!(
+            lines[2].contains("0.912") && lines[2].contains("minimum: 0.5"),
+            "{lines:?}"
+        );
+        let retrained = json!({"model_version": 1, "model_uri": "u", "model_sha256": "ab",
+                               "model_size_bytes": 1, "forgotten_total": 3, "retrained": true,
+                               "report": {"confidence": {"confidence": 0.3}, "min_confidence": 0.5,
+                                          "retrained_instead": true}});
+        let lines = deletion(&retrained).unwrap();
+        assert!(
+            lines[2].contains("retrained from scratch instead of DMM"),
+            "{lines:?}"
+        );
     }
 
     #[test]

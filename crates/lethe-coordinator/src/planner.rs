@@ -2,7 +2,10 @@
 //!
 //! - An index build fans out into `retrain` tasks, one per range of `members_per_task`
 //!   subset models, and a `build_index` reduce that depends on all of them.
-//! - A deletion run is `predict` → `match`, and with an audit, `retrain` tasks for oracles (on
+//! - A deletion run is `predict` → `match`; when a request sets `min_confidence`, also
+//!   `predict` → `full_retrain`, of which exactly one writes the version: `match` when the
+//!   predicted targets' confidence reaches the minimum, the retrain when it does not (the other
+//!   completes without a model and says why). With an audit, `retrain` tasks for oracles (on
 //!   everything but the forgotten examples) and for originals (copies of the anchor, with
 //!   their weights), in parallel with the rest, and an `audit` that depends on the match and
 //!   on them.
@@ -49,6 +52,9 @@ pub(crate) struct DeletionRequestSpec {
     pub(crate) forget: Vec<i64>,
     pub(crate) audit_oracles: usize,
     pub(crate) seed: u64,
+    /// Retrain instead of DMM when the run's confidence in its targets is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) min_confidence: Option<f64>,
 }
 
 pub(crate) const DEFAULT_MEMBERS: usize = 128;
@@ -165,6 +171,11 @@ pub(crate) fn deletion_run(
         return refuse("the model has no attribution index: build one (CreateIndexBuild)".into());
     };
     let audit_oracles = requests.iter().map(|r| r.audit_oracles).max().unwrap_or(0);
+    // Coalesced requests share one run: the strictest minimum holds for all of them.
+    let min_confidence = requests
+        .iter()
+        .filter_map(|r| r.min_confidence)
+        .reduce(f64::max);
     // The first request's seed: a run is reproducible from its requests.
     let seed = requests.first().map_or(0, |r| r.seed);
     let dataset = object_ref(&inputs.dataset);
@@ -180,7 +191,8 @@ pub(crate) fn deletion_run(
         .collect();
     let retrain = since_anchor.len() as f64 > retrain_threshold * num_train as f64;
 
-    let (mut graph, method, fresh_index, audited_dmm) = if retrain {
+    // `producers`: the tasks that may write the new version (exactly one does).
+    let (mut graph, method, fresh_index, audited_dmm, producers) = if retrain {
         let graph = vec![NewTask::new(
             tasks::FULL_RETRAIN,
             to_json(&FullRetrainSpec {
@@ -188,10 +200,11 @@ pub(crate) fn deletion_run(
                 model: anchor.clone(),
                 exclude: forgotten.clone(),
                 seed,
+                only_below_confidence: None,
             }),
         )];
         let index = index_build_for_retrain(inputs, &dataset, &anchor, &forgotten, seed);
-        (graph, "retrain", Some(index), None)
+        (graph, "retrain", Some(index), None, vec![0])
     } else {
         let Some(index) = &inputs.index else {
             if inputs.index_pending {
@@ -203,17 +216,35 @@ pub(crate) fn deletion_run(
                 inputs.base.version
             ));
         };
-        let graph = vec![
-            NewTask::new(
-                tasks::PREDICT,
-                to_json(&PredictSpec {
-                    dataset: dataset.clone(),
-                    base: anchor.clone(),
-                    beta: object_ref(&index.beta),
-                    beta_noise: index.noise.as_ref().map(object_ref),
-                    forgotten: since_anchor.clone(),
-                }),
-            ),
+        let mut graph = vec![NewTask::new(
+            tasks::PREDICT,
+            to_json(&PredictSpec {
+                dataset: dataset.clone(),
+                base: anchor.clone(),
+                beta: object_ref(&index.beta),
+                beta_noise: index.noise.as_ref().map(object_ref),
+                forgotten: since_anchor.clone(),
+            }),
+        )];
+        // The retrain that stands in for DMM comes before the match, so that the match's
+        // result stays the run's report when there is no audit (a job reports its last
+        // task's result).
+        if let Some(minimum) = min_confidence {
+            graph.push(
+                NewTask::new(
+                    tasks::FULL_RETRAIN,
+                    to_json(&FullRetrainSpec {
+                        dataset: dataset.clone(),
+                        model: anchor.clone(),
+                        exclude: forgotten.clone(),
+                        seed,
+                        only_below_confidence: Some(minimum),
+                    }),
+                )
+                .after([0]),
+            );
+        }
+        graph.push(
             NewTask::new(
                 tasks::MATCH,
                 to_json(&MatchSpec {
@@ -224,20 +255,20 @@ pub(crate) fn deletion_run(
                     requested: requested.iter().copied().collect(),
                     excluded: inputs.base.forgotten.clone(),
                     seed,
+                    min_confidence,
                 }),
             )
             .after([0]),
-        ];
+        );
         let audited = AuditDmm {
             beta: object_ref(&index.beta),
             beta_noise: index.noise.as_ref().map(object_ref),
             since_anchor,
             seed,
         };
-        (graph, "dmm", None, Some(audited))
+        let producers = (1..graph.len()).collect();
+        (graph, "dmm", None, Some(audited), producers)
     };
-    // The task that writes the new version: the last one so far.
-    let produces = graph.len() - 1;
     if audit_oracles > 0 {
         // N' oracles are compared with; half as many again are held out for the noise floor.
         let held_out = audit_oracles.div_ceil(2);
@@ -264,7 +295,8 @@ pub(crate) fn deletion_run(
             };
             graph.extend(retrain_tasks(&originals));
         }
-        let audit_deps: Vec<usize> = std::iter::once(produces)
+        let audit_deps: Vec<usize> = producers
+            .into_iter()
             .chain(first_retrain..graph.len())
             .collect();
         graph.push(
@@ -301,6 +333,7 @@ pub(crate) fn deletion_run(
             "requested": requested,
             "forgotten": forgotten,
             "audit_oracles": audit_oracles,
+            "min_confidence": min_confidence,
             "seed": seed,
         }),
         priority,
@@ -375,6 +408,16 @@ mod tests {
     }
 
     fn inputs(requests: &[(&[i64], usize)], forgotten_before: Vec<i64>) -> RunInputs {
+        with_minimums(requests, &[], forgotten_before)
+    }
+
+    /// Requests with their forget sets and audit sizes, the first ones with the minimum
+    /// confidences of `minimums`.
+    fn with_minimums(
+        requests: &[(&[i64], usize)],
+        minimums: &[f64],
+        forgotten_before: Vec<i64>,
+    ) -> RunInputs {
         RunInputs {
             tenant: "acme".into(),
             model_id: Uuid::now_v7(),
@@ -403,13 +446,15 @@ mod tests {
             num_train: Some(100),
             requests: requests
                 .iter()
-                .map(|(forget, oracles)| PendingRequest {
+                .enumerate()
+                .map(|(position, (forget, oracles))| PendingRequest {
                     id: Uuid::now_v7(),
                     spec: serde_json::to_value(DeletionRequestSpec {
                         model: "m".into(),
                         forget: forget.to_vec(),
                         audit_oracles: *oracles,
                         seed: 3,
+                        min_confidence: minimums.get(position).copied(),
                     })
                     .unwrap(),
                     priority: 0,
@@ -542,6 +587,47 @@ mod tests {
             audit.dmm.expect("DMM is audited").since_anchor,
             [1, 3, 5, 9]
         );
+    }
+
+    #[test]
+    fn a_minimum_confidence_adds_the_retrain_that_stands_in_for_dmm() {
+        let requests: &[(&[i64], usize)] = &[(&[5], 16), (&[6], 0), (&[7], 0)];
+        let plan = deletion_run(&with_minimums(requests, &[0.4, 0.7], vec![]), 0.05);
+        let (run, fresh_index) = started(plan.unwrap());
+        assert!(
+            fresh_index.is_none(),
+            "no index until the run knows it retrains"
+        );
+        let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(
+            &kinds[..3],
+            [tasks::PREDICT, tasks::FULL_RETRAIN, tasks::MATCH],
+            "the match is created last, so that its result is the run's report"
+        );
+        assert_eq!(run.tasks[1].depends_on, [0]);
+        assert_eq!(run.tasks[2].depends_on, [0]);
+        let retrain: FullRetrainSpec = serde_json::from_value(run.tasks[1].spec.clone()).unwrap();
+        assert_eq!(
+            retrain.only_below_confidence,
+            Some(0.7),
+            "the strictest minimum"
+        );
+        assert_eq!(retrain.exclude, [5, 6, 7]);
+        let matching: MatchSpec = serde_json::from_value(run.tasks[2].spec.clone()).unwrap();
+        assert_eq!(matching.min_confidence, Some(0.7));
+        let audit = run.tasks.last().unwrap();
+        assert_eq!(audit.kind, tasks::AUDIT);
+        assert_eq!(
+            &audit.depends_on[..2],
+            [1, 2],
+            "the audit waits for whichever writes the version"
+        );
+
+        let (plain, _) = started(deletion_run(&inputs(&[(&[5], 0)], vec![]), 0.05).unwrap());
+        let kinds: Vec<&str> = plain.tasks.iter().map(|t| t.kind.as_str()).collect();
+        assert_eq!(kinds, [tasks::PREDICT, tasks::MATCH]);
+        let matching: MatchSpec = serde_json::from_value(plain.tasks[1].spec.clone()).unwrap();
+        assert_eq!(matching.min_confidence, None);
     }
 
     #[test]

@@ -205,6 +205,14 @@ impl Shared {
                 format!("must be at most {MAX_AUDIT_ORACLES}"),
             ));
         }
+        if let Some(minimum) = request.min_confidence {
+            if !(minimum > 0.0 && minimum <= 1.0) {
+                return Err(invalid(
+                    "min_confidence",
+                    "must lie in (0, 1], or be unset to run DMM whatever its confidence",
+                ));
+            }
+        }
         // The index says how large the training set is; without one no run can be planned.
         let index = self
             .store
@@ -222,6 +230,15 @@ impl Shared {
             .get("num_train")
             .and_then(|n| n.as_i64())
             .ok_or_else(|| Status::internal("the model's index does not record num_train"))?;
+        // Only an index with a noise model (subsample) gives targets a confidence figure.
+        if request.min_confidence.is_some()
+            && index.result.get("estimator").and_then(|e| e.as_str()) == Some("trak")
+        {
+            return Err(Status::failed_precondition(format!(
+                "model {}'s latest index is a TRAK index, which has no noise model and so no confidence figure: drop min_confidence or build a subsample index with CreateIndexBuild",
+                model.name
+            )));
+        }
         if let Some(bad) = request
             .forget
             .iter()
@@ -249,6 +266,7 @@ impl Shared {
             forget: forget.into_iter().collect(),
             audit_oracles: request.audit_oracles as usize,
             seed: request.seed,
+            min_confidence: request.min_confidence,
         };
         let request_id = request_id(request.request_id)?;
         // The legal record: who asked to forget which examples of which model.
@@ -256,6 +274,7 @@ impl Shared {
             "model": model.name,
             "forget": spec.forget,
             "audit_oracles": spec.audit_oracles,
+            "min_confidence": spec.min_confidence,
             "request_id": request_id,
         });
         let job = NewJob {

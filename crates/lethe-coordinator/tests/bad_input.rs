@@ -590,6 +590,21 @@ fn cases(world: &World) -> Vec<Case> {
             ),
         ));
     }
+    for minimum in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+        all.push(case(
+            format!("min_confidence {minimum}"),
+            Code::InvalidArgument,
+            "min_confidence",
+            lethe!(
+                OWNER,
+                create_deletion_request,
+                CreateDeletionRequestRequest {
+                    min_confidence: Some(minimum),
+                    ..deletion(model, vec![1])
+                }
+            ),
+        ));
+    }
     for priority in [101, -101, 1_000, i32::MAX, i32::MIN] {
         all.push(case(
             format!("deletion priority {priority}"),

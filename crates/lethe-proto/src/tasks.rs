@@ -156,6 +156,10 @@ pub struct MatchSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<i64>,
     pub seed: u64,
+    /// Below this confidence of the predicted targets, the run's `full_retrain` writes the
+    /// version and this task completes without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confidence: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -166,6 +170,10 @@ pub struct FullRetrainSpec {
     /// Everything forgotten: the retrain never sees it.
     pub exclude: Vec<i64>,
     pub seed: u64,
+    /// Retrain only if the confidence of the run's predicted targets (its `predict` input) is
+    /// below this; otherwise complete without a model, the `match` writing the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_below_confidence: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -409,6 +409,7 @@ async fn workload(
             audit_oracles: if sent.is_multiple_of(4) { 2 } else { 0 },
             seed: sent as u64,
             priority: 0,
+            min_confidence: None,
         };
         // Half of them through the second replica when it is up.
         let deletion = |client: &LetheClient<Channel>| {

@@ -379,6 +379,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .create_deletion_request(call(CreateDeletionRequestRequest {
             model: "models/shoes".into(),
             forget: forget(8..10),
+            min_confidence: Some(1e-6),
             ..Default::default()
         }))
         .await
@@ -386,7 +387,12 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .into_inner();
     let after = result_json(&watch(&mut client, &after.name).await);
     assert_eq!(after["model_version"], 4);
-    assert_eq!(after["retrained"], false);
+    assert_eq!(
+        after["retrained"], false,
+        "a minimum its targets reach: DMM"
+    );
+    let confidence = after["report"]["confidence"]["confidence"].as_f64();
+    assert!(confidence.is_some_and(|c| c > 0.0 && c <= 1.0), "{after}");
     let fresh_index: i64 = lethe_store::sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE kind = 'index_build' AND state = 'succeeded' \
            AND run_id = $1",
@@ -427,6 +433,23 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     );
     assert_eq!(lineage.forgotten, forget(8..10));
 
+    // A minimum no prediction reaches: the run retrains from scratch instead, and says so.
+    let strict = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget(10..11),
+            min_confidence: Some(1.0),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let strict = result_json(&watch(&mut client, &strict.name).await);
+    assert_eq!(strict["model_version"], 5);
+    assert_eq!(strict["retrained"], true, "{strict}");
+    assert_eq!(strict["report"]["retrained_instead"], true, "{strict}");
+    assert_eq!(strict["forgotten_total"], 35);
+
     // A TRAK index of the retrained anchor (checkpoints, then featurisation shards, then the
     // reduce) serves the next request.
     let trak = client
@@ -449,14 +472,14 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     let with_trak = client
         .create_deletion_request(call(CreateDeletionRequestRequest {
             model: "models/shoes".into(),
-            forget: forget(10..11),
+            forget: forget(11..12),
             ..Default::default()
         }))
         .await
         .unwrap()
         .into_inner();
     let with_trak = result_json(&watch(&mut client, &with_trak.name).await);
-    assert_eq!(with_trak["model_version"], 5);
+    assert_eq!(with_trak["model_version"], 6);
     let run: uuid::Uuid = with_trak["run"].as_str().unwrap().parse().unwrap();
     let index_used: uuid::Uuid =
         lethe_store::sqlx::query_scalar("SELECT (spec->>'index')::uuid FROM jobs WHERE id = $1")
@@ -465,6 +488,20 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
             .await
             .unwrap();
     assert_eq!(operation_name(index_used), trak.name);
+    let no_confidence = client
+        .create_deletion_request(call(CreateDeletionRequestRequest {
+            model: "models/shoes".into(),
+            forget: forget(12..13),
+            min_confidence: Some(0.5),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        no_confidence.code(),
+        tonic::Code::FailedPrecondition,
+        "a TRAK index has no noise model: {no_confidence:?}"
+    );
 
     third.kill().unwrap();
     third.wait().unwrap();

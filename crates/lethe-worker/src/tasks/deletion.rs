@@ -13,6 +13,7 @@ use lethe_ml::data::Dataset;
 use lethe_ml::ensemble::load_members;
 use lethe_ml::outputs::{margins, Outputs};
 use lethe_ml::tensorio;
+use lethe_ml::unlearn::confidence::{index_confidence, TargetConfidence};
 use lethe_ml::unlearn::finetune::{match_targets, matching_examples, MatchingConfig};
 use lethe_ml::unlearn::lineage::Lineage;
 use lethe_ml::unlearn::targets::{
@@ -101,6 +102,49 @@ fn forget_set(indices: &[i64], data: &Dataset) -> Result<ForgetSet, TaskError> {
     ForgetSet::new(indices.to_vec(), data.num_train).map_err(ml_error)
 }
 
+/// Where the predicted targets file keeps their [`TargetConfidence`] (as JSON).
+const CONFIDENCE_METADATA: &str = "confidence";
+
+/// The `predict` task's output: the predicted logits on every target and their confidence.
+struct PredictedTargets {
+    logits: Tensor,
+    confidence: Option<TargetConfidence>,
+}
+
+/// Fetches and reads the run's `targets` input.
+fn read_targets(
+    context: &TaskContext,
+    dir: &std::path::Path,
+) -> Result<PredictedTargets, TaskError> {
+    let path = dir.join("targets.safetensors");
+    fetch_input(context, one_input(context, "targets")?, &path)?;
+    let file = tensorio::read_safetensors(&path).map_err(ml_error)?;
+    let logits = file
+        .get("logits")
+        .map(Tensor::shallow_clone)
+        .ok_or_else(|| TaskError::Fatal("targets file has no `logits`".into()))?;
+    let confidence = file
+        .metadata
+        .get(CONFIDENCE_METADATA)
+        .map(|text| serde_json::from_str::<TargetConfidence>(text))
+        .transpose()
+        .map_err(|e| TaskError::Fatal(format!("the targets' confidence is malformed: {e}")))?;
+    Ok(PredictedTargets { logits, confidence })
+}
+
+/// A run with a minimum confidence needs targets that have one: an index without a noise
+/// model (TRAK) gives none, and the request cannot be held to its minimum.
+fn required_confidence(
+    confidence: Option<&TargetConfidence>,
+    minimum: f64,
+) -> Result<&TargetConfidence, TaskError> {
+    confidence.ok_or_else(|| {
+        TaskError::Fatal(format!(
+            "the request asks for a confidence of at least {minimum}, but the model's index has no noise model (a TRAK index), so its targets have no confidence figure"
+        ))
+    })
+}
+
 fn all_targets(data: &Dataset) -> Vec<i64> {
     (0..data.num_targets()).collect()
 }
@@ -137,10 +181,18 @@ impl TaskHandler for Predict {
             .map_err(ml_error)?
             .logits;
         let shift = predicted_shift(&index, &forgotten, denoise).map_err(ml_error)?;
+        let confidence =
+            index_confidence(&index, &shift, multiplier, &forgotten).map_err(ml_error)?;
         let predicted = dmm_targets(&anchor, &shift, multiplier, &targets).map_err(ml_error)?;
         let path = dir.path().join("targets.safetensors");
         let mut metadata = BTreeMap::new();
         metadata.insert("forgotten".to_owned(), forgotten.len().to_string());
+        if let Some(confidence) = &confidence {
+            metadata.insert(
+                CONFIDENCE_METADATA.to_owned(),
+                serde_json::to_string(confidence).expect("the confidence serialises"),
+            );
+        }
         tensorio::write_safetensors(
             &path,
             &[("logits".to_owned(), predicted.get(0).to_kind(Kind::Float))],
@@ -158,6 +210,7 @@ impl TaskHandler for Predict {
             result: Some(json!({
                 "forgotten": forgotten.len(),
                 "mean_abs_logit_shift_on_forget": forget_shift,
+                "confidence": confidence,
             })),
         })
     }
@@ -195,13 +248,26 @@ impl TaskHandler for Match {
                 )));
             }
         }
-        let targets_path = dir.path().join("targets.safetensors");
-        fetch_input(context, one_input(context, "targets")?, &targets_path)?;
-        let predicted = tensorio::read_safetensors(&targets_path)
-            .map_err(ml_error)?
-            .get("logits")
-            .map(Tensor::shallow_clone)
-            .ok_or_else(|| TaskError::Fatal("targets file has no `logits`".into()))?;
+        let PredictedTargets {
+            logits: predicted,
+            confidence,
+        } = read_targets(context, dir.path())?;
+        if let Some(minimum) = task.min_confidence {
+            let trusted = required_confidence(confidence.as_ref(), minimum)?;
+            if trusted.confidence < minimum {
+                // The run's full_retrain writes the version instead.
+                return Ok(TaskOutput {
+                    artifacts: Vec::new(),
+                    result: Some(json!({
+                        "retrained_instead": true,
+                        "confidence": trusted,
+                        "min_confidence": minimum,
+                        "forgotten": forgotten.len(),
+                        "requested": requested.len(),
+                    })),
+                });
+            }
+        }
         if predicted.size() != [data.num_targets(), data.num_classes] {
             return Err(TaskError::Fatal(format!(
                 "targets are {:?}, the dataset needs [{}, {}]",
@@ -245,15 +311,39 @@ impl TaskHandler for Match {
                 "requested": requested.len(),
                 "examples": summary.examples,
                 "final_loss": summary.final_loss,
+                "confidence": confidence,
+                "min_confidence": task.min_confidence,
             })),
         })
     }
 }
 
 impl TaskHandler for FullRetrain {
+    fn needs_inputs(&self) -> bool {
+        // A retrain that stands in for DMM reads the predicted targets' confidence.
+        true
+    }
+
     fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
         let task: FullRetrainSpec = spec(context)?;
         let dir = workspace()?;
+        let mut confidence = None;
+        if let Some(minimum) = task.only_below_confidence {
+            let predicted = read_targets(context, dir.path())?;
+            let trusted = required_confidence(predicted.confidence.as_ref(), minimum)?.clone();
+            if trusted.confidence >= minimum {
+                // The run's match writes the version.
+                return Ok(TaskOutput {
+                    artifacts: Vec::new(),
+                    result: Some(json!({
+                        "retrain_needed": false,
+                        "confidence": trusted,
+                        "min_confidence": minimum,
+                    })),
+                });
+            }
+            confidence = Some(trusted);
+        }
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.exclude, &data)?;
         let (mut model, info, _) = load_checkpoint(
@@ -303,6 +393,8 @@ impl TaskHandler for FullRetrain {
                 "retrained_without": forgotten.len(),
                 "examples": summary.examples,
                 "val_accuracy": accuracy.first().copied().unwrap_or(0.0),
+                "confidence": confidence,
+                "min_confidence": task.only_below_confidence,
             })),
         })
     }
@@ -354,7 +446,9 @@ impl TaskHandler for Audit {
             "held_out_oracles": task.held_out,
             "noise_floor": noise_floor,
         });
-        if let Some(dmm) = &task.dmm {
+        // A run held to a minimum confidence may have retrained instead of running DMM.
+        let retrained = one_input(context, "model")?.task_kind == lethe_proto::tasks::FULL_RETRAIN;
+        if let Some(dmm) = task.dmm.as_ref().filter(|_| !retrained) {
             context.report(0.3, "DMM on the originals");
             let originals = audit_dmm(context, dmm, &data, dir.path(), self.device)?;
             let do_nothing =
@@ -369,6 +463,9 @@ impl TaskHandler for Audit {
             report["result"] = json!(audited);
             report["do_nothing"] = json!(do_nothing);
             report["gap_closure"] = json!(gap_closure);
+            // What the run predicted about its targets before the fine-tune, beside what it
+            // achieved.
+            report["confidence"] = json!(originals.confidence);
         } else {
             // A retrain from scratch is exact: it is one more oracle.
             report["method"] = "retrain".into();
@@ -410,10 +507,12 @@ impl TaskHandler for Audit {
     }
 }
 
-/// Logits (`N × T × C`) of the originals before and after DMM.
+/// Logits (`N × T × C`) of the originals before and after DMM, and the confidence of the
+/// targets.
 struct AuditedOriginals {
     before: Tensor,
     after: Tensor,
+    confidence: Option<TargetConfidence>,
 }
 
 /// Applies DMM to the originals exactly as the run applied it to the deployed model: targets
@@ -444,6 +543,8 @@ fn audit_dmm(
         .map_err(ml_error)?
         .logits;
     let shift = predicted_shift(&index, &forget, settings.denoise).map_err(ml_error)?;
+    let confidence =
+        index_confidence(&index, &shift, settings.multiplier, &forget).map_err(ml_error)?;
     let predicted =
         dmm_targets(&before, &shift, settings.multiplier, &targets).map_err(ml_error)?;
     let examples = matching_examples(
@@ -467,7 +568,11 @@ fn audit_dmm(
     let after = Outputs::compute(&mut models, data, &targets)
         .map_err(ml_error)?
         .logits;
-    Ok(AuditedOriginals { before, after })
+    Ok(AuditedOriginals {
+        before,
+        after,
+        confidence,
+    })
 }
 
 fn create_dir(path: &std::path::Path) -> Result<(), TaskError> {
