@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-ensemble-cuda bench-attribution bench-quality bench-coordinator bench-report chaos clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-ensemble-cuda bench-attribution bench-quality bench-quality-explore bench-coordinator bench-report chaos clean
 
 setup:
 	@scripts/setup.sh
@@ -49,12 +49,22 @@ bench-ensemble-cuda: setup
 bench-attribution: setup
 	cargo run --release -p lethe-ml --example bench_attribution -- --out bench/results/attribution.json
 
-# About 15 minutes on 2 cores the first time (2,000 subset retrains, 100 originals, 300
-# oracles); later runs reuse the trained models in bench/work/quality.
+# Every method on the 21 instances of the forget-set suite and the two historical sets. The
+# first run on 2 cores trains 2,000 subset models (~8 min), 100 originals and 150 oracles per
+# instance (~1 min each); later runs reuse them from bench/work/quality. bench_seconds in the
+# JSON says how long the last run took. bench-quality-explore adds the candidate estimators
+# of DMM's shift on the tuning instances (about 10 minutes more).
+QUALITY_REPORT = python bench/report_quality.py --json bench/results/quality.json \
+	--per-point bench/work/quality/klom-per-point.safetensors --out-dir bench/results \
+	--candidates bench/results/quality-candidates.json
+
 bench-quality: setup
 	cargo run --release -p lethe-ml --example bench_quality -- --out bench/results/quality.json
-	python bench/report_quality.py --json bench/results/quality.json \
-		--per-point bench/work/quality/klom-per-point.safetensors --out-dir bench/results
+	$(QUALITY_REPORT)
+
+bench-quality-explore: setup
+	cargo run --release -p lethe-ml --example bench_quality -- --explore --out bench/results/quality.json
+	$(QUALITY_REPORT)
 
 # About two minutes: 64 simulated gRPC workers against a SKIP LOCKED loop in SQL, on a private
 # PostgreSQL cluster (durable settings), two rounds of 20,000 no-op tasks each.

@@ -6,7 +6,8 @@ usage: report_quality.py --json bench/results/quality.json
 
 Writes OUT_DIR/quality.md and, under OUT_DIR/quality/, for each forget set S: S-klom.png (the
 per-point KLoM distribution of every method on the forget, retain and validation points) and
-S-accuracy.png; plus cost.png. Every number on the page comes from the two inputs; the page
+S-accuracy.png; plus cost.png and, for the forget-set suite, a table of every instance and
+confidence.png (DMM's confidence against its real gap closure). Every number on the page comes from the two inputs; the page
 holds no timestamps, so reruns diff cleanly.
 """
 
@@ -244,6 +245,12 @@ def settings(metrics):
             parts.append(f"`{json.dumps(config, sort_keys=True)}`")
         if note:
             parts.append(str(note))
+        same = metrics[m].get("do_nothing_same_models")
+        if same:
+            parts.append(
+                f"on {fmt(metrics[m].get('models'))} models, where doing nothing scores forget / "
+                f"retain / val P95 {fmt(same['forget_p95'])} / {fmt(same['retain_p95'])} / "
+                f"{fmt(same['val_p95'])} (its closure is against those)")
         lines.append(f"- `{m}`: " + " — ".join(parts))
     return lines
 
@@ -262,7 +269,147 @@ def setup_sentence(doc):
     return head + (" " + ", ".join(parts) + "." if parts else "")
 
 
-def markdown(doc, sources, sections, cost_image):
+SUITE_METHODS = ["dmm", "om", "ga", "gd", "scrub"]
+
+
+POLICY_MINIMUMS = [0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def policy_table(suite):
+    """What `min_confidence` would do on the reporting instances: how many it sends to a
+    retrain (exact: closure 1), and the worst closure of those DMM still serves."""
+    reported = [e for e in suite if e["split"] == "reporting" and e.get("measurable", True)
+                and e.get("confidence") is not None]
+    if not reported:
+        return []
+    lines = ["", "With `min_confidence` (measurable reporting instances; a retrain closes the "
+             "whole gap at the cost of a retrain):", "",
+             "| min_confidence | retrained | worst DMM closure served | worst served family |",
+             "|---:|---:|---:|---|"]
+    for minimum in POLICY_MINIMUMS:
+        served = [e for e in reported if e["confidence"] >= minimum]
+        worst = min(served, key=lambda e: e["dmm"]["gap_closure"], default=None)
+        lines.append(
+            f"| {minimum} | {len(reported) - len(served)}/{len(reported)} | "
+            f"{fmt(worst['dmm']['gap_closure']) if worst else '—'} | "
+            f"{worst['instance'] if worst else '—'} |"
+        )
+    return lines + [""]
+
+
+def suite_section(doc):
+    """The forget-set suite: the goals' figures, then every instance (reporting ones first)."""
+    suite = doc.get("suite") or []
+    if not suite:
+        return []
+    g = doc.get
+    lines = [
+        "", "## Forget-set suite", "",
+        "Every instance of `lethe_ml::forget_sets::SUITE` (seven families; defaults are chosen on "
+        "the tuning instances only, the others are reported). Every method at its shipped "
+        f"setting; DMM and OM on {fmt(g('n'))} models with several request seeds, GA, GD and "
+        f"SCRUB on the first {fmt(g('n_baselines'))} with one, each against doing nothing on the "
+        "same models. A closure is blank where doing nothing already sits within 25 % of the "
+        "noise floor (`measurable: false`): removing the set barely changes the models.", "",
+        f"- `suite_reporting_min_closure`: {fmt(g('suite_reporting_min_closure'))}",
+        f"- `suite_reporting_min_closure_minus_om`: {fmt(g('suite_reporting_min_closure_minus_om'))}",
+        f"- `suite_reporting_max_retain_excess`: {fmt(g('suite_reporting_max_retain_excess'))}",
+        f"- `suite_reporting_max_val_excess`: {fmt(g('suite_reporting_max_val_excess'))}",
+        f"- `confidence_spearman` (DMM's confidence against its closure, all measurable "
+        f"instances): {fmt(g('confidence_spearman'))}",
+        f"- not measurable: {', '.join(g('suite_unmeasurable') or []) or 'none'}",
+        "",
+        "| instance | split | do-nothing forget P95 | DMM confidence | "
+        + " | ".join(f"{m} closure" for m in SUITE_METHODS)
+        + " | DMM retain − do-nothing | DMM val − do-nothing |",
+        "|---|---|---:|---:|" + "---:|" * len(SUITE_METHODS) + "---:|---:|",
+    ]
+    lines += policy_table(suite)
+    order = sorted(suite, key=lambda e: (e["split"] != "reporting", e["instance"]))
+    for entry in order:
+        nothing = entry["do_nothing"]
+        dmm = entry["dmm"]
+        closures = [fmt((entry.get(m) or {}).get("gap_closure")) for m in SUITE_METHODS]
+        lines.append(
+            f"| `{entry['instance']}` | {entry['split']} | {fmt(nothing['forget_p95'])} | "
+            f"{fmt(entry.get('confidence'))} | " + " | ".join(closures) + " | "
+            f"{fmt(dmm['retain_p95'] - nothing['retain_p95'])} | "
+            f"{fmt(dmm['val_p95'] - nothing['val_p95'])} |"
+        )
+    return lines
+
+
+def candidates_section(candidates):
+    """`--explore`'s estimators of DMM's shift on the tuning instances, one row per variant and
+    multiplier: mean and worst closure, worst retain and validation excess over doing nothing."""
+    rows = (candidates or {}).get("rows") or []
+    if not rows:
+        return []
+    lines = [
+        "", "## Candidate estimators (tuning instances only)", "",
+        "From `bench_quality --explore` (`quality-candidates.json`): each estimator of DMM's "
+        "shift through the shipped fine-tune, on the suite's tuning instances, request seeds "
+        f"{', '.join(str(s) for s in candidates.get('seeds', []))}. `harmless` counts the "
+        "instances where retain and validation P95 stay within 0.1 of doing nothing.", "",
+        "| variant | multiplier | mean closure | worst closure | worst retain excess | "
+        "worst val excess | harmless |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["variant"], row["multiplier"]), []).append(row)
+    for (variant, multiplier), group in groups.items():
+        closures = [r["gap_closure"] for r in group]
+        retain = [r["retain_p95"] - r["do_nothing_retain_p95"] for r in group]
+        val = [r["val_p95"] - r["do_nothing_val_p95"] for r in group]
+        harmless = sum(1 for a, b in zip(retain, val) if a <= 0.1 and b <= 0.1)
+        lines.append(
+            f"| `{variant}` | {fmt(multiplier)} | {fmt(sum(closures) / len(closures))} | "
+            f"{fmt(min(closures))} | {fmt(max(retain))} | {fmt(max(val))} | "
+            f"{harmless}/{len(group)} |"
+        )
+    by_instance = {}
+    for row in rows:
+        by_instance.setdefault(row["instance"], {})[(row["variant"], row["multiplier"])] = row
+    variants = list(groups)
+    lines += ["", "Closure per tuning instance:", "",
+              "| instance | " + " | ".join(f"`{v}` m={fmt(m)}" for v, m in variants) + " |",
+              "|---|" + "---:|" * len(variants)]
+    for instance, cells in by_instance.items():
+        lines.append(f"| `{instance}` | " + " | ".join(
+            fmt((cells.get(key) or {}).get("gap_closure")) for key in variants) + " |")
+    return lines
+
+
+def plot_confidence(doc, path):
+    """DMM's confidence before the fine-tune against the closure it reached."""
+    points = [(e.get("confidence"), (e.get("dmm") or {}).get("gap_closure"), e["split"],
+               e["family"]) for e in doc.get("suite") or []]
+    points = [p for p in points if p[0] is not None and p[1] is not None]
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    families = sorted({p[3] for p in points})
+    colors = plt.get_cmap("tab10")
+    for k, family in enumerate(families):
+        for split, marker in [("tuning", "o"), ("reporting", "s")]:
+            chosen = [p for p in points if p[3] == family and p[2] == split]
+            if chosen:
+                ax.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker=marker,
+                           color=colors(k), label=f"{family} ({split})")
+    ax.axhline(0.8, color=REF_COLOR, linestyle="--", linewidth=1)
+    ax.set_xlabel("DMM confidence (before the fine-tune)")
+    ax.set_ylabel("DMM gap closure (audit)")
+    ax.set_title(f"confidence vs closure (Spearman {fmt(doc.get('confidence_spearman'))})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
+def markdown(doc, sources, sections, cost_image, confidence_image, candidates):
     g = doc.get
     lines = [
         "# Unlearning quality (KLoM)",
@@ -283,7 +430,15 @@ def markdown(doc, sources, sections, cost_image):
         "shipped defaults and with several request seeds (the retained sample and the "
         "shuffles); their P95s are means over the seeds, with the range of closures shown.",
     ]
+    lines += suite_section(doc)
+    if confidence_image:
+        lines += ["", f"![confidence vs closure]({confidence_image})"]
+    lines += candidates_section(candidates)
     info = g("forget_set_info") or {}
+    if sections:
+        lines += ["", "The two historical forget sets below are the suite's `random/7` and "
+                  "`input_neighbours/0`: tuning instances, on which the baselines' grids and "
+                  "DMM's ablation run, so their figures are in-sample."]
     for fs, metrics, images in sections:
         lines += ["", f"## Forget set: {fs}", ""]
         fs_info = info.get(fs) or {}
@@ -332,6 +487,8 @@ def main():
                         help="per-point KLoM (safetensors)")
     parser.add_argument("--out-dir", required=True, type=Path,
                         help="where quality.md and quality/ go")
+    parser.add_argument("--candidates", type=Path,
+                        help="quality-candidates.json from --explore (rendered when it exists)")
     args = parser.parse_args()
 
     doc = json.loads(args.json.read_text())
@@ -364,9 +521,17 @@ def main():
         plot_cost(cost_fs, metrics, doc, img_dir / "cost.png")
         cost_image = "quality/cost.png"
 
+    confidence_image = None
+    if plot_confidence(doc, img_dir / "confidence.png"):
+        confidence_image = "quality/confidence.png"
+
     out = args.out_dir / "quality.md"
     sources = f"`{args.json.name}` and `{args.per_point.name}`"
-    out.write_text(markdown(doc, sources, sections, cost_image))
+    candidates = None
+    if args.candidates is not None and args.candidates.exists():
+        candidates = json.loads(args.candidates.read_text())
+        sources += f" and `{args.candidates.name}`"
+    out.write_text(markdown(doc, sources, sections, cost_image, confidence_image, candidates))
     print(f"wrote {out} and {img_dir}/")
 
 
