@@ -185,7 +185,7 @@ def goal_lines(goals):
         if value is None:
             verdict = "not recorded in the JSON"
         else:
-            met = {">=": value >= threshold, ">": value > threshold,
+            met = {">=": value >= threshold, ">": value > threshold, "<=": value <= threshold,
                    "<": value < threshold, "==": value == threshold}[direction]
             verdict = f"measured {fmt(value)} — {'met' if met else 'not met'}"
         lines.append(f"- {text}, per {source}: {verdict}.")
@@ -459,6 +459,21 @@ def quality_section(f, ctx):
         ("cost ratio (DMM request / retrain)", f.num("cost_ratio"), "cost_ratio"),
     ]
     table += figures_table(cost_rows)
+    suite_rows = [
+        ("worst DMM closure, reporting instances", f.num("suite_reporting_min_closure"),
+         "suite_reporting_min_closure"),
+        ("worst DMM closure − OM's, reporting instances",
+         f.num("suite_reporting_min_closure_minus_om"), "suite_reporting_min_closure_minus_om"),
+        ("worst retain P95 excess over doing nothing, reporting instances",
+         f.num("suite_reporting_max_retain_excess"), "suite_reporting_max_retain_excess"),
+        ("worst validation P95 excess over doing nothing, reporting instances",
+         f.num("suite_reporting_max_val_excess"), "suite_reporting_max_val_excess"),
+        ("Spearman of DMM's confidence with its closure, all instances",
+         f.num("confidence_spearman"), "confidence_spearman"),
+    ]
+    if any(value is not None for _, value, _ in suite_rows):
+        table += ["", "The forget-set suite (21 instances of seven families; per instance in "
+                      "`quality.md`):", ""] + figures_table(suite_rows)
     if (ctx.results_dir / "quality.md").exists():
         page = f"{ctx.results_dir.as_posix()}/quality.md"
         table += ["", f"Per-point KLoM distributions, method settings and the DMM ablation: "
@@ -471,7 +486,16 @@ def quality_section(f, ctx):
              ("N′ ≥ 80 oracles for a reported figure", "DESIGN.md §1.7",
               f.num("n_oracles"), 80, ">="),
              ("fmnist-bench index from M ≥ 2,000 subset models", "DESIGN.md §2",
-              f.num("estimation_models"), 2000, ">=")]
+              f.num("estimation_models"), 2000, ">="),
+             ("DMM closure ≥ 0.8 on every reporting instance", "issue 18",
+              f.num("suite_reporting_min_closure"), 0.8, ">="),
+             ("DMM closure ≥ OM's − 0.1 on every reporting instance", "issue 18",
+              f.num("suite_reporting_min_closure_minus_om"), -0.1, ">="),
+             ("retain P95 within 0.1 of doing nothing on reporting instances", "issue 18",
+              f.num("suite_reporting_max_retain_excess"), 0.1, "<="),
+             ("validation P95 within 0.1 of doing nothing on reporting instances", "issue 18",
+              f.num("suite_reporting_max_val_excess"), 0.1, "<="),
+             ("`cost_ratio` ≤ 0.05", "issue 18", f.num("cost_ratio"), 0.05, "<=")]
 
     images = []
     if sets:
@@ -748,7 +772,8 @@ BENCHMARKS = [
 
 
 def render(results_dir, out, img_dir):
-    known = {stem for stem, *_ in BENCHMARKS}
+    # Companions are rendered with their benchmark's own page, not as results of their own.
+    known = {stem for stem, *_ in BENCHMARKS} | {"quality-candidates"}
     others = sorted(p.stem for p in results_dir.glob("*.json") if p.stem not in known)
     rel_img = Path(os.path.relpath(img_dir, out.parent)).as_posix()
     rel_results = Path(os.path.relpath(results_dir, out.parent)).as_posix()
