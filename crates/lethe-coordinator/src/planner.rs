@@ -191,18 +191,21 @@ pub(crate) fn deletion_run(
         .collect();
     let retrain = since_anchor.len() as f64 > retrain_threshold * num_train as f64;
 
-    // `producers`: the tasks that may write the new version (exactly one does).
-    let (mut graph, method, fresh_index, audited_dmm, producers) = if retrain {
-        let graph = vec![NewTask::new(
+    let full_retrain = |only_below_confidence| {
+        NewTask::new(
             tasks::FULL_RETRAIN,
             to_json(&FullRetrainSpec {
                 dataset: dataset.clone(),
                 model: anchor.clone(),
                 exclude: forgotten.clone(),
                 seed,
-                only_below_confidence: None,
+                only_below_confidence,
             }),
-        )];
+        )
+    };
+    // `producers`: the tasks that may write the new version (exactly one does).
+    let (mut graph, method, fresh_index, audited_dmm, producers) = if retrain {
+        let graph = vec![full_retrain(None)];
         let index = index_build_for_retrain(inputs, &dataset, &anchor, &forgotten, seed);
         (graph, "retrain", Some(index), None, vec![0])
     } else {
@@ -230,19 +233,7 @@ pub(crate) fn deletion_run(
         // result stays the run's report when there is no audit (a job reports its last
         // task's result).
         if let Some(minimum) = min_confidence {
-            graph.push(
-                NewTask::new(
-                    tasks::FULL_RETRAIN,
-                    to_json(&FullRetrainSpec {
-                        dataset: dataset.clone(),
-                        model: anchor.clone(),
-                        exclude: forgotten.clone(),
-                        seed,
-                        only_below_confidence: Some(minimum),
-                    }),
-                )
-                .after([0]),
-            );
+            graph.push(full_retrain(Some(minimum)).after([0]));
         }
         graph.push(
             NewTask::new(

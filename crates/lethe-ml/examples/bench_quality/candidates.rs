@@ -6,7 +6,9 @@
 use lethe_ml::audit::Audit;
 use lethe_ml::outputs::Outputs;
 use lethe_ml::unlearn::finetune::{match_targets, matching_examples, MatchingConfig};
-use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, Denoise};
+use lethe_ml::unlearn::targets::{
+    dmm_targets, pooled_cross_terms, predicted_shift, AttributionIndex, Denoise,
+};
 use lethe_ml::unlearn::ForgetSet;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -103,18 +105,6 @@ fn hard(sum: &Tensor, standard_error: &Tensor) -> Tensor {
     sum * score.gt(2.0).to_kind(Kind::Float).unsqueeze(-1)
 }
 
-/// Empirical-Bayes shrinkage of cross terms towards their mean (as the shipped estimator).
-fn pooled(cross: &Tensor, variance: &Tensor) -> Tensor {
-    let mean = cross.mean_dim([0].as_slice(), true, Kind::Float);
-    let deviation = cross - &mean;
-    let signal = (deviation
-        .square()
-        .mean_dim([0].as_slice(), true, Kind::Float)
-        - variance.mean_dim([0].as_slice(), true, Kind::Float))
-    .clamp_min(0.0);
-    mean + deviation * (&signal / (&signal + variance).clamp_min(1e-12))
-}
-
 impl Pieces {
     fn with_forget(&self, outside: &Tensor, at_forget: &Tensor) -> Tensor {
         let mut shift = outside.copy();
@@ -139,7 +129,7 @@ impl Pieces {
                 .collect();
             let at = Tensor::from_slice(&members);
             let part = if members.len() >= 2 {
-                pooled(
+                pooled_cross_terms(
                     &cross.index_select(0, &at),
                     &self.cross_variance.index_select(0, &at),
                 )
@@ -176,7 +166,7 @@ fn variants(
             "no_label_mean",
             p.with_forget(
                 &p.outside_tested,
-                &(&p.own + pooled(&p.cross, &p.cross_variance)),
+                &(&p.own + pooled_cross_terms(&p.cross, &p.cross_variance)),
             ),
         ),
         (
@@ -187,7 +177,7 @@ fn variants(
             "class_term",
             p.with_forget(
                 &class_outside,
-                &(&p.own + pooled(&(&p.cross - &noise_share), &p.cross_variance)),
+                &(&p.own + pooled_cross_terms(&(&p.cross - &noise_share), &p.cross_variance)),
             ),
         ),
         (

@@ -238,7 +238,7 @@ fn sum_rows(index: &AttributionIndex, forget: &ForgetSet) -> Result<(Tensor, Ten
 /// set the mean is close to zero and so is everything shrunk towards it. Each point keeps
 /// the fraction s²/(s² + v) of its deviation, s² the spread of the cross terms beyond their
 /// noise.
-fn pooled_cross_terms(cross: &Tensor, variance: &Tensor) -> Tensor {
+pub fn pooled_cross_terms(cross: &Tensor, variance: &Tensor) -> Tensor {
     let mean = cross.mean_dim([0].as_slice(), true, Kind::Float);
     let deviation = cross - &mean;
     let signal = (deviation

@@ -376,9 +376,13 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
         oracle_logits: oracle_logits.as_ref(),
         ..Resources::new(&data)
     };
-    let confidence = request_confidence(&config, &forgotten, &resources)?;
+    // Only a minimum needs the confidence before the fine-tune; otherwise DMM reports it.
+    let confidence_beforehand = match args.min_confidence {
+        Some(_) => request_confidence(&config, &forgotten, &resources)?,
+        None => None,
+    };
     if let Some(minimum) = args.min_confidence {
-        let Some(trusted) = &confidence else {
+        let Some(trusted) = &confidence_beforehand else {
             bail!(
                 "--min-confidence needs DMM with an index that has a noise model (subsample or regression); {} has no confidence figure",
                 if method == Method::Dmm { "this index" } else { "this method" }
@@ -442,7 +446,11 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
             .map(|loss| format!(", final loss {loss:.4}"))
             .unwrap_or_default()
     );
-    if let Some(trusted) = &confidence {
+    if let Some(trusted) = summary
+        .confidence
+        .as_ref()
+        .or(confidence_beforehand.as_ref())
+    {
         println!(
             "  confidence {:.3} (reach P95 {:.2} over {} moved targets)",
             trusted.confidence, trusted.reach_p95, trusted.moved_targets
