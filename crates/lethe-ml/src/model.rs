@@ -20,6 +20,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{MlError, Result};
+pub use layers::ConvLayout;
 use params::ParamBuilder;
 
 /// A model architecture.
@@ -101,19 +102,41 @@ pub trait Network {
         None
     }
 
-    /// The network cut before its final affine layer: the features of `x` (`M × B × d`) and
-    /// that layer's weight (`M × d × C`) and bias (`M × C`), sharing storage with the
-    /// parameters. `None` for networks whose logits are not an affine map of features.
+    /// The network cut before its final affine layer, in evaluation mode: the features of `x`
+    /// (`M × B × d`) and that layer, sharing storage with the parameters. `None` for networks
+    /// whose logits are not a known affine map of features (TorchScript modules).
     fn linear_head(&mut self, _x: &Tensor) -> Option<Result<LinearHead>> {
+        None
+    }
+
+    /// The layout of a convolutional network's convolutions, to choose it; `None` for networks
+    /// without any.
+    fn conv_layout(&mut self) -> Option<&mut ConvLayout> {
         None
     }
 }
 
-/// Features and the final affine layer of a network; see [`Network::linear_head`].
+/// Features and the final affine layer of a network; see [`Network::linear_head`]. The logits
+/// are `scale · (features · weight + bias)`.
 pub struct LinearHead {
     pub features: Tensor,
+    /// `M × d × C`.
     pub weight: Tensor,
-    pub bias: Tensor,
+    /// `M × C`, when the layer has one (ResNet-9's has none).
+    pub bias: Option<Tensor>,
+    /// A constant factor on the layer's output (ResNet-9's 0.2).
+    pub scale: f64,
+}
+
+impl LinearHead {
+    fn of(features: Tensor, layer: &layers::Linear, scale: f64) -> Self {
+        LinearHead {
+            features,
+            weight: layer.weight().shallow_clone(),
+            bias: layer.bias().map(Tensor::shallow_clone),
+            scale,
+        }
+    }
 }
 
 /// A training step without autograd: the forward pass, the loss and the gradients, written
@@ -329,6 +352,15 @@ impl Model {
         match &mut self.net {
             Net::Zoo { net, .. } => net.linear_head(x),
             Net::TorchScript { .. } => None,
+        }
+    }
+
+    /// Runs the convolutions in `layout` instead of the device's default
+    /// ([`ConvLayout::for_device`]); `false` for a network without convolutions of its own.
+    pub fn set_conv_layout(&mut self, layout: ConvLayout) -> bool {
+        match &mut self.net {
+            Net::Zoo { net, .. } => net.conv_layout().map(|current| *current = layout).is_some(),
+            Net::TorchScript { .. } => false,
         }
     }
 

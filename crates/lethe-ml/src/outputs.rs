@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::model::Model;
 use crate::tensorio;
 
-const EVAL_CHUNK: i64 = 1024;
+const EVAL_CHUNK: i64 = 256;
 
 /// Outputs of M members on T targets, in float32 until they are written.
 #[derive(Debug)]

@@ -47,6 +47,11 @@ impl<'a> ParamBuilder<'a> {
         path.var_copy(&leaf, &init)
     }
 
+    /// The convolution layout that measures faster on the parameters' device.
+    pub(crate) fn conv_layout(&self) -> super::ConvLayout {
+        super::ConvLayout::for_device(self.root.device())
+    }
+
     pub(crate) fn members(&self) -> i64 {
         self.member_rngs.len() as i64
     }

@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::layers::{grouped_to_features, to_grouped, BatchNorm2d, Conv2d, ConvShape, Linear};
+use super::layers::{conv_features, BatchNorm2d, Conv2d, ConvLayout, ConvShape, Linear};
 use super::params::ParamBuilder;
 use super::Network;
 use crate::error::{MlError, Result};
@@ -65,16 +65,7 @@ impl Network for Mlp {
             }
             Ok(h)
         })();
-        Some(features.and_then(|features| {
-            let bias = last.bias().ok_or_else(|| {
-                crate::error::MlError::spec("model", "the MLP's last layer has no bias")
-            })?;
-            Ok(super::LinearHead {
-                features,
-                weight: last.weight().shallow_clone(),
-                bias: bias.shallow_clone(),
-            })
-        }))
+        Some(features.map(|features| super::LinearHead::of(features, last, 1.0)))
     }
 }
 
@@ -86,6 +77,7 @@ pub(crate) struct SmallCnn {
     fc1: Linear,
     fc2: Linear,
     members: i64,
+    layout: ConvLayout,
 }
 
 impl SmallCnn {
@@ -109,30 +101,41 @@ impl SmallCnn {
             fc1: Linear::new(params, "fc1", features, 128, true),
             fc2: Linear::new(params, "fc2", 128, classes, true),
             members: params.members(),
+            layout: params.conv_layout(),
         })
     }
+
+    /// The input of `fc2`: `M × B × 128`.
+    fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let trunk = |h: &Tensor, member| -> Result<Tensor> {
+            // Pooling before the ReLU gives the same values and gradients (ReLU is monotone)
+            // on a quarter of the elements.
+            let h = max_pool(&self.conv1.forward(h, member)?)?.f_relu()?;
+            Ok(max_pool(&self.conv2.forward(&h, member)?)?.f_relu()?)
+        };
+        let h = conv_features(x, self.members, self.layout, trunk)?;
+        Ok(self.fc1.forward(&h)?.f_relu()?)
+    }
+}
+
+fn max_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?)
 }
 
 impl Network for SmallCnn {
     fn forward(&mut self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        let h = to_grouped(x)?;
-        let h = self.conv1.forward(&h)?.f_relu()?.f_max_pool2d(
-            [2, 2],
-            [2, 2],
-            [0, 0],
-            [1, 1],
-            false,
-        )?;
-        let h = self.conv2.forward(&h)?.f_relu()?.f_max_pool2d(
-            [2, 2],
-            [2, 2],
-            [0, 0],
-            [1, 1],
-            false,
-        )?;
-        let h = grouped_to_features(&h, self.members)?;
-        let h = self.fc1.forward(&h)?.f_relu()?;
-        self.fc2.forward(&h)
+        self.fc2.forward(&self.features(x)?)
+    }
+
+    fn linear_head(&mut self, x: &Tensor) -> Option<Result<super::LinearHead>> {
+        Some(
+            self.features(x)
+                .map(|features| super::LinearHead::of(features, &self.fc2, 1.0)),
+        )
+    }
+
+    fn conv_layout(&mut self) -> Option<&mut ConvLayout> {
+        Some(&mut self.layout)
     }
 }
 
@@ -156,13 +159,15 @@ impl ConvBn {
         }
     }
 
-    /// Convolution and batch norm, without the activation.
-    fn forward_linear(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train)
+    /// Convolution and batch norm, without the activation, in the layout of
+    /// [`Conv2d::forward`].
+    fn forward_linear(&self, x: &Tensor, member: Option<i64>, train: bool) -> Result<Tensor> {
+        self.bn
+            .forward(&self.conv.forward(x, member)?, member, train)
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.forward_linear(x, train)?.f_relu()?)
+    fn forward(&self, x: &Tensor, member: Option<i64>, train: bool) -> Result<Tensor> {
+        Ok(self.forward_linear(x, member, train)?.f_relu()?)
     }
 }
 
@@ -187,7 +192,11 @@ pub(crate) struct ResNet9 {
     conv6: ConvBn,
     head: Linear,
     members: i64,
+    layout: ConvLayout,
 }
+
+/// ResNet-9 multiplies its logits by this constant.
+const RESNET9_OUTPUT_SCALE: f64 = 0.2;
 
 impl ResNet9 {
     pub(crate) fn new(
@@ -195,7 +204,8 @@ impl ResNet9 {
         sample_shape: &[i64],
         classes: i64,
     ) -> Result<Self> {
-        let [channels, _, _] = image_shape(sample_shape, 8)?;
+        // Below 12 pixels the unpadded 3×3 convolution after the max-pool has nothing to cover.
+        let [channels, _, _] = image_shape(sample_shape, 12)?;
         let mut block = |index: &str, shape| {
             ConvBn::new(params, &format!("{index}.0"), &format!("{index}.1"), shape)
         };
@@ -222,31 +232,51 @@ impl ResNet9 {
             conv6,
             head,
             members: params.members(),
+            layout: params.conv_layout(),
         })
+    }
+
+    /// The input of the head: `M × B × 128`.
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let trunk = |x: &Tensor, member| -> Result<Tensor> {
+            let mut h = x.shallow_clone();
+            for block in &self.stem {
+                h = block.forward(&h, member, train)?;
+            }
+            let [first, second] = &self.residual1;
+            let r = second.forward(&first.forward(&h, member, train)?, member, train)?;
+            h = h.f_add(&r)?;
+            h = max_pool(&self.conv3.forward(&h, member, train)?)?;
+            let [first, second] = &self.residual2;
+            let r = second.forward(&first.forward(&h, member, train)?, member, train)?;
+            h = h.f_add(&r)?;
+            Ok(self
+                .conv6
+                .forward(&h, member, train)?
+                .f_adaptive_max_pool2d([1, 1])?
+                .0)
+        };
+        conv_features(x, self.members, self.layout, trunk)
     }
 }
 
 impl Network for ResNet9 {
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = to_grouped(x)?;
-        for block in &self.stem {
-            h = block.forward(&h, train)?;
-        }
-        let r = self.residual1[1].forward(&self.residual1[0].forward(&h, train)?, train)?;
-        h = h.f_add(&r)?;
-        h = self
-            .conv3
-            .forward(&h, train)?
-            .f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
-        let r = self.residual2[1].forward(&self.residual2[0].forward(&h, train)?, train)?;
-        h = h.f_add(&r)?;
-        h = self
-            .conv6
-            .forward(&h, train)?
-            .f_adaptive_max_pool2d([1, 1])?
-            .0;
-        let features = grouped_to_features(&h, self.members)?;
-        Ok(self.head.forward(&features)?.f_mul_scalar(0.2)?)
+        Ok(self
+            .head
+            .forward(&self.features(x, train)?)?
+            .f_mul_scalar(RESNET9_OUTPUT_SCALE)?)
+    }
+
+    fn linear_head(&mut self, x: &Tensor) -> Option<Result<super::LinearHead>> {
+        Some(
+            self.features(x, false)
+                .map(|features| super::LinearHead::of(features, &self.head, RESNET9_OUTPUT_SCALE)),
+        )
+    }
+
+    fn conv_layout(&mut self) -> Option<&mut ConvLayout> {
+        Some(&mut self.layout)
     }
 }
 
@@ -292,11 +322,11 @@ impl BasicBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.first.forward(x, train)?;
-        let h = self.second.forward_linear(&h, train)?;
+    fn forward(&self, x: &Tensor, member: Option<i64>, train: bool) -> Result<Tensor> {
+        let h = self.first.forward(x, member, train)?;
+        let h = self.second.forward_linear(&h, member, train)?;
         let shortcut = match &self.downsample {
-            Some(downsample) => downsample.forward_linear(x, train)?,
+            Some(downsample) => downsample.forward_linear(x, member, train)?,
             None => x.shallow_clone(),
         };
         Ok(h.f_add(&shortcut)?.f_relu()?)
@@ -310,6 +340,7 @@ pub(crate) struct ResNet18 {
     blocks: Vec<BasicBlock>,
     fc: Linear,
     members: i64,
+    layout: ConvLayout,
 }
 
 impl ResNet18 {
@@ -341,19 +372,38 @@ impl ResNet18 {
             blocks,
             fc,
             members: params.members(),
+            layout: params.conv_layout(),
         })
+    }
+
+    /// The input of `fc`: `M × B × 512`.
+    fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let trunk = |x: &Tensor, member| -> Result<Tensor> {
+            let mut h = self.stem.forward(x, member, train)?;
+            h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+            for block in &self.blocks {
+                h = block.forward(&h, member, train)?;
+            }
+            Ok(h.f_adaptive_avg_pool2d([1, 1])?)
+        };
+        conv_features(x, self.members, self.layout, trunk)
     }
 }
 
 impl Network for ResNet18 {
     fn forward(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.stem.forward(&to_grouped(x)?, train)?;
-        h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
-        for block in &self.blocks {
-            h = block.forward(&h, train)?;
-        }
-        h = h.f_adaptive_avg_pool2d([1, 1])?;
-        self.fc.forward(&grouped_to_features(&h, self.members)?)
+        self.fc.forward(&self.features(x, train)?)
+    }
+
+    fn linear_head(&mut self, x: &Tensor) -> Option<Result<super::LinearHead>> {
+        Some(
+            self.features(x, false)
+                .map(|features| super::LinearHead::of(features, &self.fc, 1.0)),
+        )
+    }
+
+    fn conv_layout(&mut self) -> Option<&mut ConvLayout> {
+        Some(&mut self.layout)
     }
 }
 

@@ -6,14 +6,18 @@
 //! M = 1, 4, 16, ... members as one batched network each and reports how the rate grows with M
 //! (`by_members`); it is on by default there.
 //!
+//! The convolutional networks (`cnn`, `resnet9`: see `conv.rs`) follow, each against PyTorch
+//! one model at a time and PyTorch's vmap ensemble.
+//!
 //! Usage: bench_ensemble [--members 256] [--group 8] [--single 256] [--peer 16] [--epochs 20]
 //!                       [--device cpu|cuda] [--sweep 1,4,16,64,256] [--sweep-epochs 2]
-//!                       [--out bench/results/ensemble.json]
+//!                       [--workloads mlp,cnn,resnet9] [--out bench/results/ensemble.json]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-#[path = "common/peer.rs"]
+mod conv;
+#[path = "../common/peer.rs"]
 mod peer;
 
 use lethe_ml::data::{Dataset, DatasetSpec};
@@ -34,6 +38,7 @@ struct Args {
     device: Device,
     sweep: Vec<usize>,
     sweep_epochs: usize,
+    workloads: Vec<String>,
     out: PathBuf,
 }
 
@@ -47,6 +52,7 @@ fn parse_args() -> Args {
         device: Device::Cpu,
         sweep: Vec::new(),
         sweep_epochs: 2,
+        workloads: ["mlp", "cnn", "resnet9"].map(String::from).to_vec(),
         out: PathBuf::from("bench/results/ensemble.json"),
     };
     let mut sweep = None;
@@ -83,6 +89,14 @@ fn parse_args() -> Args {
                     "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
                     "cuda" => panic!("--device cuda: libtorch sees no CUDA device"),
                     other => panic!("--device takes cpu or cuda, not {other}"),
+                }
+            }
+            "--workloads" => {
+                args.workloads = value.split(',').map(str::to_owned).collect();
+                for name in &args.workloads {
+                    if !["mlp", "cnn", "resnet9"].contains(&name.as_str()) {
+                        panic!("--workloads takes mlp, cnn and resnet9, not {name}");
+                    }
                 }
             }
             "--out" => args.out = PathBuf::from(&value),
@@ -170,6 +184,29 @@ fn sgemm_gflops(device: Device) -> f64 {
 
 fn main() {
     let args = parse_args();
+    let mut result = if args.workloads.iter().any(|name| name == "mlp") {
+        mlp(&args)
+    } else {
+        serde_json::Map::new()
+    };
+    for workload in conv::workloads() {
+        if args.workloads.iter().any(|name| name == workload.name) {
+            result.insert(
+                workload.name.to_owned(),
+                conv::measure(&workload, args.device),
+            );
+        }
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).expect("results directory");
+    }
+    let text = serde_json::to_string_pretty(&result).expect("json");
+    std::fs::write(&args.out, &text).expect("write results");
+    println!("{text}");
+}
+
+/// The MLP workload: the top-level keys of the results.
+fn mlp(args: &Args) -> serde_json::Map<String, serde_json::Value> {
     let data = Dataset::load(&DatasetSpec::fmnist_bench())
         .expect("Fashion-MNIST is installed (make setup)");
     let recipe = Recipe {
@@ -304,13 +341,8 @@ fn main() {
         "by_members": by_members,
         "sweep_epochs": args.sweep_epochs,
     });
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent).expect("results directory");
+    match result {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a JSON object"),
     }
-    std::fs::write(
-        &args.out,
-        serde_json::to_string_pretty(&result).expect("json"),
-    )
-    .expect("write results");
-    println!("{}", serde_json::to_string_pretty(&result).expect("json"));
 }
