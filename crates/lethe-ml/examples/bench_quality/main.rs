@@ -224,7 +224,11 @@ fn main() {
         index: Some(&bench.index),
         ..Resources::new(&bench.data)
     };
-    let dmm_config = MethodConfig::defaults(Method::Dmm, &Recipe::fmnist_mlp());
+    let dmm_config = MethodConfig::defaults(
+        Method::Dmm,
+        &crate::measure::bench_model(),
+        &Recipe::fmnist_mlp(),
+    );
     let dmm_seconds = time_request(
         &single,
         &dmm_config,
@@ -234,7 +238,11 @@ fn main() {
     );
     let retrain_seconds = time_request(
         &single,
-        &MethodConfig::defaults(Method::Retrain, &Recipe::fmnist_mlp()),
+        &MethodConfig::defaults(
+            Method::Retrain,
+            &crate::measure::bench_model(),
+            &Recipe::fmnist_mlp(),
+        ),
         &random.measured.forget,
         &resources,
         5,

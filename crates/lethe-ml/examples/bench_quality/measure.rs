@@ -16,6 +16,11 @@ use lethe_ml::unlearn::{unlearn, ForgetSet, Method, MethodConfig, Resources};
 use serde_json::{json, Map, Value};
 use tch::{Device, Kind, Tensor};
 
+/// The bench's network: the fmnist-bench MLP.
+pub(crate) fn bench_model() -> ModelSpec {
+    ModelSpec::Mlp { hidden: vec![128] }
+}
+
 pub(crate) fn ensemble(
     members: usize,
     alpha: f64,
@@ -24,7 +29,7 @@ pub(crate) fn ensemble(
     keep_weights: bool,
 ) -> EnsembleSpec {
     EnsembleSpec {
-        model: ModelSpec::Mlp { hidden: vec![128] },
+        model: bench_model(),
         recipe: Recipe::fmnist_mlp(),
         members,
         alpha,

@@ -80,7 +80,11 @@ pub(crate) fn run(bench: &Bench, size: usize) -> Vec<SuiteInstance> {
             Method::Gd,
             Method::Scrub,
         ] {
-            let config = MethodConfig::defaults(method, &Recipe::fmnist_mlp());
+            let config = MethodConfig::defaults(
+                method,
+                &crate::measure::bench_model(),
+                &Recipe::fmnist_mlp(),
+            );
             let run = bench.run(&measured, &config, seeds_for(method, SUITE_MATCHING_SEEDS));
             let closure = measurable.then_some(run.closure);
             let mut figures = audit_json(&run.mean);

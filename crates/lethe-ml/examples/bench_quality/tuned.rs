@@ -52,7 +52,11 @@ fn candidate_configs(method: Method) -> Vec<MethodConfig> {
                 })
             })
             .collect(),
-        other => vec![MethodConfig::defaults(other, &Recipe::fmnist_mlp())],
+        other => vec![MethodConfig::defaults(
+            other,
+            &crate::measure::bench_model(),
+            &Recipe::fmnist_mlp(),
+        )],
     }
 }
 
@@ -62,7 +66,11 @@ fn dmm_ablation() -> Vec<(&'static str, MethodConfig)> {
         matching,
         denoise,
         multiplier,
-    } = MethodConfig::defaults(Method::Dmm, &Recipe::fmnist_mlp())
+    } = MethodConfig::defaults(
+        Method::Dmm,
+        &crate::measure::bench_model(),
+        &Recipe::fmnist_mlp(),
+    )
     else {
         unreachable!("DMM's defaults are a DMM configuration")
     };

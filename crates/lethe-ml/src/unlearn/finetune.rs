@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 
 use crate::data::Dataset;
 use crate::error::{MlError, Result};
-use crate::model::Model;
+use crate::model::{Model, ModelSpec};
 use crate::optim::{BatchedOptimizer, GradientReset};
 use crate::recipe::{Optimizer, Recipe, Schedule};
 use crate::seed;
@@ -32,8 +32,8 @@ pub struct MatchingConfig {
     pub batch_size: usize,
     /// After the epochs, refit the final affine layer in closed form: ridge regression of the
     /// targets on the features, pulled towards the current layer with this penalty (relative
-    /// to the mean diagonal of the features' Gram matrix). Networks without an affine head
-    /// skip it.
+    /// to the mean diagonal of the features' Gram matrix). A network without a known affine
+    /// head (a TorchScript module) refuses it with an error.
     pub head_penalty: Option<f64>,
 }
 
@@ -65,6 +65,26 @@ impl MatchingConfig {
             batch_size: 64,
             head_penalty: Some(1e-3),
             ..MatchingConfig::paper()
+        }
+    }
+
+    /// The shipped settings for a network: [`Self::shipped`] where the network exposes its
+    /// final affine layer (every zoo architecture), and [`Self::shipped_without_refit`] for a
+    /// TorchScript module, whose head Lethe cannot see.
+    pub fn for_model(model: &ModelSpec) -> Self {
+        match model {
+            ModelSpec::Torchscript { .. } => Self::shipped_without_refit(),
+            _ => Self::shipped(),
+        }
+    }
+
+    /// The shipped fine-tune without the closed-form head refit: twice the epochs instead,
+    /// for networks whose final layer is opaque. Not tuned or measured on any forget set yet.
+    pub fn shipped_without_refit() -> Self {
+        MatchingConfig {
+            epochs: 4,
+            head_penalty: None,
+            ..Self::shipped()
         }
     }
 
@@ -379,6 +399,9 @@ pub struct FineTuneSummary {
     pub examples: u64,
     /// Mean loss of the last pass.
     pub final_loss: f64,
+    /// Whether the final affine layer was refitted in closed form after the epochs.
+    #[serde(default)]
+    pub head_refitted: bool,
 }
 
 /// The examples of a matching fine-tune: the forget set `forget_repeats` times, then
@@ -462,6 +485,7 @@ pub fn match_targets(
         })?;
     }
     let examples_seen = tuner.examples;
+    let head_refitted = config.head_penalty.is_some();
     if let Some(penalty) = config.head_penalty {
         let members = model.members();
         let per_example = weights.unsqueeze(0).expand([members, -1], false);
@@ -472,19 +496,21 @@ pub fn match_targets(
             &flat_targets.view([members, length, -1]),
             &per_example,
             penalty,
-        )?
-        .unwrap_or(final_loss);
+        )?;
     }
     Ok(FineTuneSummary {
         examples: examples_seen,
         final_loss,
+        head_refitted,
     })
 }
 
 /// Refits the final affine layer of every member in closed form (see
 /// [`MatchingConfig::head_penalty`]) on `examples` with per-member targets `M × L × C` and
-/// example weights `M × L`. Returns the weighted mean squared error after the refit, or
-/// `None` when the network has no affine head.
+/// example weights `M × L`. Returns the weighted mean squared error after the refit. A layer
+/// without bias is refitted without one; an output scale `s` fits `targets / s`. A network
+/// without a known affine head (a TorchScript module) is an error: its settings must not ask
+/// for a refit ([`crate::unlearn::MethodConfig::defaults`] does not).
 fn refit_head(
     model: &mut Model,
     data: &Dataset,
@@ -492,7 +518,7 @@ fn refit_head(
     targets: &Tensor,
     weights: &Tensor,
     penalty: f64,
-) -> Result<Option<f64>> {
+) -> Result<f64> {
     let device = model.device();
     let members = model.members();
     let index = Tensor::from_slice(examples).to_device(device);
@@ -501,13 +527,27 @@ fn refit_head(
     shape.extend_from_slice(&x.size());
     let x = x.unsqueeze(0).expand(shape.as_slice(), false);
     let Some(head) = tch::no_grad(|| model.linear_head(&x)) else {
-        return Ok(None);
+        return Err(MlError::spec(
+            "matching fine-tune",
+            format!(
+                "a head refit needs a known final affine layer, which a {} model does not expose; use settings without head_penalty",
+                model.spec
+            ),
+        ));
     };
     let head = head?;
-    tch::no_grad(|| -> Result<Option<f64>> {
+    tch::no_grad(|| -> Result<f64> {
+        let targets = targets.to_kind(Kind::Double);
+        let scaled_targets = &targets / head.scale;
         let features = head.features.to_kind(Kind::Double);
-        let ones = features.ones_like().narrow(2, 0, 1);
-        let design = Tensor::cat(&[features, ones], 2);
+        let mut design_parts = vec![features.shallow_clone()];
+        let mut current_parts = vec![head.weight.to_kind(Kind::Double)];
+        if let Some(bias) = &head.bias {
+            design_parts.push(features.ones_like().narrow(2, 0, 1));
+            current_parts.push(bias.to_kind(Kind::Double).unsqueeze(1));
+        }
+        let design = Tensor::cat(&design_parts, 2);
+        let current = Tensor::cat(&current_parts, 1);
         let weighted = design.transpose(1, 2) * weights.to_kind(Kind::Double).unsqueeze(1);
         let gram = weighted.bmm(&design);
         let width = gram.size()[1];
@@ -515,35 +555,28 @@ fn refit_head(
             .diagonal(0, 1, 2)
             .mean_dim([1].as_slice(), true, Kind::Double);
         let ridge = (scale * penalty).unsqueeze(2);
-        let current = Tensor::cat(
-            &[
-                head.weight.to_kind(Kind::Double),
-                head.bias.to_kind(Kind::Double).unsqueeze(1),
-            ],
-            1,
-        );
         let eye = Tensor::eye(width, (Kind::Double, device)).unsqueeze(0);
         let solution = Tensor::f_linalg_solve(
             &(&gram + &eye * &ridge),
-            &(weighted.bmm(&targets.to_kind(Kind::Double)) + &current * &ridge),
+            &(weighted.bmm(&scaled_targets) + &current * &ridge),
             true,
         )?;
-        let fitted = design.bmm(&solution);
-        let error = ((fitted - targets.to_kind(Kind::Double)).square().mean_dim(
-            [2].as_slice(),
-            false,
-            Kind::Double,
-        ) * weights.to_kind(Kind::Double))
+        let fitted = design.bmm(&solution) * head.scale;
+        let error = ((fitted - &targets)
+            .square()
+            .mean_dim([2].as_slice(), false, Kind::Double)
+            * weights.to_kind(Kind::Double))
         .mean(Kind::Double)
         .double_value(&[]);
-        let rows = width - 1;
+        let rows = head.weight.size()[1];
         head.weight
             .shallow_clone()
             .copy_(&solution.narrow(1, 0, rows).to_kind(head.weight.kind()));
-        head.bias
-            .shallow_clone()
-            .copy_(&solution.select(1, rows).to_kind(head.bias.kind()));
-        Ok(Some(error))
+        if let Some(bias) = &head.bias {
+            bias.shallow_clone()
+                .copy_(&solution.select(1, rows).to_kind(bias.kind()));
+        }
+        Ok(error)
     })
 }
 
@@ -597,6 +630,7 @@ fn gradient_steps(
     Ok(FineTuneSummary {
         examples: tuner.examples,
         final_loss,
+        head_refitted: false,
     })
 }
 
@@ -664,5 +698,6 @@ pub fn scrub(
     Ok(FineTuneSummary {
         examples: tuner.examples,
         final_loss,
+        head_refitted: false,
     })
 }

@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{MlError, Result};
-use crate::model::Model;
+use crate::model::{Model, ModelSpec};
 use crate::outputs::Outputs;
 use crate::recipe::Recipe;
 use crate::seed;
@@ -59,19 +59,19 @@ impl MethodConfig {
     }
 
     /// The shipped defaults of `method`; a retrain uses `recipe`, the model's own.
-    pub fn defaults(method: Method, recipe: &Recipe) -> Self {
+    pub fn defaults(method: Method, model: &ModelSpec, recipe: &Recipe) -> Self {
         match method {
             Method::DoNothing => MethodConfig::DoNothing,
             Method::Retrain => MethodConfig::Retrain {
                 recipe: recipe.clone(),
             },
             Method::Dmm => MethodConfig::Dmm {
-                matching: MatchingConfig::shipped(),
+                matching: MatchingConfig::for_model(model),
                 denoise: Denoise::Hard { z: 2.0 },
                 multiplier: 0.75,
             },
             Method::Om => MethodConfig::Om {
-                matching: MatchingConfig::shipped(),
+                matching: MatchingConfig::for_model(model),
             },
             // The baselines' defaults are the settings `make bench-quality` selects on
             // fmnist-bench: the learning rate of each grid that harms neither forget set's
@@ -94,6 +94,43 @@ impl MethodConfig {
                 lr: 1e-3,
                 ..ScrubConfig::paper()
             }),
+        }
+    }
+}
+
+/// DMM's shipped settings for `model` with `index`: [`MethodConfig::defaults`], except that
+/// an index without a noise model is used without denoising, and a TRAK index, whose scores
+/// are calibrated to logit units when it is built, with multiplier 1 and no denoising (its
+/// noise model serves the confidence figure; denoising TRAK's scores is not measured yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmmSettings {
+    pub matching: MatchingConfig,
+    pub denoise: Denoise,
+    pub multiplier: f64,
+}
+
+impl DmmSettings {
+    pub fn shipped(model: &ModelSpec, index: &AttributionIndex) -> Self {
+        // DMM's defaults do not depend on the training recipe.
+        let MethodConfig::Dmm {
+            matching,
+            denoise,
+            multiplier,
+        } = MethodConfig::defaults(Method::Dmm, model, &Recipe::fmnist_mlp())
+        else {
+            unreachable!("the defaults of DMM are a DMM config")
+        };
+        let (denoise, multiplier) = if index.is_trak() {
+            (Denoise::None, 1.0)
+        } else if index.noise.is_none() {
+            (Denoise::None, multiplier)
+        } else {
+            (denoise, multiplier)
+        };
+        DmmSettings {
+            matching,
+            denoise,
+            multiplier,
         }
     }
 }
@@ -205,6 +242,7 @@ fn unlearn_on_current_threads(
             Some(FineTuneSummary {
                 examples: trained.examples,
                 final_loss: trained.final_loss.iter().sum::<f64>() / seeds.len() as f64,
+                head_refitted: false,
             })
         }
         MethodConfig::Dmm { matching, .. } | MethodConfig::Om { matching } => {

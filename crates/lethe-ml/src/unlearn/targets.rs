@@ -52,7 +52,8 @@ impl IndexNoise {
         tensorio::write_safetensors(&Self::path_for(index), &tensors, metadata)
     }
 
-    /// The noise model next to the index at `index`, if it has one (TRAK indexes do not).
+    /// The noise model next to the index at `index`, if it has one (a TRAK index of one
+    /// checkpoint does not).
     pub fn load(index: &Path) -> Result<Option<Self>> {
         let path = Self::path_for(index);
         if !path.is_file() {
@@ -106,6 +107,11 @@ impl AttributionIndex {
             noise: IndexNoise::load(path)?,
         })
     }
+
+    /// Whether β holds TRAK scores (calibrated at build time) rather than a linear estimator's.
+    pub fn is_trak(&self) -> bool {
+        self.beta.metadata.get("method").map(String::as_str) == Some("trak")
+    }
 }
 
 /// The predicted shift of every target's logits when `forget` is removed, Σ_{i∈F} β_i
@@ -134,7 +140,7 @@ pub fn predicted_shift(
     let Some(noise) = &index.noise else {
         return Err(MlError::spec(
             "denoising",
-            "this index has no noise model (only the subsample and ridge estimators write one); use no denoising",
+            "this index has no noise model (the subsample and ridge estimators and TRAK with two or more checkpoints write one); use no denoising",
         ));
     };
     if noise.target_std.size() != shift.size() {

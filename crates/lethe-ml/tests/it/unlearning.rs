@@ -202,6 +202,10 @@ fn dmm_targets_match_a_dense_computation() {
     assert!(predicted_shift(&index, &forget, Denoise::Soft { z: -1.0 }).is_err());
 }
 
+fn tiny_mlp() -> lethe_ml::model::ModelSpec {
+    "mlp:64".parse().unwrap()
+}
+
 fn tiny_recipe() -> Recipe {
     Recipe {
         epochs: 8,
@@ -219,7 +223,7 @@ fn full_ensemble(
     exclude: &[i64],
 ) -> EnsembleResults {
     let spec = EnsembleSpec {
-        model: "mlp:64".parse().unwrap(),
+        model: tiny_mlp(),
         recipe: tiny_recipe(),
         members,
         alpha: 1.0,
@@ -276,8 +280,8 @@ fn every_method_is_deterministic_for_a_seed_and_depends_on_it() {
         weight_decay: 5e-4,
     };
     let configs = [
-        MethodConfig::defaults(Method::Dmm, &tiny_recipe()),
-        MethodConfig::defaults(Method::Om, &tiny_recipe()),
+        MethodConfig::defaults(Method::Dmm, &tiny_mlp(), &tiny_recipe()),
+        MethodConfig::defaults(Method::Om, &tiny_mlp(), &tiny_recipe()),
         MethodConfig::Ga(small.clone()),
         MethodConfig::Gd(GradientConfig {
             batch_size: 64,
@@ -331,7 +335,7 @@ fn sequential_requests_anchor_at_the_first_version_and_record_the_lineage() {
         index: Some(&index),
         ..Resources::new(&data)
     };
-    let config = MethodConfig::defaults(Method::Dmm, &tiny_recipe());
+    let config = MethodConfig::defaults(Method::Dmm, &tiny_mlp(), &tiny_recipe());
     let first = ForgetSet::new(vec![3, 40, 41], data.num_train).unwrap();
     let second = ForgetSet::new(vec![41, 100, 200], data.num_train).unwrap();
 
@@ -425,7 +429,7 @@ fn dmm_forgets_on_fmnist_tiny_where_doing_nothing_does_not() {
     };
     unlearn(
         &mut models,
-        &MethodConfig::defaults(Method::Dmm, &tiny_recipe()),
+        &MethodConfig::defaults(Method::Dmm, &tiny_mlp(), &tiny_recipe()),
         &forget,
         &resources,
         0,

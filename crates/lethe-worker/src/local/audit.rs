@@ -83,7 +83,10 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
             originals_manifest.spec.exclude.len()
         );
     }
-    let config = args.method.config(Some(&originals_manifest.spec.recipe))?;
+    let config = args.method.config(
+        &originals_manifest.spec.model,
+        Some(&originals_manifest.spec.recipe),
+    )?;
     let index = args.method.open_index(method)?;
     let oracle_results = EnsembleResults::load(&args.oracles)
         .with_context(|| format!("load oracles {}", args.oracles.display()))?;

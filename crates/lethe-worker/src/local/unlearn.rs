@@ -8,6 +8,7 @@ use clap::Args;
 use lethe_ml::checkpoint::{self, CheckpointInfo};
 use lethe_ml::data::Dataset;
 use lethe_ml::ensemble::{read_manifest, EnsembleResults};
+use lethe_ml::model::ModelSpec;
 use lethe_ml::recipe::Recipe;
 use lethe_ml::unlearn::finetune::MatchingConfig;
 use lethe_ml::unlearn::lineage::{unlearn_version, Lineage};
@@ -116,10 +117,16 @@ impl MethodArgs {
 
     /// The shipped defaults of the method with the overrides applied; an override the method
     /// does not use is an error rather than silently ignored.
-    pub(crate) fn config(&self, recipe: Option<&Recipe>) -> anyhow::Result<MethodConfig> {
+    /// `model` and `recipe` are those of the checkpoint being unlearned: the defaults depend on
+    /// the architecture, and a retrain uses the recipe.
+    pub(crate) fn config(
+        &self,
+        model: &ModelSpec,
+        recipe: Option<&Recipe>,
+    ) -> anyhow::Result<MethodConfig> {
         let method = self.method()?;
         let fallback = Recipe::fmnist_mlp();
-        let mut config = MethodConfig::defaults(method, recipe.unwrap_or(&fallback));
+        let mut config = MethodConfig::defaults(method, model, recipe.unwrap_or(&fallback));
         let matching_only = [
             ("--forget-repeats", self.forget_repeats.is_some()),
             ("--retain-per-forget", self.retain_per_forget.is_some()),
@@ -341,7 +348,7 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
     };
     let request = ForgetSet::new(indices, data.num_train)?;
     let mut method = args.method.method()?;
-    let mut config = args.method.config(info.recipe.as_ref())?;
+    let mut config = args.method.config(&info.model, info.recipe.as_ref())?;
     let lineage = match &info.lineage {
         Some(lineage) => lineage.clone(),
         None => Lineage::start(sha256_of(&args.model)?),
@@ -401,7 +408,7 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
                 forgotten.len()
             );
             method = Method::Retrain;
-            config = MethodConfig::defaults(Method::Retrain, recipe);
+            config = MethodConfig::defaults(Method::Retrain, &info.model, recipe);
         }
     }
     let spinner = indicatif::ProgressBar::new_spinner();
