@@ -230,12 +230,14 @@ impl Shared {
             .get("num_train")
             .and_then(|n| n.as_i64())
             .ok_or_else(|| Status::internal("the model's index does not record num_train"))?;
-        // Only an index with a noise model (subsample) gives targets a confidence figure.
-        if request.min_confidence.is_some()
-            && index.result.get("estimator").and_then(|e| e.as_str()) == Some("trak")
-        {
+        // Only an index with a noise model (subsample, or TRAK with two or more checkpoints)
+        // gives targets a confidence figure.
+        let trak_without_noise = index.result.get("estimator").and_then(|e| e.as_str())
+            == Some("trak")
+            && index.result.get("noise_model").and_then(|n| n.as_bool()) != Some(true);
+        if request.min_confidence.is_some() && trak_without_noise {
             return Err(Status::failed_precondition(format!(
-                "model {}'s latest index is a TRAK index, which has no noise model and so no confidence figure: drop min_confidence or build a subsample index with CreateIndexBuild",
+                "model {}'s latest index is a TRAK index of one checkpoint, which has no noise model and so no confidence figure: drop min_confidence, or build a subsample index or a TRAK index of two or more checkpoints with CreateIndexBuild",
                 model.name
             )));
         }

@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{MlError, Result};
 
 pub use forget::{parse_indices, ForgetSet};
-pub use methods::{request_confidence, unlearn, MethodConfig, Resources, UnlearnSummary};
+pub use methods::{
+    request_confidence, unlearn, DmmSettings, MethodConfig, Resources, UnlearnSummary,
+};
 
 /// The unlearning methods a user can choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -5,7 +5,7 @@
 //! oracles'. Then a second run (on top of the first version) loses a worker to SIGKILL in the
 //! middle of a task and still completes; a third passes the retrain threshold and retrains
 //! from scratch (indexing the new anchor beside it); a fourth fine-tunes from that anchor, and
-//! a fifth uses a TRAK index built in shards.
+//! a fifth and a sixth (with a minimum confidence) use a TRAK index built in shards.
 
 mod common;
 
@@ -488,20 +488,21 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
             .await
             .unwrap();
     assert_eq!(operation_name(index_used), trak.name);
-    let no_confidence = client
+    // Two checkpoints measure the TRAK index's noise: a minimum confidence is served.
+    let assured = client
         .create_deletion_request(call(CreateDeletionRequestRequest {
             model: "models/shoes".into(),
             forget: forget(12..13),
-            min_confidence: Some(0.5),
+            min_confidence: Some(1e-6),
             ..Default::default()
         }))
         .await
-        .unwrap_err();
-    assert_eq!(
-        no_confidence.code(),
-        tonic::Code::FailedPrecondition,
-        "a TRAK index has no noise model: {no_confidence:?}"
-    );
+        .unwrap()
+        .into_inner();
+    let assured = result_json(&watch(&mut client, &assured.name).await);
+    assert_eq!(assured["model_version"], 7, "{assured}");
+    let confidence = assured["report"]["confidence"]["confidence"].as_f64();
+    assert!(confidence.is_some_and(|c| c > 0.0 && c <= 1.0), "{assured}");
 
     third.kill().unwrap();
     third.wait().unwrap();

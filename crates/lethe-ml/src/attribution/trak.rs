@@ -1,4 +1,4 @@
-//! TRAK (Park et al., 2023) for the zoo's MLPs, per logit, calibrated to logit units.
+//! TRAK (Park et al., 2023) for any network, per logit, calibrated to logit units.
 //!
 //! For each of K checkpoints (models trained on the whole training split with their own seeds):
 //! - training examples are featurised by the projected gradient of their margin
@@ -13,15 +13,24 @@
 //! in for the estimators of [`super::subsample`]: the predicted change of a retrain's logits,
 //! Σ_i (a_i − p_i)·β_i, is regressed on the actual change.
 //!
-//! Per-example gradients of an MLP are outer products (layer input ⊗ back-propagated error), so
-//! they are never formed: each layer's part is projected through a Kronecker block
-//! ([`super::projection`]).
+//! With two or more checkpoints the index also gets a noise model: how much the checkpoints'
+//! own scores disagree, so that denoising and the confidence figure work as for the linear
+//! estimators.
+//!
+//! Per-example gradients come from the hand-written MLP featuriser ([`mlp_gradients`]) or,
+//! for every other network, from autograd ([`autograd_gradients`]).
+
+mod autograd_gradients;
+mod mlp_gradients;
 
 use std::collections::BTreeMap;
 use std::ops::{ControlFlow, Range};
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
+
+use autograd_gradients::AutogradGradients;
+use mlp_gradients::MlpWeights;
 
 use super::beta_file::{BetaShape, BetaWriter};
 use super::projection::{ParameterShape, Projection};
@@ -33,6 +42,7 @@ use crate::model::{Model, ModelSpec};
 use crate::recipe::Recipe;
 use crate::seed;
 use crate::train::train;
+use crate::unlearn::targets::IndexNoise;
 
 /// Examples featurised at once.
 const SHARD: i64 = 512;
@@ -54,80 +64,82 @@ pub struct TrakConfig {
     pub save_checkpoints: Option<std::path::PathBuf>,
 }
 
-/// One checkpoint's weights as `(in × out, out)` per layer.
-struct MlpWeights {
-    layers: Vec<(Tensor, Tensor)>,
+/// One checkpoint's per-example gradient featuriser.
+enum Featurizer {
+    Mlp(MlpWeights),
+    Autograd(AutogradGradients),
 }
 
-impl MlpWeights {
-    fn of_member(model: &Model, member: i64) -> Result<Self> {
-        let state: BTreeMap<String, Tensor> = model.member_state(member).into_iter().collect();
-        let mut layers = Vec::new();
-        while let (Some(weight), Some(bias)) = (
-            state.get(&format!("layers.{}.weight", layers.len())),
-            state.get(&format!("layers.{}.bias", layers.len())),
-        ) {
-            layers.push((weight.transpose(0, 1).contiguous(), bias.shallow_clone()));
-        }
-        if layers.is_empty() {
-            return Err(MlError::spec(
-                "TRAK",
-                "only the zoo's MLPs can be featurised",
-            ));
-        }
-        Ok(MlpWeights { layers })
+impl Featurizer {
+    fn of_checkpoint(checkpoint: &Model) -> Result<Self> {
+        Ok(match checkpoint.spec {
+            ModelSpec::Mlp { .. } => Featurizer::Mlp(MlpWeights::of_member(checkpoint, 0)?),
+            _ => Featurizer::Autograd(AutogradGradients::of_checkpoint(checkpoint)?),
+        })
     }
 
     fn parameter_shapes(&self) -> Vec<ParameterShape> {
-        let mut shapes = Vec::new();
-        for (weight, bias) in &self.layers {
-            let size = weight.size();
-            shapes.push(ParameterShape::Matrix {
-                rows: size[0],
-                cols: size[1],
-            });
-            shapes.push(ParameterShape::Vector {
-                len: bias.size()[0],
-            });
+        match self {
+            Featurizer::Mlp(weights) => weights.parameter_shapes(),
+            Featurizer::Autograd(gradients) => gradients.parameter_shapes(),
         }
-        shapes
     }
 
-    /// The inputs of every layer and the logits, for `x` (`B × D`).
-    fn forward(&self, x: &Tensor) -> (Vec<Tensor>, Tensor) {
-        let mut inputs = vec![x.shallow_clone()];
-        let last = self.layers.len() - 1;
-        let mut logits = Tensor::empty([0], (Kind::Float, Device::Cpu));
-        for (index, (weight, bias)) in self.layers.iter().enumerate() {
-            let h = inputs[index].matmul(weight) + bias;
-            if index < last {
-                inputs.push(h.relu());
-            } else {
-                logits = h;
-            }
-        }
-        (inputs, logits)
-    }
-
-    /// The projected gradients (`B × k`) of Σ_c w_c·z_c for output weights `w` (`B × C`).
-    fn projected_gradients(
-        &self,
+    /// Margin gradients (`len × k`) and out-to-loss weights 1 − p_y (`len`) of `x`, `y`.
+    fn train_block(
+        &mut self,
         projection: &Projection,
-        inputs: &[Tensor],
-        output_weights: &Tensor,
-    ) -> Tensor {
-        let batch = output_weights.size()[0];
-        let mut features = Tensor::zeros([batch, projection.dim], (Kind::Float, Device::Cpu));
-        let mut delta = output_weights.shallow_clone();
-        for index in (0..self.layers.len()).rev() {
-            features += projection.project_outer(2 * index, &inputs[index], &delta);
-            features += projection.project_flat(2 * index + 1, &delta);
-            if index > 0 {
-                let mask = inputs[index].gt(0.0).to_kind(Kind::Float);
-                delta = delta.matmul(&self.layers[index].0.transpose(0, 1)) * mask;
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (block, logits) = match self {
+            Featurizer::Mlp(weights) => {
+                let flat = x.view([x.size()[0], -1]);
+                let (inputs, logits) = weights.forward(&flat);
+                // ∂margin/∂z = e_y − softmax over the other classes.
+                let label = y.unsqueeze(1);
+                let others = logits
+                    .scatter_value(1, &label, f64::NEG_INFINITY)
+                    .softmax(1, Kind::Float);
+                let output_weights = -others.scatter_value(1, &label, -1.0);
+                (
+                    weights.projected_gradients(projection, &inputs, &output_weights),
+                    logits,
+                )
             }
+            Featurizer::Autograd(gradients) => gradients.margin_gradients(projection, x, y)?,
+        };
+        let out_to_loss = 1.0
+            - logits
+                .softmax(1, Kind::Float)
+                .gather(1, &y.unsqueeze(1), false)
+                .squeeze_dim(1);
+        Ok((block, out_to_loss))
+    }
+
+    /// Per-logit gradients of `x`: `len × C × k`.
+    fn target_block(
+        &mut self,
+        projection: &Projection,
+        x: &Tensor,
+        classes: i64,
+    ) -> Result<Tensor> {
+        match self {
+            Featurizer::Mlp(weights) => {
+                let len = x.size()[0];
+                let (inputs, _) = weights.forward(&x.view([len, -1]));
+                // Each (example, class) pair is one row: repeat the activations C times.
+                let repeated: Vec<Tensor> = inputs
+                    .iter()
+                    .map(|input| input.repeat_interleave_self_int(classes, 0, None))
+                    .collect();
+                let output_weights =
+                    Tensor::eye(classes, (Kind::Float, Device::Cpu)).repeat([len, 1]);
+                let projected = weights.projected_gradients(projection, &repeated, &output_weights);
+                Ok(projected.view([len, classes, projection.dim]))
+            }
+            Featurizer::Autograd(gradients) => gradients.logit_gradients(projection, x),
         }
-        features / (projection.dim as f64).sqrt()
     }
 }
 
@@ -135,7 +147,7 @@ impl MlpWeights {
 /// out-to-loss weights, and their part of X = ΦᵀΦ (`k × k`, float64), summed over blocks of
 /// [`SHARD`] examples in order.
 fn train_features(
-    weights: &MlpWeights,
+    featurizer: &mut Featurizer,
     projection: &Projection,
     data: &Dataset,
     examples: Range<i64>,
@@ -148,24 +160,13 @@ fn train_features(
     );
     for start in examples.clone().step_by(SHARD as usize) {
         let len = SHARD.min(examples.end - start);
-        let x = data.x.narrow(0, start, len).view([len, -1]);
-        let y = data.y.narrow(0, start, len).unsqueeze(1);
-        let (inputs, logits) = weights.forward(&x);
-        // ∂margin/∂z = e_y − softmax over the other classes.
-        let others = logits
-            .scatter_value(1, &y, f64::NEG_INFINITY)
-            .softmax(1, Kind::Float);
-        let output_weights = -others.scatter_value(1, &y, -1.0);
-        let block = weights.projected_gradients(projection, &inputs, &output_weights);
+        let x = data.x.narrow(0, start, len);
+        let y = data.y.narrow(0, start, len);
+        let (block, q) = featurizer.train_block(projection, &x, &y)?;
         let wide = block.to_kind(Kind::Double);
         gram += wide.transpose(0, 1).matmul(&wide);
         features.push(block);
-        out_to_loss.push(
-            1.0 - logits
-                .softmax(1, Kind::Float)
-                .gather(1, &y, false)
-                .squeeze_dim(1),
-        );
+        out_to_loss.push(q);
     }
     Ok((
         Tensor::cat(&features, 0),
@@ -175,23 +176,18 @@ fn train_features(
 }
 
 /// Target-side features of one checkpoint: per-logit gradients, `T × C × k`.
-fn target_features(weights: &MlpWeights, projection: &Projection, data: &Dataset) -> Tensor {
-    let classes = data.num_classes;
+fn target_features(
+    featurizer: &mut Featurizer,
+    projection: &Projection,
+    data: &Dataset,
+) -> Result<Tensor> {
     let mut features = Vec::new();
     for start in (0..data.num_targets()).step_by(SHARD as usize) {
         let len = SHARD.min(data.num_targets() - start);
-        let x = data.x.narrow(0, start, len).view([len, -1]);
-        let (inputs, _) = weights.forward(&x);
-        // Each (example, class) pair is one row: repeat the activations C times.
-        let repeated: Vec<Tensor> = inputs
-            .iter()
-            .map(|input| input.repeat_interleave_self_int(classes, 0, None))
-            .collect();
-        let output_weights = Tensor::eye(classes, (Kind::Float, Device::Cpu)).repeat([len, 1]);
-        let projected = weights.projected_gradients(projection, &repeated, &output_weights);
-        features.push(projected.view([len, classes, projection.dim]));
+        let x = data.x.narrow(0, start, len);
+        features.push(featurizer.target_block(projection, &x, data.num_classes)?);
     }
-    Tensor::cat(&features, 0)
+    Ok(Tensor::cat(&features, 0))
 }
 
 /// What a TRAK build did.
@@ -255,32 +251,65 @@ fn check_calibration(
     Ok(())
 }
 
-/// The K checkpoints of the index (`config.checkpoints` members, each trained on the whole
-/// training split with its own seed), on the CPU; saved as Lethe checkpoints when
-/// `config.save_checkpoints` says where.
-pub fn train_checkpoints(data: &Dataset, config: &TrakConfig) -> Result<Model> {
-    if !matches!(config.model, ModelSpec::Mlp { .. }) {
-        return Err(MlError::spec(
-            "TRAK",
-            format!("only MLPs are supported, not {}", config.model),
-        ));
+/// The K checkpoints of an index, one single-member model each, on the CPU.
+pub struct TrakCheckpoints {
+    pub models: Vec<Model>,
+}
+
+impl TrakCheckpoints {
+    pub fn len(&self) -> usize {
+        self.models.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+/// The K checkpoints of the index (`config.checkpoints` models, each trained on the whole
+/// training split with its own seed), on the CPU; saved as Lethe checkpoints when
+/// `config.save_checkpoints` says where. Zoo networks train as one ensemble; a TorchScript
+/// module, which holds one model, trains K times from its file's weights.
+pub fn train_checkpoints(data: &Dataset, config: &TrakConfig) -> Result<TrakCheckpoints> {
     if config.checkpoints == 0 {
         return Err(MlError::spec("TRAK", "needs at least one checkpoint"));
     }
     let data = data.to_device(Device::Cpu);
     let seeds = checkpoint_seeds(config);
-    let mut model = Model::new(
-        &config.model,
-        &seeds,
-        &data.sample_shape,
-        data.num_classes,
-        Device::Cpu,
-    )?;
-    let everything = vec![data.train_indices(); seeds.len()];
-    train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
+    let new_model = |seeds: &[u64]| {
+        Model::new(
+            &config.model,
+            seeds,
+            &data.sample_shape,
+            data.num_classes,
+            Device::Cpu,
+        )
+    };
+    let models = if matches!(config.model, ModelSpec::Torchscript { .. }) {
+        seeds
+            .iter()
+            .map(|seed| {
+                let mut model = new_model(&[*seed])?;
+                train(
+                    &mut model,
+                    &data,
+                    &[data.train_indices()],
+                    &config.recipe,
+                    &mut |_| {},
+                )?;
+                Ok(model)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let mut model = new_model(&seeds)?;
+        let everything = vec![data.train_indices(); seeds.len()];
+        train(&mut model, &data, &everything, &config.recipe, &mut |_| {})?;
+        (0..seeds.len() as i64)
+            .map(|member| model.select_member(member))
+            .collect::<Result<Vec<_>>>()?
+    };
     if let Some(dir) = &config.save_checkpoints {
-        for (member, member_seed) in seeds.iter().enumerate() {
+        for (member, (model, member_seed)) in models.iter().zip(&seeds).enumerate() {
             let info = crate::checkpoint::CheckpointInfo {
                 model: config.model.clone(),
                 sample_shape: data.sample_shape.clone(),
@@ -291,20 +320,23 @@ pub fn train_checkpoints(data: &Dataset, config: &TrakConfig) -> Result<Model> {
                 lineage: None,
             };
             crate::checkpoint::save_member(
-                &model,
-                member as i64,
+                model,
+                0,
                 &info,
                 &dir.join(format!("checkpoint-{member}.safetensors")),
             )?;
         }
     }
-    Ok(model)
+    Ok(TrakCheckpoints { models })
 }
 
-/// The checkpoints saved by [`train_checkpoints`] (`checkpoint-K.safetensors`, in member
-/// order), as one member-batched model: what the shards and the reduce of a distributed build
-/// load.
-pub fn load_checkpoints(config: &TrakConfig, data: &Dataset, paths: &[&Path]) -> Result<Model> {
+/// The checkpoints saved by [`train_checkpoints`] (`checkpoint-K.safetensors`, in order):
+/// what the shards and the reduce of a distributed build load.
+pub fn load_checkpoints(
+    config: &TrakConfig,
+    data: &Dataset,
+    paths: &[&Path],
+) -> Result<TrakCheckpoints> {
     if paths.len() != config.checkpoints {
         return Err(MlError::spec(
             "TRAK",
@@ -315,18 +347,23 @@ pub fn load_checkpoints(config: &TrakConfig, data: &Dataset, paths: &[&Path]) ->
             ),
         ));
     }
-    let mut model = Model::new(
-        &config.model,
-        &checkpoint_seeds(config),
-        &data.sample_shape,
-        data.num_classes,
-        Device::Cpu,
-    )?;
-    for (member, path) in paths.iter().enumerate() {
-        let file = crate::tensorio::read_safetensors(path)?;
-        model.load_member_state(member as i64, &file.tensors, path)?;
-    }
-    Ok(model)
+    let models = paths
+        .iter()
+        .zip(checkpoint_seeds(config))
+        .map(|(path, seed)| {
+            let mut model = Model::new(
+                &config.model,
+                &[seed],
+                &data.sample_shape,
+                data.num_classes,
+                Device::Cpu,
+            )?;
+            let file = crate::tensorio::read_safetensors(path)?;
+            model.load_member_state(0, &file.tensors, path)?;
+            Ok(model)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TrakCheckpoints { models })
 }
 
 /// The seeds of the checkpoints, member by member.
@@ -351,17 +388,17 @@ pub struct TrakShard {
     pub seconds: f64,
 }
 
-fn checkpoint_projection(config: &TrakConfig, weights: &MlpWeights) -> Result<Projection> {
+fn checkpoint_projection(config: &TrakConfig, featurizer: &Featurizer) -> Result<Projection> {
     Projection::new(
         seed::mix_seed(config.seed, 0x7a4b),
         config.projection_dim,
-        &weights.parameter_shapes(),
+        &featurizer.parameter_shapes(),
     )
 }
 
 /// Featurises `examples` with every member of `checkpoints`.
 pub fn featurize_shard(
-    checkpoints: &Model,
+    checkpoints: &TrakCheckpoints,
     config: &TrakConfig,
     data: &Dataset,
     examples: Range<i64>,
@@ -378,10 +415,10 @@ pub fn featurize_shard(
     let started = std::time::Instant::now();
     let data = data.to_device(Device::Cpu);
     let (mut features, mut out_to_loss, mut grams) = (Vec::new(), Vec::new(), Vec::new());
-    for member in 0..checkpoints.members() {
-        let weights = MlpWeights::of_member(checkpoints, member)?;
-        let projection = checkpoint_projection(config, &weights)?;
-        let (phi, q, gram) = train_features(&weights, &projection, &data, examples.clone())?;
+    for checkpoint in &checkpoints.models {
+        let mut featurizer = Featurizer::of_checkpoint(checkpoint)?;
+        let projection = checkpoint_projection(config, &featurizer)?;
+        let (phi, q, gram) = train_features(&mut featurizer, &projection, &data, examples.clone())?;
         features.push(phi);
         out_to_loss.push(q);
         grams.push(gram);
@@ -400,7 +437,7 @@ pub fn featurize_shard(
 /// β written to `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn write_trak_index(
-    checkpoints: &Model,
+    checkpoints: &TrakCheckpoints,
     config: &TrakConfig,
     data: &Dataset,
     shards: &[TrakShard],
@@ -410,19 +447,19 @@ pub fn write_trak_index(
     progress: &mut dyn FnMut(BuildProgress) -> ControlFlow<()>,
 ) -> Result<TrakBuild> {
     check_calibration(config, ensemble, &calibration, data)?;
-    if checkpoints.members() as usize != config.checkpoints {
+    if checkpoints.len() != config.checkpoints {
         return Err(MlError::spec(
             "TRAK",
             format!(
                 "{} checkpoints given, the config names {}",
-                checkpoints.members(),
+                checkpoints.len(),
                 config.checkpoints
             ),
         ));
     }
     let mut covered = 0;
     for shard in shards {
-        if shard.examples.start != covered || shard.features.size()[0] != checkpoints.members() {
+        if shard.examples.start != covered || shard.features.size()[0] != checkpoints.len() as i64 {
             return Err(MlError::spec(
                 "TRAK",
                 format!(
@@ -448,9 +485,10 @@ pub fn write_trak_index(
     let mut scorers = Vec::new();
     let mut targets = Vec::new();
     let mut out_to_loss = Tensor::zeros([data.num_train], (Kind::Float, Device::Cpu));
-    for member in 0..checkpoints.members() {
-        let weights = MlpWeights::of_member(checkpoints, member)?;
-        let projection = checkpoint_projection(config, &weights)?;
+    for (member, checkpoint) in checkpoints.models.iter().enumerate() {
+        let member = member as i64;
+        let mut featurizer = Featurizer::of_checkpoint(checkpoint)?;
+        let projection = checkpoint_projection(config, &featurizer)?;
         let features = Tensor::cat(
             &shards
                 .iter()
@@ -486,7 +524,7 @@ pub fn write_trak_index(
         );
         // Kept as float32 `k × (T·C)`: every block of rows of β multiplies by all of it.
         targets.push(
-            target_features(&weights, &projection, &data)
+            target_features(&mut featurizer, &projection, &data)?
                 .view([-1, config.projection_dim])
                 .to_kind(Kind::Float)
                 .transpose(0, 1)
@@ -497,16 +535,31 @@ pub fn write_trak_index(
     let out_to_loss = out_to_loss / config.checkpoints as f64;
     let featurize_examples_per_s = (data.num_train as f64 * config.checkpoints as f64)
         / featurize_seconds.max(f64::MIN_POSITIVE);
-    let raw_rows = |start: i64, len: i64| -> Tensor {
-        let mut block = Tensor::zeros(
-            [len, data.num_targets() * data.num_classes],
-            (Kind::Float, Device::Cpu),
-        );
+    let checkpoint_count = config.checkpoints as f64;
+    // Rows `start..start + len` of the raw scores (`len × T·C`), and, with two or more
+    // checkpoints, the variance of that mean over checkpoints.
+    let rows_and_spread = |start: i64, len: i64, spread: bool| -> (Tensor, Option<Tensor>) {
+        let q = out_to_loss.narrow(0, start, len).unsqueeze(1);
+        let shape = [len, data.num_targets() * data.num_classes];
+        let mut sum = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        let mut sum_sq = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
         for (scorer, target) in scorers.iter().zip(&targets) {
-            block += scorer.narrow(0, start, len).matmul(target);
+            let own = scorer.narrow(0, start, len).matmul(target) * &q;
+            if spread {
+                sum_sq += own.square();
+            }
+            sum += own;
         }
-        block * out_to_loss.narrow(0, start, len).unsqueeze(1) / config.checkpoints as f64
+        let mean = sum / checkpoint_count;
+        let variance = (spread && config.checkpoints > 1).then(|| {
+            ((sum_sq / checkpoint_count - mean.square())
+                * (checkpoint_count / (checkpoint_count - 1.0)))
+                .clamp_min(0.0)
+                / checkpoint_count
+        });
+        (mean, variance)
     };
+    let raw_rows = |start: i64, len: i64| rows_and_spread(start, len, false).0;
 
     // Calibration: least squares of the actual change of the calibration retrains' logits on
     // the change the raw scores predict. It takes a pass over all rows of β before the one that
@@ -525,9 +578,23 @@ pub fn write_trak_index(
         .reshape([cal_len, -1]);
     let actual = &logits - logits.mean_dim(0, true, Kind::Float);
     let mut predicted = Tensor::zeros_like(&actual);
+    // The noise model: the variance of each entry of β (raw units) over the checkpoints,
+    // approximated as source weight × target variance, the factored form of the linear
+    // estimators' noise (IndexNoise), with the same marginals.
+    let mut source_variance = Vec::new();
+    let mut target_variance = Tensor::zeros(
+        [data.num_targets() * data.num_classes],
+        (Kind::Double, Device::Cpu),
+    );
     for start in (0..data.num_train).step_by(ROW_BLOCK as usize) {
         let len = ROW_BLOCK.min(data.num_train - start);
-        predicted += centred.narrow(1, start, len).matmul(&raw_rows(start, len));
+        let (rows, variance) = rows_and_spread(start, len, true);
+        predicted += centred.narrow(1, start, len).matmul(&rows);
+        if let Some(variance) = variance {
+            let variance = variance.to_kind(Kind::Double);
+            source_variance.push(variance.mean_dim([1].as_slice(), false, Kind::Double));
+            target_variance += variance.sum_dim_intlist([0].as_slice(), false, Kind::Double);
+        }
     }
     let scale = (&predicted * &actual).sum(Kind::Double).double_value(&[])
         / predicted
@@ -583,74 +650,24 @@ pub fn write_trak_index(
         }
     }
     writer.finish()?;
+    if !source_variance.is_empty() {
+        let source_variance = Tensor::cat(&source_variance, 0);
+        let mean = source_variance
+            .mean(Kind::Double)
+            .clamp_min(f64::MIN_POSITIVE);
+        let noise = IndexNoise {
+            target_std: (target_variance / data.num_train as f64)
+                .sqrt()
+                .view([data.num_targets(), data.num_classes])
+                * scale.abs(),
+            source_weight_sq: source_variance / mean,
+            target_labels: None,
+        };
+        noise.write(out, &metadata)?;
+    }
     Ok(TrakBuild {
         featurize_examples_per_s,
         complete: true,
         scale,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The factored, projected gradients equal autograd's per-example gradients of the margin,
-    /// flattened in parameter order and projected as plain vectors.
-    #[test]
-    fn projected_gradients_match_autograd() {
-        let spec = ModelSpec::Mlp {
-            hidden: vec![12, 7],
-        };
-        let model = Model::new(&spec, &[5], &[1, 3, 3], 4, Device::Cpu).unwrap();
-        let weights = MlpWeights::of_member(&model, 0).unwrap();
-        let projection = Projection::new(9, 64, &weights.parameter_shapes()).unwrap();
-        tch::manual_seed(2);
-        let x = Tensor::randn([6, 9], (Kind::Float, Device::Cpu));
-        let y = Tensor::from_slice(&[0i64, 3, 1, 2, 2, 0]);
-        let (inputs, logits) = weights.forward(&x);
-        let others = logits
-            .scatter_value(1, &y.unsqueeze(1), f64::NEG_INFINITY)
-            .softmax(1, Kind::Float);
-        let output_weights = -others.scatter_value(1, &y.unsqueeze(1), -1.0);
-        let factored = weights.projected_gradients(&projection, &inputs, &output_weights);
-
-        let mut flat = Vec::new();
-        for example in 0..6 {
-            let leaves: Vec<(Tensor, Tensor)> = weights
-                .layers
-                .iter()
-                .map(|(w, b)| {
-                    (
-                        w.detach().set_requires_grad(true),
-                        b.detach().set_requires_grad(true),
-                    )
-                })
-                .collect();
-            let mut h = x.get(example).unsqueeze(0);
-            for (index, (w, b)) in leaves.iter().enumerate() {
-                h = h.matmul(w) + b;
-                if index + 1 < leaves.len() {
-                    h = h.relu();
-                }
-            }
-            let label = y.int64_value(&[example]);
-            let margin = crate::outputs::margins(&h.unsqueeze(0), &Tensor::from_slice(&[label]))
-                .sum(Kind::Float);
-            let parameters: Vec<&Tensor> = leaves.iter().flat_map(|(w, b)| [w, b]).collect();
-            let gradients = Tensor::run_backward(&[margin], &parameters, false, false);
-            flat.push(Tensor::cat(
-                &gradients
-                    .iter()
-                    .map(|g| g.flatten(0, -1))
-                    .collect::<Vec<_>>(),
-                0,
-            ));
-        }
-        let autograd = projection.project(&Tensor::stack(&flat, 0)).unwrap();
-        let difference = (&factored - &autograd).abs().max().double_value(&[]);
-        assert!(
-            difference < 1e-4,
-            "projected gradients differ by {difference}"
-        );
-    }
 }

@@ -16,10 +16,8 @@ use lethe_ml::tensorio;
 use lethe_ml::unlearn::confidence::{index_confidence, TargetConfidence};
 use lethe_ml::unlearn::finetune::{match_targets, matching_examples, MatchingConfig};
 use lethe_ml::unlearn::lineage::Lineage;
-use lethe_ml::unlearn::targets::{
-    dmm_targets, predicted_shift, AttributionIndex, Denoise, IndexNoise,
-};
-use lethe_ml::unlearn::{unlearn, ForgetSet, Method, MethodConfig, Resources};
+use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, IndexNoise};
+use lethe_ml::unlearn::{unlearn, DmmSettings, ForgetSet, Method, MethodConfig, Resources};
 use lethe_proto::tasks::{AuditDmm, AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
 use serde_json::{json, Value};
@@ -45,46 +43,6 @@ pub(super) struct Audit {
 
 pub(super) struct FullRetrain {
     pub(super) device: tch::Device,
-}
-
-/// The shipped DMM settings (DESIGN.md §1.5) for an index: denoising, multiplier and the
-/// matching recipe.
-struct DmmSettings {
-    denoise: Denoise,
-    multiplier: f64,
-    matching: MatchingConfig,
-}
-
-impl DmmSettings {
-    /// The shipped settings, for an index with a noise model (the subsample estimator).
-    fn shipped() -> Self {
-        let MethodConfig::Dmm {
-            denoise,
-            multiplier,
-            matching,
-        } = MethodConfig::defaults(Method::Dmm, &lethe_ml::recipe::Recipe::fmnist_mlp())
-        else {
-            unreachable!("the defaults of DMM are a DMM config")
-        };
-        DmmSettings {
-            denoise,
-            multiplier,
-            matching,
-        }
-    }
-
-    fn for_index(index: &AttributionIndex) -> Self {
-        let shipped = Self::shipped();
-        match index.noise {
-            Some(_) => shipped,
-            // A TRAK index has no noise model and carries its own calibrated scale.
-            None => DmmSettings {
-                denoise: Denoise::None,
-                multiplier: 1.0,
-                ..shipped
-            },
-        }
-    }
 }
 
 /// The training examples a fine-tune may use as retain points: neither forgotten now nor
@@ -133,14 +91,14 @@ fn read_targets(
 }
 
 /// A run with a minimum confidence needs targets that have one: an index without a noise
-/// model (TRAK) gives none, and the request cannot be held to its minimum.
+/// model (TRAK of one checkpoint) gives none, and the request cannot be held to its minimum.
 fn required_confidence(
     confidence: Option<&TargetConfidence>,
     minimum: f64,
 ) -> Result<&TargetConfidence, TaskError> {
     confidence.ok_or_else(|| {
         TaskError::Fatal(format!(
-            "the request asks for a confidence of at least {minimum}, but the model's index has no noise model (a TRAK index), so its targets have no confidence figure"
+            "the request asks for a confidence of at least {minimum}, but the model's index has no noise model (a TRAK index of one checkpoint), so its targets have no confidence figure"
         ))
     })
 }
@@ -175,7 +133,7 @@ impl TaskHandler for Predict {
             denoise,
             multiplier,
             ..
-        } = DmmSettings::for_index(&index);
+        } = DmmSettings::shipped(&base.spec, &index);
         let targets = all_targets(&data);
         let anchor = Outputs::compute(&mut base, &data, &targets)
             .map_err(ml_error)?
@@ -278,7 +236,7 @@ impl TaskHandler for Match {
         }
         stop_if_cancelled(context)?;
         context.report(0.2, "matching fine-tune");
-        let matching = DmmSettings::shipped().matching;
+        let matching = MatchingConfig::for_model(&current.spec);
         let retained = retained_without(&forgotten, &task.excluded, &data);
         let examples = matching_examples(forgotten.indices(), &retained, &matching, task.seed);
         let rows = Tensor::from_slice(&examples);
@@ -311,6 +269,9 @@ impl TaskHandler for Match {
                 "requested": requested.len(),
                 "examples": summary.examples,
                 "final_loss": summary.final_loss,
+                "architecture": current.spec.to_string(),
+                "matching": matching,
+                "head_refitted": summary.head_refitted,
                 "confidence": confidence,
                 "min_confidence": task.min_confidence,
             })),
@@ -537,7 +498,7 @@ fn audit_dmm(
     }
     let index = AttributionIndex::open(&beta).map_err(ml_error)?;
     let forget = forget_set(&dmm.since_anchor, data)?;
-    let settings = DmmSettings::for_index(&index);
+    let settings = DmmSettings::shipped(&models.spec, &index);
     let targets = all_targets(data);
     let before = Outputs::compute(&mut models, data, &targets)
         .map_err(ml_error)?

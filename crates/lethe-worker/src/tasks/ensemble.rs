@@ -188,8 +188,15 @@ impl TaskHandler for BuildIndex {
                 super::trak::reduce(context, &task.ensemble, trak, &ensemble, dir.path())?;
             report["estimator"] = "trak".into();
             report["trak_scale"] = scale.into();
+            let mut artifacts = vec![put(context, "beta", &beta)?];
+            // A build of two or more checkpoints measures its noise (one cannot).
+            let noise = lethe_ml::unlearn::targets::IndexNoise::path_for(&beta);
+            report["noise_model"] = noise.is_file().into();
+            if noise.is_file() {
+                artifacts.push(put(context, "beta_noise", &noise)?);
+            }
             return Ok(TaskOutput {
-                artifacts: vec![put(context, "beta", &beta)?],
+                artifacts,
                 result: Some(report),
             });
         }

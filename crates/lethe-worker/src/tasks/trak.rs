@@ -70,7 +70,7 @@ fn gather_checkpoints(
     config: &TrakConfig,
     data: &Dataset,
     dir: &Path,
-) -> Result<lethe_ml::model::Model, TaskError> {
+) -> Result<lethe_ml::attribution::trak::TrakCheckpoints, TaskError> {
     let mut paths: Vec<PathBuf> = Vec::new();
     for member in 0..config.checkpoints {
         let name = checkpoint_name(member);

@@ -1,0 +1,195 @@
+//! A convolutional model through the whole service: the zoo's small CNN trained on
+//! fmnist-tiny is registered, indexed with TRAK (checkpoints, featurisation shards through
+//! autograd, the reduce with its noise model), and a deletion request runs DMM on it (with the
+//! head refit that the CNN's final layer allows) and its audit. The test fails if any of
+//! those steps is skipped: each one's result says it ran.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{serve, stack, watch_to_end, with_token, Stack};
+use lethe_coordinator::CoordinatorConfig;
+use lethe_proto::google::longrunning::{operation, Operation};
+use lethe_proto::lethe::v1::lethe_client::LetheClient;
+use lethe_proto::lethe::v1::{
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator, OperationResult,
+    RegisterDatasetRequest, RegisterModelRequest, WatchOperationRequest,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+async fn finished(client: &mut LetheClient<Channel>, token: &str, name: &str) -> serde_json::Value {
+    let stream = client
+        .watch_operation(with_token(
+            token,
+            WatchOperationRequest { name: name.into() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let operation: Operation = watch_to_end(stream, Duration::from_secs(900), async |_| {}).await;
+    match &operation.result {
+        Some(operation::Result::Response(any)) => {
+            let result = OperationResult::decode(any.value.as_slice()).unwrap();
+            serde_json::from_str(&result.result_json).unwrap()
+        }
+        other => panic!("{} did not succeed: {other:?}", operation.name),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service() {
+    let config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(200),
+        coalescing_window: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let Stack {
+        cluster: _cluster,
+        store,
+        coordinator,
+        tenant_token,
+        worker_token,
+        ..
+    } = stack("cnn", Duration::from_secs(30), config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    let artifacts = format!("file://{}", root.display());
+
+    // Version 0: the small CNN, 3 epochs on fmnist-tiny (the recipe every retrain repeats).
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    let base = root.join("models/cnn.safetensors");
+    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
+        .args([
+            "train",
+            "--dataset",
+            "fmnist-tiny",
+            "--model",
+            "cnn",
+            "--epochs",
+            "3",
+        ])
+        .args(["--device", "cpu", "--out"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{trained:?}");
+    let sha256 = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
+
+    let mut client = LetheClient::connect(coordinator.endpoint()).await.unwrap();
+    client
+        .register_dataset(with_token(
+            &tenant_token,
+            RegisterDatasetRequest {
+                dataset_id: "fmnist-tiny".into(),
+                uri: "builtin:fmnist-tiny".into(),
+                sha256: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+    client
+        .register_model(with_token(
+            &tenant_token,
+            RegisterModelRequest {
+                model_id: "cnn".into(),
+                dataset: "datasets/fmnist-tiny".into(),
+                uri: format!("{artifacts}/models/cnn.safetensors"),
+                sha256,
+            },
+        ))
+        .await
+        .unwrap();
+    let _worker = serve(
+        &coordinator.endpoint(),
+        &worker_token,
+        &artifacts,
+        "w",
+        Stdio::null(),
+    );
+
+    let index = client
+        .create_index_build(with_token(
+            &tenant_token,
+            CreateIndexBuildRequest {
+                model: "models/cnn".into(),
+                members: 8,
+                members_per_task: 8,
+                estimator: IndexEstimator::Trak as i32,
+                trak_checkpoints: 2,
+                trak_projection_dim: 128,
+                trak_shards: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let built = finished(&mut client, &tenant_token, &index.name).await;
+    assert_eq!(built["estimator"], "trak", "{built}");
+    assert!(
+        built["trak_scale"].as_f64().is_some_and(f64::is_finite),
+        "{built}"
+    );
+    assert_eq!(
+        built["noise_model"], true,
+        "two checkpoints measure the noise: {built}"
+    );
+
+    let deletion = client
+        .create_deletion_request(with_token(
+            &tenant_token,
+            CreateDeletionRequestRequest {
+                model: "models/cnn".into(),
+                forget: (0..6).map(|i| i * 31).collect(),
+                audit_oracles: 4,
+                min_confidence: Some(1e-6),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let result = finished(&mut client, &tenant_token, &deletion.name).await;
+    assert_eq!(result["model_version"], 1, "{result}");
+    assert_eq!(
+        result["retrained"], false,
+        "DMM wrote the version: {result}"
+    );
+    let report = &result["report"];
+    assert_eq!(report["method"], "dmm", "{report}");
+    assert!(
+        report["confidence"]["confidence"].as_f64().is_some(),
+        "{report}"
+    );
+    for split in ["forget", "retain", "val"] {
+        assert!(
+            report["result"][split]["klom"]["p95"]
+                .as_f64()
+                .is_some_and(f64::is_finite),
+            "the audit measured {split}: {report}"
+        );
+    }
+    let run: uuid::Uuid = result["run"].as_str().unwrap().parse().unwrap();
+    let matched: serde_json::Value = lethe_store::sqlx::query_scalar(
+        "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'match'",
+    )
+    .bind(run)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(matched["architecture"], "cnn", "{matched}");
+    assert_eq!(
+        matched["head_refitted"], true,
+        "the CNN's head is refitted: {matched}"
+    );
+    assert!(
+        matched["examples"].as_u64().unwrap() > 0,
+        "the fine-tune ran: {matched}"
+    );
+    coordinator.shutdown().await.unwrap();
+}
