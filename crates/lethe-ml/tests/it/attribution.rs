@@ -393,6 +393,29 @@ fn trak_lds_on_fmnist_tiny_is_clearly_above_zero() {
     );
     let reader = BetaReader::open(&index).unwrap();
     assert_eq!(reader.metadata["method"], "trak");
+    // Two checkpoints measure the index's noise: finite, positive, one entry per target and
+    // logit, and denoising accepts it.
+    use lethe_ml::unlearn::targets::{predicted_shift, AttributionIndex, Denoise};
+    let opened = AttributionIndex::open(&index).unwrap();
+    assert!(opened.is_trak());
+    let noise = opened
+        .noise
+        .as_ref()
+        .expect("a TRAK index of 2 checkpoints has a noise model");
+    assert_eq!(
+        noise.target_std.size(),
+        [data.num_targets(), data.num_classes]
+    );
+    assert_eq!(noise.source_weight_sq.size(), [data.num_train]);
+    let smallest = noise.target_std.min().double_value(&[]);
+    let largest = noise.target_std.max().double_value(&[]);
+    assert!(
+        smallest >= 0.0 && largest > 0.0 && largest.is_finite(),
+        "{smallest}..{largest}"
+    );
+    let forget = lethe_ml::unlearn::ForgetSet::new(vec![3, 40, 41], data.num_train).unwrap();
+    let shift = predicted_shift(&opened, &forget, Denoise::Hard { z: 2.0 }).unwrap();
+    assert_eq!(shift.size(), [data.num_targets(), data.num_classes]);
     let report = linear_datamodeling_score(
         &reader,
         &ensemble.masks,
