@@ -40,7 +40,7 @@ demo: build
 	scripts/demo.sh
 
 # The MLP (256 members), then the small CNN and a reduced ResNet-9, each against PyTorch one
-# model at a time and torch.func/vmap: about 15 minutes on 2 cores.
+# model at a time and torch.func/vmap: about 10 minutes on 2 cores.
 bench-ensemble: setup
 	cargo run --release -p lethe-ml --example bench_ensemble -- --out bench/results/ensemble.json
 

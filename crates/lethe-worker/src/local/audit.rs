@@ -83,11 +83,12 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
             originals_manifest.spec.exclude.len()
         );
     }
+    let index = args.method.open_index(method)?;
     let config = args.method.config(
         &originals_manifest.spec.model,
         Some(&originals_manifest.spec.recipe),
+        index.as_ref(),
     )?;
-    let index = args.method.open_index(method)?;
     let oracle_results = EnsembleResults::load(&args.oracles)
         .with_context(|| format!("load oracles {}", args.oracles.display()))?;
     let total_oracles = oracle_results.seeds.len();

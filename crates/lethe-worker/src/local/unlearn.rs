@@ -14,7 +14,7 @@ use lethe_ml::unlearn::finetune::MatchingConfig;
 use lethe_ml::unlearn::lineage::{unlearn_version, Lineage};
 use lethe_ml::unlearn::targets::{AttributionIndex, Denoise};
 use lethe_ml::unlearn::{
-    parse_indices, request_confidence, ForgetSet, Method, MethodConfig, Resources,
+    parse_indices, request_confidence, DmmSettings, ForgetSet, Method, MethodConfig, Resources,
 };
 use tch::{Kind, Tensor};
 
@@ -118,15 +118,29 @@ impl MethodArgs {
     /// The shipped defaults of the method with the overrides applied; an override the method
     /// does not use is an error rather than silently ignored.
     /// `model` and `recipe` are those of the checkpoint being unlearned: the defaults depend on
-    /// the architecture, and a retrain uses the recipe.
+    /// the architecture, and a retrain uses the recipe. DMM's defaults also depend on the
+    /// index (`DmmSettings::shipped`, as in the service).
     pub(crate) fn config(
         &self,
         model: &ModelSpec,
         recipe: Option<&Recipe>,
+        index: Option<&AttributionIndex>,
     ) -> anyhow::Result<MethodConfig> {
         let method = self.method()?;
         let fallback = Recipe::fmnist_mlp();
         let mut config = MethodConfig::defaults(method, model, recipe.unwrap_or(&fallback));
+        if let (MethodConfig::Dmm { .. }, Some(index)) = (&config, index) {
+            let DmmSettings {
+                matching,
+                denoise,
+                multiplier,
+            } = DmmSettings::shipped(model, index);
+            config = MethodConfig::Dmm {
+                matching,
+                denoise,
+                multiplier,
+            };
+        }
         let matching_only = [
             ("--forget-repeats", self.forget_repeats.is_some()),
             ("--retain-per-forget", self.retain_per_forget.is_some()),
@@ -348,7 +362,10 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
     };
     let request = ForgetSet::new(indices, data.num_train)?;
     let mut method = args.method.method()?;
-    let mut config = args.method.config(&info.model, info.recipe.as_ref())?;
+    let index = args.method.open_index(method)?;
+    let mut config = args
+        .method
+        .config(&info.model, info.recipe.as_ref(), index.as_ref())?;
     let lineage = match &info.lineage {
         Some(lineage) => lineage.clone(),
         None => Lineage::start(sha256_of(&args.model)?),
@@ -376,7 +393,6 @@ pub(crate) fn run(args: UnlearnArgs) -> anyhow::Result<()> {
         ),
     };
     let forgotten = lineage.accumulate(&request, data.num_train)?;
-    let index = args.method.open_index(method)?;
     let oracle_logits = args.method.oracle_logits(method, &forgotten)?;
     let resources = Resources {
         index: index.as_ref(),
