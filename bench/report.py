@@ -304,6 +304,43 @@ def ensemble_section(f, ctx):
               f.num("fraction_of_peak"), 0.75, ">="),
              ("on 2 CPU cores, `ratio_vs_pytorch` at least 2", "issue 2",
               f.num("ratio_vs_pytorch"), 2, ">=")]
+    # The convolutional workloads: the engine's ensemble (outputs on every target included)
+    # against the better of PyTorch one model at a time and torch.func/vmap.
+    for name in ("cnn", "resnet9"):
+        w = f.obj(name)
+        if not w.keys():
+            continue
+        layouts = w.obj("layouts")
+        rows += [
+            (f"{name}: examples/s, ensemble ({w.text('default_layout')} convolutions)",
+             w.num("examples_per_s"), f"{name}.examples_per_s"),
+            (f"{name}: examples/s, PyTorch loop", w.num("pytorch_loop_examples_per_s"),
+             f"{name}.pytorch_loop_examples_per_s"),
+            (f"{name}: examples/s, PyTorch vmap", w.num("pytorch_vmap_examples_per_s"),
+             f"{name}.pytorch_vmap_examples_per_s"),
+            (f"{name}: ensemble / better PyTorch ({w.text('pytorch_baseline')})",
+             w.num("ratio_vs_pytorch"), f"{name}.ratio_vs_pytorch"),
+            (f"{name}: training examples/s, per-member convolutions",
+             layouts.obj("per_member").num("examples_per_s"),
+             f"{name}.layouts.per_member.examples_per_s"),
+            (f"{name}: training examples/s, grouped convolutions",
+             layouts.obj("grouped").num("examples_per_s"),
+             f"{name}.layouts.grouped.examples_per_s"),
+            (f"{name}: mean validation accuracy, ensemble", w.num("val_acc_mean"),
+             f"{name}.val_acc_mean"),
+            (f"{name}: mean validation accuracy, PyTorch loop", w.num("pytorch_val_acc_mean"),
+             f"{name}.pytorch_val_acc_mean"),
+        ]
+        for key in ("members", "epochs", "workload", "pytorch_examples_per_s",
+                    "pytorch_vmap_val_acc_mean"):
+            w.used.add(key)
+        if name == "cnn":
+            goals.append(("`cnn.ratio_vs_pytorch` at least 2 against the better PyTorch "
+                          "baseline", "issue 19", w.num("ratio_vs_pytorch"), 2, ">="))
+            accuracy, peer = w.num("val_acc_mean"), w.num("pytorch_val_acc_mean")
+            goals.append(("`cnn.val_acc_mean` at least the PyTorch loop's − 0.01", "issue 19",
+                          None if accuracy is None or peer is None else accuracy - peer,
+                          -0.01, ">="))
 
     images = []
     rates = [f.num("ensemble_examples_per_s"), f.num("single_examples_per_s"),
