@@ -30,8 +30,8 @@ pub(super) struct AutogradGradients {
 impl AutogradGradients {
     /// The featuriser of a one-member checkpoint.
     pub(super) fn of_checkpoint(checkpoint: &Model) -> Result<Self> {
-        let (replicas, member_dim) = match checkpoint.spec {
-            ModelSpec::Torchscript { .. } => (checkpoint.try_clone()?, false),
+        match checkpoint.spec {
+            ModelSpec::Torchscript { .. } => Self::one_model(checkpoint.try_clone()?),
             _ => {
                 let count = (REPLICA_ENTRIES / checkpoint.parameters_per_member().max(1))
                     .clamp(1, MAX_REPLICAS);
@@ -52,9 +52,18 @@ impl AutogradGradients {
                 }
                 // One example per copy: grouped convolutions batch them, a loop would not.
                 replicas.set_conv_layout(ConvLayout::Grouped);
-                (replicas, true)
+                Self::with_parameters(replicas, true)
             }
-        };
+        }
+    }
+
+    /// The featuriser of a model that cannot be copied into members (a TorchScript module):
+    /// one forward pass per batch, one backward pass per example.
+    fn one_model(model: Model) -> Result<Self> {
+        Self::with_parameters(model, false)
+    }
+
+    fn with_parameters(replicas: Model, member_dim: bool) -> Result<Self> {
         let mut named: Vec<(String, Tensor)> = replicas
             .vars
             .variables()
@@ -77,7 +86,11 @@ impl AutogradGradients {
 
     /// Examples featurised per forward pass.
     fn replicas(&self) -> i64 {
-        self.replicas.members()
+        if self.member_dim {
+            self.replicas.members()
+        } else {
+            MAX_REPLICAS
+        }
     }
 
     /// Each parameter as the projection sees it: weights of two or more dimensions as
@@ -129,7 +142,7 @@ impl AutogradGradients {
                 let zeros = Tensor::zeros(padding.as_slice(), (batch.kind(), batch.device()));
                 batch = Tensor::cat(&[batch, zeros], 0);
             }
-            // Copy r gets example r: `R × 1 × sample_shape` (TorchScript: `1 × R × …`).
+            // Copy r gets example r: `R × 1 × sample_shape` (one model: `1 × R × …`).
             let input = if self.member_dim {
                 batch.unsqueeze(1)
             } else {
@@ -265,7 +278,8 @@ mod tests {
         Tensor::cat(&rows, 0)
     }
 
-    /// The copies' gradients are each example's own, for a padded last chunk too.
+    /// The copies' gradients are each example's own, for a padded last chunk too; and so are
+    /// those of the one-model path that TorchScript modules take.
     #[test]
     fn replicated_gradients_are_per_example_gradients() {
         for (spec, shape) in [
@@ -289,6 +303,18 @@ mod tests {
             assert!(
                 difference <= 1e-4 * (1.0 + scale),
                 "{spec}: margin gradients differ by {difference}"
+            );
+            // The path of a model that cannot be copied (TorchScript), on the same network
+            // and a few of the examples.
+            let (x, y) = (x.narrow(0, 0, 5), y.narrow(0, 0, 5));
+            let mut single = AutogradGradients::one_model(model.try_clone().unwrap()).unwrap();
+            let single_projection = Projection::new(9, 64, &single.parameter_shapes()).unwrap();
+            let (single_features, _) = single.margin_gradients(&single_projection, &x, &y).unwrap();
+            let expected = one_at_a_time(&mut model, &single_projection, &x, &y);
+            let difference = (&single_features - &expected).abs().max().double_value(&[]);
+            assert!(
+                difference <= 1e-4 * (1.0 + scale),
+                "{spec}, one model: margin gradients differ by {difference}"
             );
             assert_eq!(logits.size(), [x_shape[0], 4]);
             let per_logit = featurizer
