@@ -9,15 +9,13 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack, watch_to_end, with_token, Stack};
+use common::{result_json, serve, stack, watch_to_end, with_token, Stack};
 use lethe_coordinator::CoordinatorConfig;
-use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator, OperationResult,
-    RegisterDatasetRequest, RegisterModelRequest, WatchOperationRequest,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator, RegisterDatasetRequest,
+    RegisterModelRequest, WatchOperationRequest,
 };
-use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -30,14 +28,7 @@ async fn finished(client: &mut LetheClient<Channel>, token: &str, name: &str) ->
         .await
         .unwrap()
         .into_inner();
-    let operation: Operation = watch_to_end(stream, Duration::from_secs(900), async |_| {}).await;
-    match &operation.result {
-        Some(operation::Result::Response(any)) => {
-            let result = OperationResult::decode(any.value.as_slice()).unwrap();
-            serde_json::from_str(&result.result_json).unwrap()
-        }
-        other => panic!("{} did not succeed: {other:?}", operation.name),
-    }
+    result_json(&watch_to_end(stream, Duration::from_secs(900), async |_| {}).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,19 +12,19 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack, watch_to_end, with_token, Stack};
+use common::{result_json, serve, stack, watch_to_end, with_token, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
 use lethe_ml::data::{Dataset, DatasetSpec};
 use lethe_ml::outputs::{margins, Outputs};
 use lethe_ml::tensorio;
-use lethe_proto::google::longrunning::{operation, Operation};
+use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
     CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
-    ListModelVersionsRequest, OperationMetadata, OperationResult, RegisterDatasetRequest,
-    RegisterModelRequest, WatchOperationRequest,
+    ListModelVersionsRequest, OperationMetadata, RegisterDatasetRequest, RegisterModelRequest,
+    WatchOperationRequest,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -48,16 +48,6 @@ async fn watch(client: &mut LetheClient<Channel>, name: &str) -> Operation {
     let operation = watch_to_end(stream, Duration::from_secs(600), async |_| {}).await;
     assert!(operation.done, "{operation:?}");
     operation
-}
-
-fn result_json(operation: &Operation) -> serde_json::Value {
-    match &operation.result {
-        Some(operation::Result::Response(any)) => {
-            let result = OperationResult::decode(any.value.as_slice()).unwrap();
-            serde_json::from_str(&result.result_json).unwrap()
-        }
-        other => panic!("{} did not succeed: {other:?}", operation.name),
-    }
 }
 
 fn metadata(operation: &Operation) -> OperationMetadata {

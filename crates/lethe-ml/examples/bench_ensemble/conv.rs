@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tch::Device;
 
 use crate::peer::run_peer;
+use crate::synchronize;
 
 /// One convolutional workload.
 pub(crate) struct ConvWorkload {
@@ -54,12 +55,6 @@ pub(crate) fn workloads() -> Vec<ConvWorkload> {
 }
 
 const ALPHA: f64 = 0.5;
-
-fn synchronize(device: Device) {
-    if let Device::Cuda(index) = device {
-        tch::Cuda::synchronize(index as i64);
-    }
-}
 
 /// Examples per second of all members trained as one network in `layout`.
 fn layout_rate(

@@ -9,8 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, RunningCoordinator};
-use lethe_proto::google::longrunning::Operation;
+use lethe_proto::google::longrunning::{operation, Operation};
+use lethe_proto::lethe::v1::OperationResult;
 use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
+use prost::Message;
 
 /// `message` as a call with `token` as its bearer token.
 pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
@@ -19,6 +21,17 @@ pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// The result of an operation that succeeded, as JSON; panics if it did not succeed.
+pub(crate) fn result_json(operation: &Operation) -> serde_json::Value {
+    match &operation.result {
+        Some(operation::Result::Response(any)) => {
+            let result = OperationResult::decode(any.value.as_slice()).unwrap();
+            serde_json::from_str(&result.result_json).unwrap()
+        }
+        other => panic!("{} did not succeed: {other:?}", operation.name),
+    }
 }
 
 /// Reads a `WatchOperation` stream to its end, handing each operation to `each`; returns the

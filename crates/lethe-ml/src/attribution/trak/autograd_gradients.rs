@@ -64,14 +64,8 @@ impl AutogradGradients {
     }
 
     fn with_parameters(replicas: Model, member_dim: bool) -> Result<Self> {
-        let mut named: Vec<(String, Tensor)> = replicas
-            .vars
-            .variables()
-            .into_iter()
-            .filter(|(_, tensor)| tensor.requires_grad())
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        if named.is_empty() {
+        let parameters = trainable_parameters(&replicas);
+        if parameters.is_empty() {
             return Err(MlError::spec(
                 "TRAK",
                 "the network has no trainable parameters",
@@ -79,7 +73,7 @@ impl AutogradGradients {
         }
         Ok(AutogradGradients {
             replicas,
-            parameters: named.into_iter().map(|(_, tensor)| tensor).collect(),
+            parameters,
             member_dim,
         })
     }
@@ -239,6 +233,18 @@ impl AutogradGradients {
     }
 }
 
+/// A model's trainable parameters in name order: the order of the projection's blocks.
+fn trainable_parameters(model: &Model) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = model
+        .vars
+        .variables()
+        .into_iter()
+        .filter(|(_, tensor)| tensor.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, tensor)| tensor).collect()
+}
+
 /// `rows × k` from per-parameter gradients `rows × shape`, scaled by 1/√k.
 fn project(projection: &Projection, gradients: &[Tensor], rows: i64) -> Tensor {
     let mut total = Tensor::zeros([rows, projection.dim], (Kind::Float, gradients[0].device()));
@@ -255,14 +261,7 @@ mod tests {
 
     /// The gradients of one plain backward pass per example, projected.
     fn one_at_a_time(model: &mut Model, projection: &Projection, x: &Tensor, y: &Tensor) -> Tensor {
-        let mut named: Vec<(String, Tensor)> = model
-            .vars
-            .variables()
-            .into_iter()
-            .filter(|(_, tensor)| tensor.requires_grad())
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let parameters: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+        let parameters = trainable_parameters(model);
         let rows: Vec<Tensor> = (0..x.size()[0])
             .map(|row| {
                 let z = model
