@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${LETHE_DEMO_OUT:-demo-output}
 MEMBERS=${LETHE_DEMO_MEMBERS:-512}
 # N originals and N oracles (and N/2 held-out oracles): 80 is the smallest N for a KLoM
-# figure that does not move with the sample (DESIGN.md §1.7).
+# figure that does not move with the sample (docs/DESIGN.md §1.7).
 AUDIT=${LETHE_DEMO_AUDIT_MODELS:-80}
 FORGET=${LETHE_DEMO_FORGET:-100}
 BIN=target/release

@@ -14,8 +14,8 @@ use lethe_proto::google::longrunning::{
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
     CreateNoopOperationRequest, GetDatasetRequest, GetModelRequest, OperationKind,
-    OperationMetadata, OperationResult, OperationState, RegisterDatasetRequest,
-    RegisterModelRequest, WatchOperationRequest,
+    OperationMetadata, OperationState, RegisterDatasetRequest, RegisterModelRequest,
+    WatchOperationRequest,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -479,19 +479,14 @@ pub(crate) fn print_operation(operation: &Operation, detailed: bool) {
     match &operation.result {
         Some(operation::Result::Error(status)) => {
             let code = tonic::Code::from_i32(status.code);
-            println!("  error: {code:?}: {}", status.message);
+            let reason = lethe_proto::failures::reason_of(status)
+                .map(|reason| format!(" [{}]", lethe_proto::failures::reason_name(reason)))
+                .unwrap_or_default();
+            println!("  error: {code:?}{reason}: {}", status.message);
         }
         Some(operation::Result::Response(any)) => {
-            if let Ok(result) = OperationResult::decode(any.value.as_slice()) {
-                let parsed: Option<serde_json::Value> =
-                    serde_json::from_str(&result.result_json).ok();
-                match parsed.as_ref().and_then(crate::summary::deletion) {
-                    Some(lines) => lines.iter().for_each(|line| println!("  {line}")),
-                    None if !result.result_json.is_empty() => {
-                        println!("  result: {}", result.result_json)
-                    }
-                    None => {}
-                }
+            for line in crate::summary::response(any) {
+                println!("  {line}");
             }
         }
         None => {}

@@ -8,10 +8,9 @@ use clap::{Args, Subcommand};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_proto::google::longrunning::{operation, GetOperationRequest};
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
-    ListModelVersionsRequest, OperationResult,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionResult, IndexEstimator,
+    ListModelVersionsRequest,
 };
-use prost::Message;
 
 use crate::client::{print_operation, runtime, Client, Connection};
 
@@ -197,14 +196,15 @@ pub(crate) fn download(connection: Connection, args: DownloadArgs) -> anyhow::Re
             .await?
             .into_inner();
         let result = match &operation.result {
-            Some(operation::Result::Response(any)) => OperationResult::decode(any.value.as_slice())
-                .context("the operation's response is not an OperationResult")?,
+            Some(operation::Result::Response(any)) => any
+                .to_msg::<DeletionResult>()
+                .context("the operation's response is not a DeletionResult")?,
             Some(operation::Result::Error(status)) => {
                 bail!("{} failed: {}", args.operation, status.message)
             }
             None => bail!("{} is not done yet", args.operation),
         };
-        let object = model_object(&result.result_json)
+        let object = model_object(&result)
             .with_context(|| format!("{} made no model version", args.operation))?;
         store
             .download_verified(&object, &args.out)
@@ -222,26 +222,17 @@ pub(crate) fn download(connection: Connection, args: DownloadArgs) -> anyhow::Re
 }
 
 /// The checkpoint a deletion request's result names.
-fn model_object(result_json: &str) -> anyhow::Result<StoredObject> {
-    let result: serde_json::Value =
-        serde_json::from_str(result_json).context("the result is not JSON")?;
-    let field = |name: &str| {
-        result
-            .get(name)
-            .with_context(|| format!("the result has no `{name}`"))
-    };
-    let sha256 = hex::decode(field("model_sha256")?.as_str().unwrap_or_default())
+fn model_object(result: &DeletionResult) -> anyhow::Result<StoredObject> {
+    let version = result
+        .version
+        .as_ref()
+        .context("the result names no model version")?;
+    let sha256 = <[u8; 32]>::try_from(version.sha256.as_slice())
         .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .context("model_sha256 is not 64 hex digits")?;
+        .context("the version's sha256 is not 32 bytes")?;
     Ok(StoredObject {
-        uri: field("model_uri")?
-            .as_str()
-            .context("model_uri is not a string")?
-            .to_string(),
+        uri: version.uri.clone(),
         sha256,
-        size: field("model_size_bytes")?
-            .as_u64()
-            .context("model_size_bytes is not a size")?,
+        size: version.size_bytes,
     })
 }

@@ -248,7 +248,7 @@ async fn run_store(store: &Store, workers: usize, tasks: usize) -> anyhow::Resul
                             attempt: task.attempt,
                             worker,
                             artifacts: Vec::new(),
-                            result: None,
+                            report: None,
                             acquire_next: true,
                         })
                         .await?
@@ -348,7 +348,7 @@ async fn run_lethe(
                                 task_id: task.task_id,
                                 attempt: task.attempt,
                                 artifacts: vec![],
-                                result_json: String::new(),
+                                report: None,
                                 acquire_next: true,
                             })
                             .await?

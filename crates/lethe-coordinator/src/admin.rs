@@ -65,12 +65,28 @@ pub(crate) struct AuditLogCommand {
     limit: i64,
 }
 
-/// Who runs an administrative command, for the audit log.
+/// Who runs an administrative command, for the audit log: `LETHE_OPERATOR` when set (a
+/// person's name behind a shared account), else the login name, else the process's user id
+/// (containers and CI often set neither `USER` nor `LOGNAME`).
 fn operator() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("operator:{user}")
+    let named = ["LETHE_OPERATOR", "USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|variable| std::env::var(variable).ok().filter(|v| !v.is_empty()));
+    match named {
+        Some(name) => format!("operator:{name}"),
+        None => format!(
+            "operator:uid:{}",
+            process_uid().unwrap_or_else(|| "?".into())
+        ),
+    }
+}
+
+/// The real user id of this process, from `/proc/self/status` (Linux, which is where the
+/// coordinator runs).
+fn process_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1).map(str::to_owned)
 }
 
 pub(crate) async fn credentials(url: String, command: CredentialsCommand) -> anyhow::Result<()> {
@@ -162,4 +178,13 @@ async fn connect(url: &str) -> anyhow::Result<Store> {
     Store::connect(url, config)
         .await
         .context("connecting to the database (database_url)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_process_user_id_is_read_where_no_login_name_is_set() {
+        let uid = super::process_uid().expect("Linux reports the process's user id");
+        assert!(uid.parse::<u32>().is_ok(), "{uid}");
+    }
 }

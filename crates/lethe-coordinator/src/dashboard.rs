@@ -186,8 +186,11 @@ async fn operation(
         })
         .collect();
     let mut body = summary(&job);
-    body["result"] = job.result.clone().unwrap_or(Value::Null);
-    body["error"] = job.error.clone().unwrap_or(Value::Null);
+    let response = crate::results::response(&shared.store, &job)
+        .await
+        .map_err(|status| refuse(StatusCode::INTERNAL_SERVER_ERROR, status.message()))?;
+    body["result"] = serde_json::to_value(response).expect("results serialise");
+    body["error"] = serde_json::to_value(&job.error).expect("failures serialise");
     body["graph"] = json!({ "tasks": tasks });
     Ok(Json(body))
 }

@@ -10,6 +10,7 @@ mod operations;
 mod planner;
 mod registry;
 mod requests;
+mod results;
 mod server;
 pub mod settings;
 mod status;

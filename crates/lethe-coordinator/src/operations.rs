@@ -4,25 +4,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lethe_proto::failures;
 use lethe_proto::google::longrunning::{
     operation, operations_server::Operations, CancelOperationRequest, GetOperationRequest,
     ListOperationsRequest, ListOperationsResponse, Operation, WaitOperationRequest,
 };
-use lethe_proto::google::rpc;
 use lethe_proto::lethe::v1::{
-    self as pb, lethe_server::Lethe, CreateNoopOperationRequest, OperationKind, OperationMetadata,
-    OperationResult, OperationState, WatchOperationRequest,
+    self as pb, lethe_server::Lethe, CreateNoopOperationRequest, FailureReason, OperationKind,
+    OperationMetadata, OperationState, WatchOperationRequest,
 };
-use lethe_store::{AuditOutcome, Job, JobFilter, JobKind, JobState, NewJob, NewTask};
-use prost::Message;
+use lethe_proto::tasks::NoopSpec;
+use lethe_store::{AuditOutcome, Job, JobFilter, JobKind, JobState, NewJob, NewTask, Store};
 use serde::{Deserialize, Serialize};
 use tokio_stream::Stream;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::registry::{dataset_to_proto, model_to_proto, optional_hash, resource_id};
 use crate::requests::parse_priority;
+use crate::results::{self, pack};
 use crate::server::Shared;
 use crate::status::{from_store, invalid, parse_uuid};
 use crate::tenant::caller_of;
@@ -37,6 +38,13 @@ pub(crate) struct OperationsApi {
 
 pub fn operation_name(job: Uuid) -> String {
     format!("{PREFIX}{job}")
+}
+
+/// A noop operation's spec: its tasks and what each does.
+#[derive(Serialize)]
+struct NoopOperationSpec {
+    tasks: u32,
+    task: NoopSpec,
 }
 
 fn parse_name(name: &str) -> Result<Uuid, Status> {
@@ -57,7 +65,7 @@ impl Shared {
         id: Uuid,
     ) -> Result<Operation, Status> {
         match self.store.get_job(&caller.tenant, id).await {
-            Ok(job) => Ok(to_operation(&job)),
+            Ok(job) => operation_of(&self.store, &job).await,
             Err(error) => Err(self.refused(caller, action, error).await),
         }
     }
@@ -151,7 +159,10 @@ impl Operations for OperationsApi {
             .list_jobs(&tenant, &filter, page_size, after)
             .await
             .map_err(from_store)?;
-        let operations = page.items.iter().map(to_operation).collect();
+        let mut operations = Vec::with_capacity(page.items.len());
+        for job in &page.items {
+            operations.push(operation_of(&self.shared.store, job).await?);
+        }
         let next_page_token = page
             .next
             .map(|after| {
@@ -380,15 +391,20 @@ impl Lethe for OperationsApi {
             return Err(invalid("artifact_bytes", "must be at most 64 MiB"));
         }
         let priority = parse_priority(request.priority)?;
-        let mut spec = serde_json::json!({"seconds": request.task_seconds});
-        if request.artifact_bytes > 0 {
-            spec["artifact_bytes"] = request.artifact_bytes.into();
-        }
+        let task = NoopSpec {
+            seconds: request.task_seconds,
+            artifact_bytes: (request.artifact_bytes > 0).then_some(request.artifact_bytes),
+        };
+        let spec = serde_json::to_value(&task).expect("a noop spec serialises");
         let job = NewJob {
             tenant: caller.tenant.clone(),
             kind: JobKind::Noop,
             request_id: crate::requests::request_id(request.request_id)?,
-            spec: serde_json::json!({"tasks": request.tasks, "task": spec}),
+            spec: serde_json::to_value(NoopOperationSpec {
+                tasks: request.tasks,
+                task,
+            })
+            .expect("a noop spec serialises"),
             priority,
             deadline: None,
             tasks: (0..request.tasks)
@@ -410,7 +426,7 @@ impl Lethe for OperationsApi {
             self.shared.wake.tasks_available(request.tasks as usize);
         }
         tracing::info!(operation = %operation_name(job.id), tenant = %caller.tenant, "noop operation accepted");
-        Ok(Response::new(to_operation(&job)))
+        Ok(Response::new(operation_of(&self.shared.store, &job).await?))
     }
 
     async fn watch_operation(
@@ -460,7 +476,13 @@ impl Lethe for OperationsApi {
     }
 }
 
-pub(crate) fn to_operation(job: &Job) -> Operation {
+/// `job` as an operation, with its response once it succeeded.
+pub(crate) async fn operation_of(store: &Store, job: &Job) -> Result<Operation, Status> {
+    let response = results::response(store, job).await?;
+    Ok(to_operation(job, response.as_ref().map(|r| r.to_any())))
+}
+
+fn to_operation(job: &Job, response: Option<prost_types::Any>) -> Operation {
     let counts = &job.tasks;
     let metadata = OperationMetadata {
         kind: kind_to_proto(job.kind) as i32,
@@ -487,76 +509,27 @@ pub(crate) fn to_operation(job: &Job) -> Operation {
         run: job.run_id.map(operation_name).unwrap_or_default(),
     };
     let result = match job.state {
-        JobState::Succeeded => {
-            let result_json = job
-                .result
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
-            Some(operation::Result::Response(pack(
-                "lethe.v1.OperationResult",
-                &OperationResult { result_json },
-            )))
-        }
-        JobState::Cancelled => Some(operation::Result::Error(rpc::Status {
-            code: Code::Cancelled as i32,
-            message: "the operation was cancelled".into(),
-            details: vec![],
+        JobState::Succeeded => response.map(operation::Result::Response),
+        JobState::Cancelled => Some(operation::Result::Error(failures::failure(
+            FailureReason::Cancelled,
+            "the operation was cancelled",
+            [],
+        ))),
+        JobState::Failed => Some(operation::Result::Error(match &job.error {
+            Some(failure) => failure.0.clone(),
+            None => failures::failure(
+                FailureReason::Unspecified,
+                "the operation failed without a recorded reason",
+                [],
+            ),
         })),
-        JobState::Failed => Some(operation::Result::Error(failure_status(job.error.as_ref()))),
         JobState::Queued | JobState::Running | JobState::Cancelling => None,
     };
     Operation {
         name: operation_name(job.id),
-        metadata: Some(pack("lethe.v1.OperationMetadata", &metadata)),
+        metadata: Some(pack(&metadata)),
         done: job.state.is_terminal(),
         result,
-    }
-}
-
-/// A failed job's error as a google.rpc.Status: the code says what kind of failure it was,
-/// the message what failed.
-fn failure_status(error: Option<&serde_json::Value>) -> rpc::Status {
-    let field = |key: &str| {
-        error
-            .and_then(|e| e.get(key))
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-    };
-    let code = match (field("code"), field("outcome")) {
-        ("DEADLINE_EXCEEDED", _) => Code::DeadlineExceeded,
-        // A deletion run could not be planned (no index, say).
-        ("FAILED_PRECONDITION", _) => Code::FailedPrecondition,
-        // The task's input cannot be processed: retrying the same request will fail again.
-        ("TASK_FAILED", "fatal") => Code::FailedPrecondition,
-        ("TASK_FAILED", _) => Code::Aborted,
-        _ => Code::Unknown,
-    };
-    let detail = error
-        .and_then(|e| e.get("error"))
-        .and_then(|e| e.get("message"))
-        .and_then(|m| m.as_str())
-        .or_else(|| {
-            error
-                .and_then(|e| e.get("message"))
-                .and_then(|m| m.as_str())
-        })
-        .unwrap_or("no message");
-    let message = match field("task") {
-        "" => detail.to_string(),
-        task => format!("task {task} failed ({}): {detail}", field("outcome")),
-    };
-    rpc::Status {
-        code: code as i32,
-        message,
-        details: vec![],
-    }
-}
-
-fn pack(type_name: &str, message: &impl Message) -> prost_types::Any {
-    prost_types::Any {
-        type_url: format!("type.googleapis.com/{type_name}"),
-        value: message.encode_to_vec(),
     }
 }
 
@@ -677,6 +650,7 @@ impl PageToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn filters_parse_and_reject_what_they_do_not_know() {

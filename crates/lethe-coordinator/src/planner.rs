@@ -21,7 +21,7 @@ use lethe_proto::tasks::{
 };
 use lethe_store::{JobKind, NewJob, NewTask, RunInputs, RunPlan, StoreError, StoredRef};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use uuid::Uuid;
 
 /// An index build as asked for, defaults applied.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,27 @@ pub(crate) struct DeletionRequestSpec {
     /// Retrain instead of DMM when the run's confidence in its targets is below this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) min_confidence: Option<f64>,
+}
+
+/// What a deletion run does, as stored in its job's spec (the store's trigger reads `version`
+/// and `forgotten` when it records the version the run wrote).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DeletionRunSpec {
+    /// The version it writes, the one it starts from, and the anchor DMM predicts from.
+    pub(crate) version: i32,
+    pub(crate) parent_version: i32,
+    pub(crate) anchor_version: i32,
+    /// `dmm` or `retrain`.
+    pub(crate) method: String,
+    /// The index build DMM predicts with.
+    pub(crate) index: Option<Uuid>,
+    pub(crate) requests: Vec<Uuid>,
+    /// The union of its requests' indices, and everything forgotten since version 0.
+    pub(crate) requested: Vec<i64>,
+    pub(crate) forgotten: Vec<i64>,
+    pub(crate) audit_oracles: usize,
+    pub(crate) min_confidence: Option<f64>,
+    pub(crate) seed: u64,
 }
 
 pub(crate) const DEFAULT_MEMBERS: usize = 128;
@@ -141,7 +162,7 @@ fn retrain_tasks(ensemble: &EnsembleTask) -> Vec<NewTask> {
         .collect()
 }
 
-/// One run for every pending request of a model (DESIGN.md §1.8). The union of their forget
+/// One run for every pending request of a model (docs/DESIGN.md §1.8). The union of their forget
 /// sets is added to what the current version forgot. While the forgotten fraction stays within
 /// `retrain_threshold` since the anchor, DMM predicts targets from the anchor (version 0, or the latest version
 /// retrained from scratch) with its index and fine-tunes the current version; past it, the run
@@ -229,9 +250,8 @@ pub(crate) fn deletion_run(
                 forgotten: since_anchor.clone(),
             }),
         )];
-        // The retrain that stands in for DMM comes before the match, so that the match's
-        // result stays the run's report when there is no audit (a job reports its last
-        // task's result).
+        // The retrain that stands in for DMM, beside the match: whichever of the two the
+        // confidence picks writes the version (the other reports that it stood aside).
         if let Some(minimum) = min_confidence {
             graph.push(full_retrain(Some(minimum)).after([0]));
         }
@@ -314,18 +334,18 @@ pub(crate) fn deletion_run(
         tenant: inputs.tenant.clone(),
         kind: JobKind::DeletionRun,
         request_id: None,
-        spec: json!({
-            "version": inputs.current.version + 1,
-            "parent_version": inputs.current.version,
-            "anchor_version": inputs.base.version,
-            "method": method,
-            "index": inputs.index.as_ref().map(|index| index.job_id),
-            "requests": inputs.requests.iter().map(|r| r.id).collect::<Vec<_>>(),
-            "requested": requested,
-            "forgotten": forgotten,
-            "audit_oracles": audit_oracles,
-            "min_confidence": min_confidence,
-            "seed": seed,
+        spec: to_json(&DeletionRunSpec {
+            version: inputs.current.version + 1,
+            parent_version: inputs.current.version,
+            anchor_version: inputs.base.version,
+            method: method.to_owned(),
+            index: inputs.index.as_ref().map(|index| index.job_id),
+            requests: inputs.requests.iter().map(|r| r.id).collect(),
+            requested: requested.into_iter().collect(),
+            forgotten,
+            audit_oracles,
+            min_confidence,
+            seed,
         }),
         priority,
         deadline: None,
@@ -347,9 +367,7 @@ fn index_build_for_retrain(
     let members = inputs
         .index
         .as_ref()
-        .and_then(|index| index.result.get("members"))
-        .and_then(|m| m.as_u64())
-        .map_or(DEFAULT_MEMBERS, |m| m as usize);
+        .map_or(DEFAULT_MEMBERS, |index| index.report.members as usize);
     let plan = IndexBuildPlan {
         model: String::new(),
         dataset: dataset.clone(),
@@ -431,7 +449,11 @@ mod tests {
                 job_id: Uuid::now_v7(),
                 beta: stored("file:///beta"),
                 noise: None,
-                result: json!({"members": 64}),
+                report: lethe_proto::lethe::v1::IndexReport {
+                    members: 64,
+                    num_train: 100,
+                    ..Default::default()
+                },
             }),
             index_pending: false,
             num_train: Some(100),
@@ -541,10 +563,11 @@ mod tests {
         let plan = deletion_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5]), 0.05);
         let (run, fresh_index) = started(plan.unwrap());
         assert!(fresh_index.is_none());
-        assert_eq!(run.spec["method"], "dmm");
-        assert_eq!(run.spec["version"], 3);
-        assert_eq!(run.spec["forgotten"], json!([1, 3, 5, 9]));
-        assert_eq!(run.spec["requested"], json!([3, 5, 9]));
+        let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
+        assert_eq!(spec.method, "dmm");
+        assert_eq!(spec.version, 3);
+        assert_eq!(spec.forgotten, [1, 3, 5, 9]);
+        assert_eq!(spec.requested, [3, 5, 9]);
         let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
         // The larger audit wins: 20 + 10 held-out oracles and 20 originals, in ranges of 16.
         assert_eq!(
@@ -593,7 +616,7 @@ mod tests {
         assert_eq!(
             &kinds[..3],
             [tasks::PREDICT, tasks::FULL_RETRAIN, tasks::MATCH],
-            "the match is created last, so that its result is the run's report"
+            "predict, then the retrain that may stand in, then the match"
         );
         assert_eq!(run.tasks[1].depends_on, [0]);
         assert_eq!(run.tasks[2].depends_on, [0]);
@@ -626,7 +649,8 @@ mod tests {
         // 4 forgotten and 3 more of 100 examples: past 5 %.
         let plan = deletion_run(&inputs(&[(&[10, 11, 12], 8)], vec![1, 2, 3, 4]), 0.05);
         let (run, fresh_index) = started(plan.unwrap());
-        assert_eq!(run.spec["method"], "retrain");
+        let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
+        assert_eq!(spec.method, "retrain");
         let kinds: Vec<&str> = run.tasks.iter().map(|t| t.kind.as_str()).collect();
         assert_eq!(
             kinds,
@@ -657,7 +681,8 @@ mod tests {
         );
         let matching: MatchSpec = serde_json::from_value(run.tasks[1].spec.clone()).unwrap();
         assert_eq!(matching.excluded, [1, 2]);
-        assert_eq!(run.spec["forgotten"], json!([1, 2, 3, 20]));
+        let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
+        assert_eq!(spec.forgotten, [1, 2, 3, 20]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::Status;
 
 use crate::auth::Caller;
-use crate::operations::to_operation;
+use crate::operations::operation_of;
 use crate::planner::{
     self, DeletionRequestSpec, IndexBuildPlan, DEFAULT_ALPHA, DEFAULT_MEMBERS,
     DEFAULT_MEMBERS_PER_TASK,
@@ -181,7 +181,7 @@ impl Shared {
         if created {
             self.wake.tasks_available(job.tasks.available as usize);
         }
-        Ok(to_operation(&job))
+        operation_of(&self.store, &job).await
     }
 
     pub(crate) async fn create_deletion_request(
@@ -225,16 +225,11 @@ impl Shared {
                     model.name
                 ))
             })?;
-        let num_train = index
-            .result
-            .get("num_train")
-            .and_then(|n| n.as_i64())
-            .ok_or_else(|| Status::internal("the model's index does not record num_train"))?;
+        let num_train = index.report.num_train;
         // Only an index with a noise model (subsample, or TRAK with two or more checkpoints)
         // gives targets a confidence figure.
-        let trak_without_noise = index.result.get("estimator").and_then(|e| e.as_str())
-            == Some("trak")
-            && index.result.get("noise_model").and_then(|n| n.as_bool()) != Some(true);
+        let trak_without_noise =
+            index.report.estimator() == IndexEstimator::Trak && !index.report.noise_model;
         if request.min_confidence.is_some() && trak_without_noise {
             return Err(Status::failed_precondition(format!(
                 "model {}'s latest index is a TRAK index of one checkpoint, which has no noise model and so no confidence figure: drop min_confidence, or build a subsample index or a TRAK index of two or more checkpoints with CreateIndexBuild",
@@ -294,7 +289,7 @@ impl Shared {
             .create_deletion_request(&job, model.id)
             .await
             .map_err(from_store)?;
-        Ok(to_operation(&job))
+        operation_of(&self.store, &job).await
     }
 
     pub(crate) async fn list_model_versions(
@@ -318,6 +313,7 @@ impl Shared {
                     uri: v.object.uri,
                     sha256: v.object.sha256.map(|h| h.to_vec()).unwrap_or_default(),
                     forgotten_count: v.forgotten.len() as i64,
+                    size_bytes: v.object.size_bytes.unwrap_or(0) as u64,
                     run: v
                         .run_id
                         .map(crate::operations::operation_name)

@@ -164,13 +164,9 @@ impl WorkerService for WorkerApi {
             .enumerate()
             .map(|(i, a)| artifact(i, a, task, request.attempt))
             .collect::<Result<Vec<_>, _>>()?;
-        let result = match request.result_json.as_str() {
-            "" => None,
-            text => Some(
-                serde_json::from_str::<serde_json::Value>(text)
-                    .map_err(|e| invalid("result_json", format!("not JSON: {e}")))?,
-            ),
-        };
+        if request.report.as_ref().is_some_and(|r| r.report.is_none()) {
+            return Err(invalid("report", "holds no report of any task kind"));
+        }
         let (completion, next_task) = self
             .shared
             .completions()
@@ -179,7 +175,7 @@ impl WorkerService for WorkerApi {
                 attempt: request.attempt,
                 worker,
                 artifacts,
-                result,
+                report: request.report,
                 acquire_next: request.acquire_next,
             })
             .await
@@ -223,11 +219,16 @@ impl WorkerService for WorkerApi {
                 ))
             }
         };
-        let error = json!({"class": class.as_str(), "message": truncate(&request.message), "worker": worker});
         let outcome = self
             .shared
             .store
-            .fail(task, request.attempt, worker, class, &error)
+            .fail(
+                task,
+                request.attempt,
+                worker,
+                class,
+                &truncate(&request.message),
+            )
             .await
             .map_err(from_store)?;
         let requeued = outcome.task_state == TaskState::Available;

@@ -31,6 +31,7 @@ use lethe_proto::lethe::v1::{
     ListModelVersionsRequest, RegisterDatasetRequest, RegisterModelRequest, RegisterWorkerRequest,
     WatchOperationRequest,
 };
+use lethe_proto::lethe::v1::{IndexReport, RetrainReport, TaskReport};
 use lethe_store::sqlx::{self, PgPool};
 use lethe_store::{CredentialKind, LocalCluster, Store, StoreConfig};
 use prost::Message;
@@ -1609,13 +1610,20 @@ async fn world(channel: &Channel) -> World {
             sha256: vec![9; 32],
             size_bytes: 1,
         };
-        let (artifacts, result) = if task.kind == "build_index" {
+        let (artifacts, report) = if task.kind == "build_index" {
             (
                 vec![artifact("beta"), artifact("beta_noise")],
-                r#"{"num_train": 512, "members": 4}"#,
+                TaskReport::of(IndexReport {
+                    num_train: 512,
+                    members: 4,
+                    ..IndexReport::default()
+                }),
             )
         } else {
-            (vec![artifact("members"), artifact("manifest")], "{}")
+            (
+                vec![artifact("members"), artifact("manifest")],
+                TaskReport::of(RetrainReport::default()),
+            )
         };
         workers
             .complete_task(as_worker(CompleteTaskRequest {
@@ -1623,7 +1631,7 @@ async fn world(channel: &Channel) -> World {
                 task_id: task.task_id.clone(),
                 attempt: task.attempt,
                 artifacts,
-                result_json: result.into(),
+                report: Some(report),
                 acquire_next: false,
             }))
             .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lethe_coordinator::{operation_name, Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_proto::failures;
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
     operation, CancelOperationRequest, GetOperationRequest, ListOperationsRequest, Operation,
@@ -16,8 +17,14 @@ use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
-    FailTaskRequest, HeartbeatRequest, LeasedTask, OperationMetadata, OperationResult,
-    OperationState, Progress, RegisterWorkerRequest, WatchOperationRequest,
+    FailTaskRequest, HeartbeatRequest, LeasedTask, NoopReport, NoopResult, OperationMetadata,
+    OperationState, Progress, RegisterWorkerRequest, TaskReport, WatchOperationRequest,
+};
+use lethe_proto::lethe::v1::{
+    AuditFigures, AuditReport, CreateDeletionRequestRequest, CreateIndexBuildRequest,
+    CreateNoopOperationRequest, DeletionMethod, DeletionResult, FailureReason, IndexBuildResult,
+    IndexEstimator, IndexReport, KlomStats, MatchReport, PredictReport, RegisterDatasetRequest,
+    RegisterModelRequest, RetrainReport, SplitAudit,
 };
 use lethe_store::{JobKind, LocalCluster, NewJob, NewTask, Store, StoreConfig};
 use prost::Message;
@@ -146,7 +153,7 @@ fn metadata(operation: &Operation) -> OperationMetadata {
     OperationMetadata::decode(operation.metadata.as_ref().unwrap().value.as_slice()).unwrap()
 }
 
-fn complete(worker: &str, task: &LeasedTask, result: &str) -> CompleteTaskRequest {
+fn complete(worker: &str, task: &LeasedTask, report: Option<TaskReport>) -> CompleteTaskRequest {
     CompleteTaskRequest {
         worker_id: worker.into(),
         task_id: task.task_id.clone(),
@@ -160,7 +167,7 @@ fn complete(worker: &str, task: &LeasedTask, result: &str) -> CompleteTaskReques
             sha256: vec![1; 32],
             size_bytes: 10,
         }],
-        result_json: result.into(),
+        report,
         acquire_next: false,
     }
 }
@@ -228,7 +235,11 @@ async fn a_worker_long_polls_runs_and_completes_while_a_client_watches() {
 
     let done = stack
         .workers()
-        .complete_task(complete(&worker, &task, r#"{"accuracy": 0.9}"#))
+        .complete_task(complete(
+            &worker,
+            &task,
+            Some(TaskReport::of(NoopReport { seconds: 0.5 })),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -250,10 +261,13 @@ async fn a_worker_long_polls_runs_and_completes_while_a_client_watches() {
     let Some(operation::Result::Response(response)) = &waited.result else {
         panic!("{waited:?}")
     };
-    let result = OperationResult::decode(response.value.as_slice()).unwrap();
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&result.result_json).unwrap(),
-        json!({"accuracy": 0.9})
+        response.to_msg::<NoopResult>().unwrap(),
+        NoopResult {
+            tasks: 1,
+            artifact_bytes: 10
+        },
+        "the response is the noop kind's result, from its task's artifact"
     );
 
     // The watch saw the operation change and ended with it.
@@ -287,7 +301,7 @@ async fn a_stale_worker_is_fenced_out_with_aborted() {
     );
     let refused = stack
         .workers()
-        .complete_task(complete(&stale, &first, ""))
+        .complete_task(complete(&stale, &first, None))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
@@ -296,7 +310,7 @@ async fn a_stale_worker_is_fenced_out_with_aborted() {
     assert_eq!(info.metadata["current_attempt"], "2");
     stack
         .workers()
-        .complete_task(complete(&fresh, &second, ""))
+        .complete_task(complete(&fresh, &second, None))
         .await
         .unwrap();
 }
@@ -492,21 +506,25 @@ async fn operations_list_in_pages_per_tenant_and_refuse_bad_requests() {
     );
     let worker = stack.register("w").await;
     let task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
-    let mut short_hash = complete(&worker, &task, "");
+    let mut short_hash = complete(&worker, &task, None);
     short_hash.artifacts[0].sha256 = vec![0; 5];
     assert_eq!(
         workers.complete_task(short_hash).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let mut foreign_uri = complete(&worker, &task, "");
+    let mut foreign_uri = complete(&worker, &task, None);
     foreign_uri.artifacts[0].uri = "file:///artifacts/tasks/other/attempts/1/out".into();
     assert_eq!(
         workers.complete_task(foreign_uri).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let not_json = complete(&worker, &task, "{");
+    let empty_report = complete(&worker, &task, Some(TaskReport::default()));
     assert_eq!(
-        workers.complete_task(not_json).await.unwrap_err().code(),
+        workers
+            .complete_task(empty_report)
+            .await
+            .unwrap_err()
+            .code(),
         Code::InvalidArgument
     );
     let unspecified = FailTaskRequest {
@@ -522,7 +540,7 @@ async fn operations_list_in_pages_per_tenant_and_refuse_bad_requests() {
     );
     // None of that touched the lease.
     workers
-        .complete_task(complete(&worker, &task, ""))
+        .complete_task(complete(&worker, &task, None))
         .await
         .unwrap();
 
@@ -605,7 +623,7 @@ async fn a_busy_worker_gets_its_next_task_with_each_completion() {
     let mut task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
     let mut completed = 1;
     loop {
-        let mut request = complete(&worker, &task, "");
+        let mut request = complete(&worker, &task, None);
         request.acquire_next = true;
         let answer = stack
             .workers()
@@ -642,7 +660,6 @@ async fn a_busy_worker_gets_its_next_task_with_each_completion() {
 
 #[tokio::test]
 async fn create_is_idempotent_over_grpc_and_validates_its_input() {
-    use lethe_proto::lethe::v1::CreateNoopOperationRequest;
     let stack = stack().await;
     let mut api = LetheClient::new(stack.channel.clone());
     let request = CreateNoopOperationRequest {
@@ -803,7 +820,7 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
             .await
             .unwrap_err(),
         workers
-            .complete_task(with(&tokens[1], complete(&mine, &task, "")))
+            .complete_task(with(&tokens[1], complete(&mine, &task, None)))
             .await
             .unwrap_err(),
         workers
@@ -825,7 +842,7 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
         .await
         .unwrap();
     workers
-        .complete_task(with(&tokens[0], complete(&mine, &task, "")))
+        .complete_task(with(&tokens[0], complete(&mine, &task, None)))
         .await
         .expect("the lease survived the other token's calls");
 
@@ -1153,4 +1170,316 @@ async fn metrics_expose_queue_depth_and_leases_by_kind() {
     assert_eq!(scrape(address, leased).await, 1);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// What a scripted worker writes for a task of `kind`: the artifacts the planner's next steps
+/// read, and the report of that kind.
+fn scripted(worker: &str, task: &LeasedTask) -> CompleteTaskRequest {
+    let artifact = |name: &str| Artifact {
+        name: name.into(),
+        uri: format!(
+            "file:///artifacts/tasks/{}/attempts/{}/{name}",
+            task.task_id, task.attempt
+        ),
+        sha256: vec![7; 32],
+        size_bytes: 100,
+    };
+    let figures = |klom: f64| AuditFigures {
+        models: 2,
+        oracles: 2,
+        forget: Some(SplitAudit {
+            klom: Some(KlomStats {
+                points: 2,
+                p95: klom,
+                p99: klom,
+                mean: klom,
+            }),
+            accuracy: 0.5,
+        }),
+        ..AuditFigures::default()
+    };
+    let (names, report): (&[&str], TaskReport) = match task.kind.as_str() {
+        "retrain" => (
+            &["members", "manifest"],
+            TaskReport::of(RetrainReport::default()),
+        ),
+        "build_index" => (
+            &["beta", "beta_noise"],
+            TaskReport::of(IndexReport {
+                estimator: IndexEstimator::Subsample as i32,
+                estimation_models: 4,
+                members: 4,
+                num_train: 512,
+                num_targets: 612,
+                noise_model: true,
+                ..IndexReport::default()
+            }),
+        ),
+        "predict" => (&["targets"], TaskReport::of(PredictReport::default())),
+        "match" => (
+            &["model"],
+            TaskReport::of(MatchReport {
+                version: 1,
+                architecture: "mlp:784-64-10".into(),
+                examples: 40,
+                ..MatchReport::default()
+            }),
+        ),
+        "audit" => (
+            &[],
+            TaskReport::of(AuditReport {
+                method: DeletionMethod::Dmm as i32,
+                oracles: 2,
+                result: Some(figures(1.0)),
+                do_nothing: Some(figures(3.0)),
+                ..AuditReport::default()
+            }),
+        ),
+        "noop" => (&[], TaskReport::of(NoopReport { seconds: 0.0 })),
+        other => panic!("no script for a {other} task"),
+    };
+    CompleteTaskRequest {
+        worker_id: worker.into(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        artifacts: names.iter().map(|name| artifact(name)).collect(),
+        report: Some(report),
+        acquire_next: false,
+    }
+}
+
+/// Runs every available task with [`scripted`] until `operation` is done; returns it.
+async fn run_scripted(stack: &Stack, worker: &str, operation: &str) -> Operation {
+    for _ in 0..50 {
+        while let Some(task) = stack.acquire(worker, Duration::from_millis(300)).await {
+            stack
+                .workers()
+                .complete_task(scripted(worker, &task))
+                .await
+                .unwrap();
+        }
+        let now = stack
+            .operations()
+            .get_operation(as_tenant(
+                "acme",
+                GetOperationRequest {
+                    name: operation.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if now.done {
+            return now;
+        }
+    }
+    panic!("{operation} did not finish")
+}
+
+fn response_of<M: prost::Name + Default>(operation: &Operation) -> M {
+    match &operation.result {
+        Some(operation::Result::Response(any)) => any.to_msg().unwrap(),
+        other => panic!("{} did not succeed: {other:?}", operation.name),
+    }
+}
+
+fn error_of(operation: &Operation) -> lethe_proto::google::rpc::Status {
+    match &operation.result {
+        Some(operation::Result::Error(status)) => status.clone(),
+        other => panic!("{} did not fail: {other:?}", operation.name),
+    }
+}
+
+#[tokio::test]
+async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_reason() {
+    let stack = stack_configured(
+        StoreConfig::default(),
+        CoordinatorConfig {
+            coalescing_window: Duration::from_millis(100),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await;
+    let worker = stack.register("scripted").await;
+    let mut lethe = LetheClient::new(stack.channel.clone());
+
+    // A noop operation: its tasks and what they wrote.
+    let noop = lethe
+        .create_noop_operation(as_tenant(
+            "acme",
+            CreateNoopOperationRequest {
+                tasks: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        let task = stack
+            .acquire(&worker, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let report = Some(TaskReport::of(NoopReport { seconds: 0.0 }));
+        stack
+            .workers()
+            .complete_task(complete(&worker, &task, report))
+            .await
+            .unwrap();
+    }
+    let noop = run_scripted(&stack, &worker, &noop.name).await;
+    assert_eq!(
+        response_of::<NoopResult>(&noop),
+        NoopResult {
+            tasks: 2,
+            artifact_bytes: 20
+        }
+    );
+
+    // An index build: the reduce's report and the β it wrote.
+    lethe
+        .register_dataset(as_tenant(
+            "acme",
+            RegisterDatasetRequest {
+                dataset_id: "shoes".into(),
+                uri: "file:///data/shoes".into(),
+                sha256: vec![],
+            },
+        ))
+        .await
+        .unwrap();
+    lethe
+        .register_model(as_tenant(
+            "acme",
+            RegisterModelRequest {
+                model_id: "classifier".into(),
+                dataset: "datasets/shoes".into(),
+                uri: "file:///models/classifier.safetensors".into(),
+                sha256: vec![3; 32],
+            },
+        ))
+        .await
+        .unwrap();
+    let build = lethe
+        .create_index_build(as_tenant(
+            "acme",
+            CreateIndexBuildRequest {
+                model: "models/classifier".into(),
+                members: 4,
+                members_per_task: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let build = run_scripted(&stack, &worker, &build.name).await;
+    let index: IndexBuildResult = response_of(&build);
+    let report = index.report.unwrap();
+    assert_eq!(
+        (report.estimator(), report.num_train, report.members),
+        (IndexEstimator::Subsample, 512, 4)
+    );
+    let beta = index.index.unwrap();
+    assert!(beta.uri.ends_with("/beta"), "{beta:?}");
+    assert_eq!((beta.sha256, beta.size_bytes), (vec![7; 32], 100));
+    assert!(index.noise_model.unwrap().uri.ends_with("/beta_noise"));
+
+    // A deletion request with an audit: its version, its run's fine-tune and the audit.
+    let deletion = lethe
+        .create_deletion_request(as_tenant(
+            "acme",
+            CreateDeletionRequestRequest {
+                model: "models/classifier".into(),
+                forget: vec![5, 9],
+                audit_oracles: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let deletion = run_scripted(&stack, &worker, &deletion.name).await;
+    let result: DeletionResult = response_of(&deletion);
+    let version = result.version.clone().unwrap();
+    assert_eq!(
+        (version.version, version.forgotten_count, version.size_bytes),
+        (1, 2, 100)
+    );
+    assert!(version.uri.ends_with("/model"), "{version:?}");
+    assert_eq!(version.sha256, vec![7; 32]);
+    assert_eq!(version.run, result.run);
+    assert_eq!(
+        (result.from_version, result.requested, result.method()),
+        (0, 2, DeletionMethod::Dmm)
+    );
+    assert_eq!(
+        result.matching.as_ref().unwrap().architecture,
+        "mlp:784-64-10"
+    );
+    assert!(result.retrain.is_none());
+    let audit = result.audit.unwrap();
+    assert_eq!(audit.result.unwrap().forget.unwrap().klom.unwrap().p95, 1.0);
+    // The run the request was served by answers with the same result.
+    let run = stack
+        .operations()
+        .get_operation(as_tenant(
+            "acme",
+            GetOperationRequest {
+                name: result.run.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response_of::<DeletionResult>(&run).version, result.version);
+
+    // Failures: a fatal task fails its operation with the task's reason in the details.
+    let doomed = stack.noop_job("acme", 1).await;
+    let task = stack
+        .acquire(&worker, Duration::from_secs(5))
+        .await
+        .unwrap();
+    stack
+        .workers()
+        .fail_task(FailTaskRequest {
+            worker_id: worker.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            class: ErrorClass::Fatal as i32,
+            message: "the checkpoint is truncated".into(),
+        })
+        .await
+        .unwrap();
+    let failed = run_scripted(&stack, &worker, &operation_name(doomed)).await;
+    let error = error_of(&failed);
+    assert_eq!(error.code, Code::FailedPrecondition as i32, "{error:?}");
+    assert!(
+        error.message.contains("the checkpoint is truncated"),
+        "{error:?}"
+    );
+    assert_eq!(failures::reason_of(&error), Some(FailureReason::TaskFailed));
+    let info = failures::error_info(&error).unwrap();
+    assert_eq!(info.domain, failures::ERROR_DOMAIN);
+    assert_eq!(info.metadata["task"], task.task_id);
+    assert_eq!(info.metadata["task_kind"], "noop");
+    assert_eq!(info.metadata["task_reason"], "TASK_FATAL");
+
+    // A cancelled operation says so the same way.
+    let cancelled = stack.noop_job("acme", 1).await;
+    stack
+        .operations()
+        .cancel_operation(as_tenant(
+            "acme",
+            CancelOperationRequest {
+                name: operation_name(cancelled),
+            },
+        ))
+        .await
+        .unwrap();
+    let cancelled = run_scripted(&stack, &worker, &operation_name(cancelled)).await;
+    let error = error_of(&cancelled);
+    assert_eq!(error.code, Code::Cancelled as i32);
+    assert_eq!(failures::reason_of(&error), Some(FailureReason::Cancelled));
+    stack.coordinator.shutdown().await.unwrap();
 }

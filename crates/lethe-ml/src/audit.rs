@@ -1,4 +1,4 @@
-//! The KLoM audit (KL divergence of margins), as DESIGN.md §1.7 defines it.
+//! The KLoM audit (KL divergence of margins), as docs/DESIGN.md §1.7 defines it.
 //!
 //! For each point x: the margins of N unlearned models U_x and of N' oracles O_x (retrained on
 //! S∖F), clipped to [−100, 100]; 20 equal-width bins over [min, max] of U_x ∪ O_x, the last bin
@@ -204,6 +204,90 @@ pub fn noise_floor(
     }
     let held = oracle_logits.narrow(0, compared, held_out as i64);
     audit(&held, labels, reference, splits).map(Some)
+}
+
+/// Oracles as an audit compares with them: the first ones give the reference margins, the
+/// last `held_out` measure the noise floor (how far oracles are from each other). The one
+/// audit routine of `lethe audit` and of the service's `audit` task.
+pub struct OracleReference {
+    reference: Tensor,
+    labels: Tensor,
+    splits: Splits,
+    pub compared: usize,
+    pub held_out: usize,
+    pub noise_floor: Option<Audit>,
+}
+
+/// Models before and after a method, each audited against the same oracles.
+#[derive(Debug, Clone)]
+pub struct MethodAudit {
+    pub do_nothing: Audit,
+    pub result: Audit,
+    /// With held-out oracles only.
+    pub gap_closure: Option<f64>,
+}
+
+impl OracleReference {
+    /// `oracle_logits` are `N' × T × C` on every target; an error when `held_out` leaves none
+    /// to compare with.
+    pub fn new(
+        oracle_logits: &Tensor,
+        labels: &Tensor,
+        held_out: usize,
+        splits: Splits,
+    ) -> Result<Self> {
+        let total = oracle_logits.size()[0] as usize;
+        if held_out >= total {
+            return Err(MlError::spec(
+                "audit",
+                format!("{held_out} held-out oracles leave none of {total} to compare with"),
+            ));
+        }
+        let compared = (total - held_out) as i64;
+        let oracle_logits = oracle_logits.to_kind(Kind::Float);
+        let reference = margins(&oracle_logits.narrow(0, 0, compared), labels);
+        let noise_floor = noise_floor(
+            &oracle_logits,
+            labels,
+            &reference,
+            compared,
+            held_out,
+            &splits,
+        )?;
+        Ok(OracleReference {
+            reference,
+            labels: labels.shallow_clone(),
+            splits,
+            compared: compared as usize,
+            held_out,
+            noise_floor,
+        })
+    }
+
+    /// Models with logits `N × T × C`, against the reference.
+    pub fn audit(&self, logits: &Tensor) -> Result<Audit> {
+        audit(
+            &logits.to_kind(Kind::Float),
+            &self.labels,
+            &self.reference,
+            &self.splits,
+        )
+    }
+
+    /// The same models before (`do nothing`) and after a method.
+    pub fn method(&self, before: &Tensor, after: &Tensor) -> Result<MethodAudit> {
+        let do_nothing = self.audit(before)?;
+        let result = self.audit(after)?;
+        let gap_closure = self
+            .noise_floor
+            .as_ref()
+            .map(|floor| gap_closure(&do_nothing, &result, floor));
+        Ok(MethodAudit {
+            do_nothing,
+            result,
+            gap_closure,
+        })
+    }
 }
 
 /// The share of the forget split's P95 gap between doing nothing and the noise floor that a

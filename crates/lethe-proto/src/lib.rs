@@ -18,6 +18,11 @@ pub mod lethe {
     }
 }
 
+/// gRPC status codes, which failures carry.
+pub use tonic::Code;
+
+pub mod failures;
+pub mod reports;
 pub mod tasks;
 
 /// The encoded descriptors of every file, for gRPC server reflection.

@@ -22,8 +22,8 @@ pub const PREDICT: &str = "predict";
 /// The matching fine-tune towards `predict`'s targets. Artifact: `model`, the new version.
 pub const MATCH: &str = "match";
 /// KLoM of the method applied to originals against oracle retrains (with the do-nothing
-/// baseline and the noise floor), and the margins of the version before and after. Result
-/// only.
+/// baseline and the noise floor), and the margins of the version before and after. A report
+/// only (`AuditReport`), no artifact.
 pub const AUDIT: &str = "audit";
 /// A retrain from scratch without everything forgotten, once too much was forgotten for
 /// DMM's linear predictions. Artifact: `model`, the new version (a new anchor).
@@ -40,6 +40,15 @@ pub const ALL: [&str; 8] = [
     AUDIT,
     FULL_RETRAIN,
 ];
+
+/// A `noop` task (lethe-runner's): how long it waits and the size of the artifact it writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoopSpec {
+    #[serde(default)]
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_bytes: Option<u64>,
+}
 
 /// An object a task reads, with the hash to check when one is known (hex).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +202,7 @@ pub struct AuditSpec {
 }
 
 /// DMM as the run applied it, for the audit to apply to the originals: independently trained
-/// copies of the anchor (DESIGN.md §1.7).
+/// copies of the anchor (docs/DESIGN.md §1.7).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditDmm {
     pub beta: ObjectRef,

@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_config::logging::{exported_traceparent, join_trace, TraceContext};
+use lethe_proto::lethe::v1::task_report::Report;
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
     FailTaskRequest, GetTaskInputsRequest, HeartbeatRequest, LeasedTask, Progress,
-    RegisterWorkerRequest,
+    RegisterWorkerRequest, TaskReport,
 };
+use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -45,11 +47,21 @@ pub enum TaskError {
     Cancelled,
 }
 
-/// What a finished task hands back: objects it wrote (named) and a JSON result.
-#[derive(Debug, Default)]
-pub struct TaskOutput {
+/// What a finished task hands back: objects it wrote (named) and the report of its kind.
+#[derive(Debug)]
+pub struct TaskOutput<R> {
     pub artifacts: Vec<(String, StoredObject)>,
-    pub result: Option<serde_json::Value>,
+    pub report: R,
+}
+
+impl<R> TaskOutput<R> {
+    /// A report with no artifacts.
+    pub fn report(report: R) -> Self {
+        TaskOutput {
+            artifacts: Vec::new(),
+            report,
+        }
+    }
 }
 
 /// Everything a handler may use while it runs one attempt.
@@ -58,7 +70,6 @@ pub struct TaskContext {
     pub attempt: i32,
     pub kind: String,
     pub tenant: String,
-    pub spec: serde_json::Value,
     pub artifacts: ArtifactStore,
     /// The committed artifacts of the tasks this one depends on, when its handler asks for
     /// them ([`TaskHandler::needs_inputs`]).
@@ -101,12 +112,63 @@ pub struct TaskInput {
 /// Runs one kind of task. Called on a blocking thread, inside the runner's tokio runtime (so
 /// `Handle::current().block_on` reaches the artifact store).
 pub trait TaskHandler: Send + Sync {
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError>;
+    /// The task's parameters, as the coordinator's planner wrote them (`lethe_proto::tasks`).
+    type Spec: DeserializeOwned;
+    /// What it reports when it succeeds: the `TaskReport` of its kind.
+    type Report: Into<Report>;
+
+    fn run(
+        &self,
+        spec: Self::Spec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<Self::Report>, TaskError>;
 
     /// Whether the handler reads its dependencies' artifacts: the runner then fetches their
     /// list before it starts (one more call, which tasks without dependencies are spared).
     fn needs_inputs(&self) -> bool {
         false
+    }
+}
+
+/// A handler of any spec and report type, as the runner keeps them by kind.
+trait AnyHandler: Send + Sync {
+    fn run_json(
+        &self,
+        spec: &str,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<TaskReport>, TaskError>;
+    fn needs_inputs(&self) -> bool;
+}
+
+impl<H: TaskHandler> AnyHandler for H {
+    fn run_json(
+        &self,
+        spec: &str,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<TaskReport>, TaskError> {
+        let spec = serde_json::from_str(spec).map_err(|e| {
+            TaskError::Fatal(format!(
+                "the {} task's spec does not parse: {e}",
+                context.kind
+            ))
+        })?;
+        let output = self.run(spec, context)?;
+        let report: Report = output.report.into();
+        if report.task_kind() != context.kind {
+            return Err(TaskError::Fatal(format!(
+                "the {} handler wrote a {} report",
+                context.kind,
+                report.task_kind()
+            )));
+        }
+        Ok(TaskOutput {
+            artifacts: output.artifacts,
+            report: TaskReport::of(report),
+        })
+    }
+
+    fn needs_inputs(&self) -> bool {
+        TaskHandler::needs_inputs(self)
     }
 }
 
@@ -178,7 +240,7 @@ pub struct RunSummary {
 pub struct Runner {
     config: RunnerConfig,
     artifacts: ArtifactStore,
-    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    handlers: HashMap<String, Arc<dyn AnyHandler>>,
     metrics: Arc<WorkerMetrics>,
 }
 
@@ -328,7 +390,7 @@ struct Shared {
     worker_id: String,
     heartbeat: Duration,
     artifacts: ArtifactStore,
-    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    handlers: HashMap<String, Arc<dyn AnyHandler>>,
     poll_wait: Duration,
     stopping: AtomicBool,
     /// Wakes slots waiting in a long-poll when shutdown begins.
@@ -403,18 +465,6 @@ impl Shared {
             self.fail(&task, ErrorClass::Fatal, message).await;
             return None;
         };
-        let spec = match serde_json::from_str(&task.spec_json) {
-            Ok(spec) => spec,
-            Err(e) => {
-                self.fail(
-                    &task,
-                    ErrorClass::Fatal,
-                    format!("task spec is not JSON: {e}"),
-                )
-                .await;
-                return None;
-            }
-        };
         let Ok(task_id) = uuid::Uuid::parse_str(&task.task_id) else {
             self.fail(&task, ErrorClass::Fatal, "task id is not a UUID".into())
                 .await;
@@ -442,7 +492,6 @@ impl Shared {
             attempt: task.attempt,
             kind: task.kind.clone(),
             tenant: task.tenant.clone(),
-            spec,
             artifacts: self.artifacts.clone(),
             cancelled: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Mutex::new((0.0, String::new()))),
@@ -458,8 +507,11 @@ impl Shared {
         self.metrics.started();
         let started = std::time::Instant::now();
         let span = tracing::Span::current();
-        let outcome =
-            tokio::task::spawn_blocking(move || span.in_scope(|| handler.run(&context))).await;
+        let spec = task.spec_json.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| handler.run_json(&spec, &context))
+        })
+        .await;
         beats.abort();
         let ended = match &outcome {
             _ if fenced.load(Ordering::SeqCst) => "fenced",
@@ -597,7 +649,7 @@ impl Shared {
     async fn complete(
         &self,
         task: &LeasedTask,
-        output: TaskOutput,
+        output: TaskOutput<TaskReport>,
     ) -> Result<Option<LeasedTask>, ()> {
         let request = CompleteTaskRequest {
             worker_id: self.worker_id.clone(),
@@ -613,7 +665,7 @@ impl Shared {
                     size_bytes: object.size,
                 })
                 .collect(),
-            result_json: output.result.map(|r| r.to_string()).unwrap_or_default(),
+            report: Some(output.report),
             acquire_next: !self.stopping.load(Ordering::SeqCst),
         };
         // A completion whose answer is lost may have committed. Replaying it is safe (the

@@ -4,20 +4,23 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use lethe_proto::lethe::v1::NoopReport;
+use lethe_proto::tasks::NoopSpec;
 
 use crate::{TaskContext, TaskError, TaskHandler, TaskOutput};
 
 pub struct NoopHandler;
 
-/// Spec: `{"seconds": 2.5, "artifact_bytes": 1024}`, both optional.
 impl TaskHandler for NoopHandler {
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let seconds = context
-            .spec
-            .get("seconds")
-            .and_then(|s| s.as_f64())
-            .unwrap_or(0.0);
+    type Spec = NoopSpec;
+    type Report = NoopReport;
+
+    fn run(
+        &self,
+        spec: NoopSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<NoopReport>, TaskError> {
+        let seconds = spec.seconds;
         if !(0.0..=3600.0).contains(&seconds) {
             return Err(TaskError::Fatal(format!(
                 "seconds must be in [0, 3600], got {seconds}"
@@ -34,11 +37,8 @@ impl TaskHandler for NoopHandler {
                 Duration::from_millis(50).min(total.saturating_sub(start.elapsed())),
             );
         }
-        let mut output = TaskOutput {
-            result: Some(json!({ "seconds": seconds })),
-            ..TaskOutput::default()
-        };
-        if let Some(size) = context.spec.get("artifact_bytes").and_then(|b| b.as_u64()) {
+        let mut output = TaskOutput::report(NoopReport { seconds });
+        if let Some(size) = spec.artifact_bytes {
             if size > 64 << 20 {
                 return Err(TaskError::Fatal(format!(
                     "artifact_bytes must be at most 64 MiB, got {size}"

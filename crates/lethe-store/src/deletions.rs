@@ -4,18 +4,20 @@
 //! A request is a job without tasks. The planner (every coordinator replica runs it) turns the
 //! pending requests of a model into one run once the oldest has waited out the coalescing
 //! window and no other run of that model is unfinished; the run's state reaches its requests
-//! through a trigger (migration 0003), which also records the version a succeeded run made.
+//! through a trigger (migrations 0003 and 0008), which also records the version a succeeded run made.
 
 use std::time::Duration;
 
+use lethe_proto::lethe::v1::{FailureReason, IndexReport, TaskReport};
+use prost::Message;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::jobs::{insert_job, lock_job, request_hash, settle_cancelling, stop_tasks, validate};
 use crate::types::{Job, JobKind, JobState, NewJob};
-use crate::{rows, seconds, Store, StoreError};
+use crate::{rows, seconds, Failure, Store, StoreError};
 
 /// An object the store knows the location and hash of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,8 +47,9 @@ pub struct IndexRef {
     pub beta: StoredRef,
     /// β's noise model (`beta_noise`), which DMM's denoising needs.
     pub noise: Option<StoredRef>,
-    /// The build's result (its reduce task's report).
-    pub result: Value,
+    /// What its reduce task (`build_index`) reported.
+    #[serde(skip)]
+    pub report: IndexReport,
 }
 
 /// A pending request, as the planner sees it.
@@ -230,12 +233,11 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let num_train = match &index {
-            Some(index) => Some(index.result.clone()),
+            Some(index) => Some(index.report.num_train),
             None => latest_index(&mut tx, model_id, None)
                 .await?
-                .map(|index| index.result),
-        }
-        .and_then(|result| result.get("num_train").and_then(Value::as_i64));
+                .map(|index| index.report.num_train),
+        };
         let inputs = RunInputs {
             tenant: model.try_get("tenant")?,
             model_id,
@@ -263,7 +265,8 @@ impl Store {
             Ok(RunPlan::Wait) => return Ok(None),
             Ok(RunPlan::Start { run, fresh_index }) => (run, fresh_index),
             Err(refusal) => {
-                let error = json!({"code": "FAILED_PRECONDITION", "message": refusal.to_string()});
+                let error =
+                    Failure::new(FailureReason::RunRefused, refusal.to_string(), []).encode();
                 sqlx::query(
                     "UPDATE jobs SET state = 'failed', error = $2, finished_at = now(), \
                          updated_at = now() WHERE id = ANY($1)",
@@ -457,7 +460,7 @@ async fn latest_index(
     anchor: Option<Option<Uuid>>,
 ) -> Result<Option<IndexRef>, StoreError> {
     let row = sqlx::query(
-        "SELECT j.id, j.result, a.uri, a.sha256, a.size_bytes, n.uri AS noise_uri, \
+        "SELECT j.id, t.report, a.uri, a.sha256, a.size_bytes, n.uri AS noise_uri, \
                 n.sha256 AS noise_sha256, n.size_bytes AS noise_size_bytes FROM jobs j \
          JOIN tasks t ON t.job_id = j.id JOIN artifacts a ON a.task_id = t.id AND a.name = 'beta' \
          LEFT JOIN artifacts n ON n.task_id = t.id AND n.name = 'beta_noise' \
@@ -473,9 +476,7 @@ async fn latest_index(
     row.map(|row| {
         Ok(IndexRef {
             job_id: row.try_get("id")?,
-            result: row
-                .try_get::<Option<Value>, _>("result")?
-                .unwrap_or(Value::Null),
+            report: index_report(row.try_get("report")?)?,
             beta: StoredRef {
                 uri: row.try_get("uri")?,
                 sha256: hash(row.try_get("sha256")?)?,
@@ -496,7 +497,7 @@ async fn latest_index(
     .transpose()
 }
 
-fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> {
+pub(crate) fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> {
     Ok(ModelVersion {
         version: row.try_get("version")?,
         object: StoredRef {
@@ -510,11 +511,26 @@ fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> 
     })
 }
 
-fn hash(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreError> {
+pub(crate) fn hash(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreError> {
     bytes
         .map(|b| {
             <[u8; 32]>::try_from(b.as_slice())
                 .map_err(|_| StoreError::Corrupt("a sha256 that is not 32 bytes".into()))
         })
         .transpose()
+}
+
+/// The report of an index build's reduce task. A build recorded before reports were typed
+/// (migration 0008) has none, and is not an index the planner can use.
+fn index_report(bytes: Option<Vec<u8>>) -> Result<IndexReport, StoreError> {
+    let report = bytes
+        .map(|bytes| TaskReport::decode(bytes.as_slice()))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("an index build's report: {e}")))?;
+    match report.and_then(|r| r.report) {
+        Some(lethe_proto::lethe::v1::task_report::Report::BuildIndex(report)) => Ok(report),
+        _ => Err(StoreError::FailedPrecondition(
+            "the model's index was built before migration 0008 recorded typed reports: build it again with CreateIndexBuild".into(),
+        )),
+    }
 }

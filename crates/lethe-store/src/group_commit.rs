@@ -11,7 +11,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
-use serde_json::Value;
+use lethe_proto::lethe::v1::TaskReport;
+use prost::Message;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -30,7 +31,7 @@ pub struct CompletionRequest {
     pub attempt: i32,
     pub worker: Uuid,
     pub artifacts: Vec<ArtifactRef>,
-    pub result: Option<Value>,
+    pub report: Option<TaskReport>,
     /// Also lease the worker its next task, as [`Store::complete_and_claim`] does.
     pub acquire_next: bool,
 }
@@ -51,11 +52,11 @@ static COMPLETE_MANY: LazyLock<String> = LazyLock::new(|| {
     let runnable = runnable_by("s");
     format!(
         "WITH input AS ( \
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::jsonb[], $5::bool[]) \
-                 WITH ORDINALITY AS i(task, attempt, worker, result, acquire, n) \
+             SELECT * FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::bytea[], $5::bool[]) \
+                 WITH ORDINALITY AS i(task, attempt, worker, report, acquire, n) \
          ), done AS ( \
              UPDATE tasks t SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
-                 finished_at = now(), result = i.result \
+                 finished_at = now(), report = i.report \
              FROM input i \
              WHERE t.id = i.task AND t.attempt = i.attempt AND t.lease_owner = i.worker \
                AND t.state = 'leased' AND NOT t.cancel_requested \
@@ -183,13 +184,13 @@ impl Store {
 
     async fn complete_one(&self, request: &CompletionRequest) -> CompletionOutcome {
         let (task, attempt, worker) = (request.task, request.attempt, request.worker);
-        let (artifacts, result) = (&request.artifacts, request.result.as_ref());
+        let (artifacts, report) = (&request.artifacts, request.report.as_ref());
         if request.acquire_next {
-            self.complete_and_claim(task, attempt, worker, artifacts, result)
+            self.complete_and_claim(task, attempt, worker, artifacts, report)
                 .await
         } else {
             let completion = self
-                .complete(task, attempt, worker, artifacts, result)
+                .complete(task, attempt, worker, artifacts, report)
                 .await?;
             Ok((completion, None))
         }
@@ -202,7 +203,10 @@ impl Store {
         let tasks: Vec<Uuid> = requests.iter().map(|r| r.task).collect();
         let attempts: Vec<i32> = requests.iter().map(|r| r.attempt).collect();
         let workers: Vec<Uuid> = requests.iter().map(|r| r.worker).collect();
-        let results: Vec<Option<&Value>> = requests.iter().map(|r| r.result.as_ref()).collect();
+        let reports: Vec<Option<Vec<u8>>> = requests
+            .iter()
+            .map(|r| r.report.as_ref().map(Message::encode_to_vec))
+            .collect();
         let acquire: Vec<bool> = requests.iter().map(|r| r.acquire_next).collect();
         let ordinals: Vec<i64> = requests
             .iter()
@@ -214,7 +218,7 @@ impl Store {
             .bind(&tasks)
             .bind(&attempts)
             .bind(&workers)
-            .bind(&results)
+            .bind(&reports)
             .bind(&acquire)
             .bind(&ordinals);
         artifacts

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use lethe_proto::lethe::v1::FailureReason;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{Postgres, Row, Transaction};
@@ -12,7 +13,7 @@ use crate::tenancy::{append, check_tenant_quota, lock_tenant_quota};
 use crate::types::{
     FleetSnapshot, Job, JobFilter, JobKind, JobState, NewJob, Page, Task, TaskCounts, TaskGroup,
 };
-use crate::{Store, StoreError};
+use crate::{Failure, Store, StoreError};
 
 const MAX_NAME: usize = 200;
 /// The most tasks one job may fan out into.
@@ -282,8 +283,11 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for &id in &expired {
-            let error =
-                json!({"code": "DEADLINE_EXCEEDED", "message": "the job's deadline passed"});
+            let error = Failure::new(
+                FailureReason::DeadlineExceeded,
+                "the operation's deadline passed",
+                [],
+            );
             fail_job(&mut tx, id, &error).await?;
         }
         tx.commit().await?;
@@ -526,14 +530,14 @@ pub(crate) async fn settle_cancelling(
 pub(crate) async fn fail_job(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,
-    error: &Value,
+    error: &Failure,
 ) -> Result<(), StoreError> {
     let updated = sqlx::query(
         "UPDATE jobs SET state = 'failed', error = $2, finished_at = now(), updated_at = now() \
          WHERE id = $1 AND state IN ('queued', 'running', 'cancelling')",
     )
     .bind(job_id)
-    .bind(error)
+    .bind(error.encode())
     .execute(&mut **tx)
     .await?;
     if updated.rows_affected() > 0 {

@@ -5,7 +5,9 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use lethe_proto::lethe::v1::{FailureReason, TaskReport};
+use prost::Message;
+use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
@@ -15,7 +17,7 @@ use crate::jobs::{fail_job, lock_job, settle_cancelling};
 use crate::types::{
     ArtifactRef, Completion, FailureClass, FailureOutcome, LeaseRenewal, LeasedTask, TaskState,
 };
-use crate::{seconds, Store, StoreError};
+use crate::{seconds, Failure, Store, StoreError};
 
 /// A completion that sees more unfinished siblings than this does not try to finalise its
 /// job: for that, all of them would have to finish while its one statement runs.
@@ -73,12 +75,12 @@ pub(crate) const CLAIMED_TASKS: &str = "\
     FROM claimed c JOIN jobs j ON j.id = c.job_id";
 
 /// The completion as CTEs (`done`, `ended`, `stored`, `released`), with the parameters that
-/// [`AttemptResult::bind`] binds: `$1` task, `$2` attempt, `$3` worker, `$4` result, `$5`–`$9`
+/// [`AttemptResult::bind`] binds: `$1` task, `$2` attempt, `$3` worker, `$4` report, `$5`–`$9`
 /// the artifacts, `$10` how many unfinished siblings to count at most.
 const COMPLETE_CTES: &str = "\
     done AS ( \
         UPDATE tasks SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, \
-            finished_at = now(), result = $4 \
+            finished_at = now(), report = $4 \
         WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
           AND NOT cancel_requested \
         RETURNING id, job_id, attempt, leased_at \
@@ -180,14 +182,14 @@ impl<'a> ArtifactColumns<'a> {
 
 /// An attempt's result as [`COMPLETE_CTES`] takes it.
 struct AttemptResult<'a> {
-    result: Option<&'a Value>,
+    report: Option<Vec<u8>>,
     artifacts: ArtifactColumns<'a>,
 }
 
 impl<'a> AttemptResult<'a> {
-    fn new(artifacts: &'a [ArtifactRef], result: Option<&'a Value>) -> Self {
+    fn new(artifacts: &'a [ArtifactRef], report: Option<&TaskReport>) -> Self {
         AttemptResult {
-            result,
+            report: report.map(Message::encode_to_vec),
             artifacts: ArtifactColumns::new(artifacts),
         }
     }
@@ -204,7 +206,7 @@ impl<'a> AttemptResult<'a> {
             .bind(task)
             .bind(attempt)
             .bind(worker)
-            .bind(self.result);
+            .bind(&self.report);
         self.artifacts.bind(query).bind(FINALIZE_WHEN_AT_MOST + 1)
     }
 }
@@ -281,9 +283,9 @@ impl Store {
         attempt: i32,
         worker: Uuid,
         artifacts: &[ArtifactRef],
-        result: Option<&Value>,
+        report: Option<&TaskReport>,
     ) -> Result<Completion, StoreError> {
-        let attempt_result = AttemptResult::new(artifacts, result);
+        let attempt_result = AttemptResult::new(artifacts, report);
         let row = attempt_result
             .bind(sqlx::query(&COMPLETE), task, attempt, worker)
             .fetch_optional(&self.pool)
@@ -300,9 +302,9 @@ impl Store {
         attempt: i32,
         worker: Uuid,
         artifacts: &[ArtifactRef],
-        result: Option<&Value>,
+        report: Option<&TaskReport>,
     ) -> Result<(Completion, Option<LeasedTask>), StoreError> {
-        let attempt_result = AttemptResult::new(artifacts, result);
+        let attempt_result = AttemptResult::new(artifacts, report);
         let row = attempt_result
             .bind(sqlx::query(&COMPLETE_AND_CLAIM), task, attempt, worker)
             .bind(1_i64)
@@ -365,7 +367,8 @@ impl Store {
         })
     }
 
-    /// Marks a job succeeded if every one of its tasks has, with its last task's result.
+    /// Marks a job succeeded if every one of its tasks has (its result is built from its
+    /// tasks' reports when it is read).
     /// Called after a completion has committed, when the completion saw at most
     /// [`FINALIZE_WHEN_AT_MOST`] unfinished siblings: of the last completions racing, the one
     /// that commits last sees the others' commits, so one of them finalises. If a process
@@ -373,9 +376,7 @@ impl Store {
     /// statement, [`Store::finalize_finished_jobs`] does it within a maintenance interval.
     pub async fn finalize_job(&self, job_id: Uuid) -> Result<bool, StoreError> {
         let finalized = sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now(), \
-                 result = (SELECT result FROM tasks WHERE job_id = $1 AND result IS NOT NULL \
-                           ORDER BY id DESC LIMIT 1) \
+            "UPDATE jobs SET state = 'succeeded', finished_at = now(), updated_at = now() \
              WHERE id = $1 AND state IN ('queued', 'running') AND kind <> 'deletion' \
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = $1 AND state <> 'succeeded')",
         )
@@ -413,7 +414,7 @@ impl Store {
         attempt: i32,
         worker: Uuid,
         class: FailureClass,
-        error: &Value,
+        message: &str,
     ) -> Result<FailureOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(job_id) = lock_lease(
@@ -430,7 +431,7 @@ impl Store {
             return Err(self.fenced(task, attempt).await);
         };
         let outcome = self
-            .end_attempt(&mut tx, task, job_id, AttemptEnd::Reported(class), error)
+            .end_attempt(&mut tx, task, job_id, AttemptEnd::Reported(class), message)
             .await?;
         tx.commit().await?;
         Ok(outcome)
@@ -447,8 +448,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let error =
-            json!({"class": "lease_expired", "message": "no heartbeat before the lease expired"});
+        let message = "no heartbeat before the lease expired";
         let mut reaped = 0;
         for task in expired {
             // Each in its own short transaction; a lease renewed or taken meanwhile is skipped.
@@ -458,7 +458,7 @@ impl Store {
                 ..Default::default()
             };
             if let Some(job_id) = lock_lease(&mut tx, task, guard).await? {
-                self.end_attempt(&mut tx, task, job_id, AttemptEnd::LeaseExpired, &error)
+                self.end_attempt(&mut tx, task, job_id, AttemptEnd::LeaseExpired, message)
                     .await?;
                 tx.commit().await?;
                 reaped += 1;
@@ -474,16 +474,17 @@ impl Store {
         task: Uuid,
         job_id: Uuid,
         end: AttemptEnd,
-        error: &Value,
+        message: &str,
     ) -> Result<FailureOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT attempt, interruptions, max_attempts, max_interruptions, cancel_requested, \
+            "SELECT kind, attempt, interruptions, max_attempts, max_interruptions, cancel_requested, \
                     lease_owner, leased_at \
              FROM tasks WHERE id = $1",
         )
         .bind(task)
         .fetch_one(&mut **tx)
         .await?;
+        let kind: String = row.try_get("kind")?;
         let attempt: i32 = row.try_get("attempt")?;
         let interruptions: i32 = row.try_get("interruptions")?;
         let max_attempts: i32 = row.try_get("max_attempts")?;
@@ -527,6 +528,14 @@ impl Store {
                 }
             }
         };
+        let error = Failure::new(
+            attempt_reason(end, cancel_requested),
+            message,
+            [
+                ("worker", owner.to_string()),
+                ("attempt", attempt.to_string()),
+            ],
+        );
         // The wait before the task may run again; the time itself is the database's, so that
         // coordinators on hosts with skewed clocks agree on it.
         let wait: Option<f64> = match (next, outcome) {
@@ -550,7 +559,7 @@ impl Store {
         .bind(task)
         .bind(next.as_str())
         .bind(interruptions)
-        .bind(error)
+        .bind(error.encode())
         .bind(wait)
         .fetch_one(&mut **tx)
         .await?;
@@ -564,20 +573,14 @@ impl Store {
         .bind(owner)
         .bind(leased_at)
         .bind(outcome)
-        .bind(error)
+        .bind(error.encode())
         .execute(&mut **tx)
         .await?;
 
         let job_state = lock_job(tx, job_id, None).await?;
         let job_state = match next {
             TaskState::Failed => {
-                let why = json!({
-                    "code": "TASK_FAILED",
-                    "task": task,
-                    "attempt": attempt,
-                    "outcome": outcome,
-                    "error": error,
-                });
+                let why = Failure::task_failed(task, &kind, attempt, &error);
                 fail_job(tx, job_id, &why).await?;
                 lock_job(tx, job_id, None).await?
             }
@@ -629,13 +632,12 @@ impl Store {
             let Some(job_id) = job_id else {
                 return Ok::<bool, StoreError>(false);
             };
-            let error = json!({"class": "cancelled", "message": "completed after cancellation was requested"});
             self.end_attempt(
                 &mut tx,
                 task,
                 job_id,
                 AttemptEnd::Reported(FailureClass::Cancelled),
-                &error,
+                "completed after cancellation was requested",
             )
             .await?;
             tx.commit().await?;
@@ -720,4 +722,16 @@ async fn lock_lease(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(locked)
+}
+
+/// The reason an attempt that did not succeed is recorded with.
+fn attempt_reason(end: AttemptEnd, cancel_requested: bool) -> FailureReason {
+    match end {
+        _ if cancel_requested => FailureReason::Cancelled,
+        AttemptEnd::Reported(FailureClass::Cancelled) => FailureReason::Cancelled,
+        AttemptEnd::Reported(FailureClass::Fatal) => FailureReason::TaskFatal,
+        AttemptEnd::Reported(FailureClass::Retryable) => FailureReason::TaskRetryable,
+        AttemptEnd::Reported(FailureClass::Interrupted) => FailureReason::TaskInterrupted,
+        AttemptEnd::LeaseExpired => FailureReason::LeaseExpired,
+    }
 }

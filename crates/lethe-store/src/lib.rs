@@ -25,10 +25,12 @@
 mod cluster;
 mod deletions;
 mod error;
+mod failure;
 mod group_commit;
 mod jobs;
 mod leases;
 mod registry;
+mod reports;
 mod retry;
 mod rows;
 mod tenancy;
@@ -46,9 +48,11 @@ pub use deletions::{
     IndexRef, ModelVersion, PendingRequest, RunInputs, RunPlan, StoredRef, TaskInput,
 };
 pub use error::StoreError;
+pub use failure::Failure;
 pub use group_commit::{CompletionOutcome, CompletionRequest, GroupCommit, GroupCommitLimits};
 pub use jobs::MAX_TASKS_PER_JOB;
 pub use registry::{Dataset, Model};
+pub use reports::ReportedTask;
 pub use retry::RetryPolicy;
 /// The driver, for callers that run their own SQL against the store's pool (benchmarks, checks).
 pub use sqlx;

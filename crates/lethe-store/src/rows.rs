@@ -5,10 +5,10 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use crate::types::{Job, JobKind, JobState, Task, TaskCounts, TaskState};
-use crate::StoreError;
+use crate::{Failure, StoreError};
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant, kind, request_id, spec, priority, state, \
-    tasks_total, error, result, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
+    tasks_total, error, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
     (SELECT coalesce(json_agg(json_build_array(s.state, s.n, s.fraction)), '[]'::json) \
      FROM (SELECT state, count(*) AS n, \
                   COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
@@ -29,8 +29,7 @@ pub(crate) fn job(row: &PgRow) -> Result<Job, StoreError> {
         priority: row.try_get("priority")?,
         state: JobState::parse(row.try_get("state")?)?,
         tasks_total: row.try_get("tasks_total")?,
-        error: row.try_get("error")?,
-        result: row.try_get("result")?,
+        error: Failure::decode(row.try_get("error")?)?,
         deadline_at: row.try_get("deadline_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -80,7 +79,7 @@ pub(crate) fn task(row: &PgRow) -> Result<Task, StoreError> {
         unmet_deps: row.try_get("unmet_deps")?,
         depends_on: row.try_get("depends_on")?,
         progress: row.try_get("progress")?,
-        last_error: row.try_get("last_error")?,
+        last_error: Failure::decode(row.try_get("last_error")?)?,
         finished_at: row.try_get("finished_at")?,
     })
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{Failure, StoreError};
 
 /// A closed set of names stored as `text` with a CHECK constraint: one spelling in Rust, one in
 /// SQL, and a row holding anything else is reported as corrupt rather than guessed at.
@@ -178,8 +178,7 @@ pub struct Job {
     pub priority: i16,
     pub state: JobState,
     pub tasks_total: i32,
-    pub error: Option<Value>,
-    pub result: Option<Value>,
+    pub error: Option<Failure>,
     pub deadline_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -209,7 +208,7 @@ pub struct Task {
     pub unmet_deps: i32,
     pub depends_on: Vec<Uuid>,
     pub progress: Option<Value>,
-    pub last_error: Option<Value>,
+    pub last_error: Option<Failure>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 

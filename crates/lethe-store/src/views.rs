@@ -5,13 +5,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::rows::{self, JOB_COLUMNS, TASK_COLUMNS};
 use crate::types::{Job, Task};
-use crate::{Store, StoreError};
+use crate::{Failure, Store, StoreError};
 
 /// An ended attempt of a task.
 #[derive(Clone, Debug, Serialize)]
@@ -22,7 +21,7 @@ pub struct AttemptRecord {
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
     pub outcome: String,
-    pub error: Option<Value>,
+    pub error: Option<Failure>,
 }
 
 /// An operation with the tasks that serve it (a deletion request's are its run's), the ended
@@ -103,7 +102,7 @@ impl Store {
                 started_at: row.try_get("started_at")?,
                 ended_at: row.try_get("ended_at")?,
                 outcome: row.try_get("outcome")?,
-                error: row.try_get("error")?,
+                error: Failure::decode(row.try_get("error")?)?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -106,11 +105,11 @@ impl Store {
         .bind(worker)
         .fetch_all(&self.pool)
         .await?;
-        let error = json!({"class": "interrupted", "message": "the worker drained"});
+        let error = "the worker drained and handed its tasks back";
         let mut handed_back = 0;
         for (task, attempt) in leases {
             match self
-                .fail(task, attempt, worker, FailureClass::Interrupted, &error)
+                .fail(task, attempt, worker, FailureClass::Interrupted, error)
                 .await
             {
                 Ok(_) => handed_back += 1,

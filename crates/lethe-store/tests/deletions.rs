@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use lethe_proto::lethe::v1::{FailureReason, IndexReport, TaskReport};
 use lethe_store::{
     ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, NewJob, NewTask, NewWorker,
     RunInputs, RunPlan, Store, StoreConfig, StoreError,
@@ -84,9 +85,15 @@ async fn model_with_index(store: &Store, worker: Uuid) -> Uuid {
 /// Claims the next task and completes it with `artifacts`.
 async fn finish_next(store: &Store, worker: Uuid, artifacts: &[ArtifactRef]) -> Uuid {
     let task = store.claim(worker, 1).await.unwrap().pop().expect("a task");
-    let result = json!({"num_train": 512, "kind": task.kind});
+    // The planner reads the index build's report; the other kinds' reports are not read here.
+    let report = (task.kind == "build_index").then(|| {
+        TaskReport::of(IndexReport {
+            num_train: 512,
+            ..IndexReport::default()
+        })
+    });
     store
-        .complete(task.id, task.attempt, worker, artifacts, Some(&result))
+        .complete(task.id, task.attempt, worker, artifacts, report.as_ref())
         .await
         .unwrap();
     task.job_id
@@ -188,10 +195,14 @@ async fn pending_requests_share_one_run_whose_end_reaches_each_of_them() {
     for r in [a, b] {
         let job = store.get_job(TENANT, r).await.unwrap();
         assert_eq!(job.state, JobState::Succeeded);
-        let result = job.result.unwrap();
-        assert_eq!(result["model_version"], 1);
-        assert_eq!(result["forgotten_total"], 3);
-        assert_eq!(result["model_uri"], "file:///store/model");
+        let version = store
+            .version_of_run(job.run_id.unwrap())
+            .await
+            .unwrap()
+            .expect("the run recorded its version");
+        assert_eq!(version.version, 1);
+        assert_eq!(version.forgotten.len(), 3);
+        assert_eq!(version.object.uri, "file:///store/model");
     }
     assert_eq!(state(&store, c).await, JobState::Queued);
 
@@ -230,10 +241,9 @@ async fn a_run_that_cannot_be_planned_fails_its_requests_with_the_reason() {
     assert!(refused.is_none());
     let job = store.get_job(TENANT, a).await.unwrap();
     assert_eq!(job.state, JobState::Failed);
-    assert!(job.error.unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .contains("no index"));
+    let error = job.error.unwrap();
+    assert_eq!(error.reason(), FailureReason::RunRefused);
+    assert!(error.message().contains("no index"), "{}", error.message());
 }
 
 #[tokio::test]
@@ -264,9 +274,14 @@ async fn a_shared_request_cannot_be_withdrawn_but_a_sole_one_cancels_its_run() {
     // The run's task fails for good: both requests fail with it.
     let task = store.claim(worker, 1).await.unwrap().pop().unwrap();
     assert_eq!(task.job_id, run.id);
-    let error = json!({"message": "bad input"});
     store
-        .fail(task.id, task.attempt, worker, FailureClass::Fatal, &error)
+        .fail(
+            task.id,
+            task.attempt,
+            worker,
+            FailureClass::Fatal,
+            "bad input",
+        )
         .await
         .unwrap();
     assert_eq!(state(&store, a).await, JobState::Failed);

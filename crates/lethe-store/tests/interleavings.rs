@@ -126,7 +126,7 @@ async fn random_interleavings_keep_every_invariant() {
                             FailureClass::Interrupted,
                             FailureClass::Cancelled,
                         ][rng.random_range(0..4)];
-                        match store.fail(task, attempt, worker, class, &json!({})).await {
+                        match store.fail(task, attempt, worker, class, "stopped").await {
                             Ok(_) if superseded.contains(&(task, attempt)) => {
                                 log.lock().unwrap().stale_accepted.push((task, attempt))
                             }

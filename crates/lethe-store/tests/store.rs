@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lethe_proto::lethe::v1::{FailureReason, NoopReport, TaskReport};
 use lethe_store::sqlx;
 use lethe_store::{
     ArtifactRef, CompletionRequest, Device, FailureClass, GroupCommit, GroupCommitLimits,
@@ -170,7 +171,7 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
         Err(StoreError::Fenced { .. })
     ));
     let fail = store
-        .fail(first.id, 1, stale, FailureClass::Fatal, &json!({}))
+        .fail(first.id, 1, stale, FailureClass::Fatal, "stopped")
         .await;
     assert!(matches!(fail, Err(StoreError::Fenced { .. })), "{fail:?}");
     // The same attempt number from another worker is fenced out too.
@@ -185,7 +186,7 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
             2,
             fresh,
             &[artifact("model")],
-            Some(&json!({"ok": true})),
+            Some(&noop_report(1.0)),
         )
         .await
         .unwrap();
@@ -227,8 +228,9 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
         ]
     );
     assert_eq!(
-        store.get_job("acme", job.id).await.unwrap().result,
-        Some(json!({"ok": true}))
+        reported(&store, job.id).await,
+        vec![Some(noop_report(1.0))],
+        "the attempt that committed is the one whose report is kept"
     );
 }
 
@@ -257,13 +259,7 @@ async fn retryable_failures_back_off_then_fail_the_job() {
     let other = claimed.iter().find(|t| t.kind == "noop").unwrap().clone();
 
     let outcome = store
-        .fail(
-            flaky.id,
-            1,
-            me,
-            FailureClass::Retryable,
-            &json!({"message": "disk full"}),
-        )
+        .fail(flaky.id, 1, me, FailureClass::Retryable, "disk full")
         .await
         .unwrap();
     assert_eq!(outcome.task_state, TaskState::Available);
@@ -290,13 +286,7 @@ async fn retryable_failures_back_off_then_fail_the_job() {
     // The second failure spends the last attempt: the task and its job fail, and the job's
     // other running task is asked to stop.
     let outcome = store
-        .fail(
-            flaky.id,
-            2,
-            me,
-            FailureClass::Retryable,
-            &json!({"message": "disk full"}),
-        )
+        .fail(flaky.id, 2, me, FailureClass::Retryable, "disk full")
         .await
         .unwrap();
     assert_eq!(
@@ -304,7 +294,9 @@ async fn retryable_failures_back_off_then_fail_the_job() {
         (TaskState::Failed, JobState::Failed)
     );
     let failed = store.get_job("acme", job.id).await.unwrap();
-    assert_eq!(failed.error.as_ref().unwrap()["code"], "TASK_FAILED");
+    let error = failed.error.as_ref().unwrap();
+    assert_eq!(error.reason(), FailureReason::TaskFailed);
+    assert!(error.message().contains("disk full"), "{}", error.message());
     assert!(
         store
             .heartbeat(other.id, 1, me, None)
@@ -326,13 +318,7 @@ async fn interruptions_do_not_spend_attempts_but_are_capped() {
         let leased = store.claim(me, 1).await.unwrap().remove(0);
         assert_eq!(leased.attempt, attempt);
         let outcome = store
-            .fail(
-                leased.id,
-                attempt,
-                me,
-                FailureClass::Interrupted,
-                &json!({}),
-            )
+            .fail(leased.id, attempt, me, FailureClass::Interrupted, "stopped")
             .await
             .unwrap();
         let expected = if attempt <= 2 {
@@ -374,7 +360,7 @@ async fn cancellation_ends_queued_tasks_now_and_running_ones_through_the_heartbe
     assert!(renewal.cancel_requested);
     // One worker acknowledges; the other tries to complete anyway and is told it was cancelled.
     let first = store
-        .fail(leased[0].id, 1, me, FailureClass::Cancelled, &json!({}))
+        .fail(leased[0].id, 1, me, FailureClass::Cancelled, "stopped")
         .await
         .unwrap();
     assert_eq!(
@@ -503,7 +489,7 @@ async fn listing_pages_through_every_job_once_newest_first() {
 }
 
 #[tokio::test]
-async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_task() {
+async fn a_task_graph_runs_in_dependency_order_and_each_task_keeps_its_report() {
     let store = store().await;
     // Two shards fan in to a reduce, then a final step.
     let tasks = vec![
@@ -543,15 +529,17 @@ async fn a_task_graph_runs_in_dependency_order_and_the_job_ends_with_its_last_ta
             1,
             me,
             &[artifact("model")],
-            Some(&json!({"version": 2})),
+            Some(&noop_report(2.0)),
         )
         .await
         .unwrap();
     assert!(done.job_done);
     let job = store.get_job("acme", job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(
-        (job.state, job.result),
-        (JobState::Succeeded, Some(json!({"version": 2})))
+        reported(&store, job.id).await,
+        vec![None, None, None, Some(noop_report(2.0))],
+        "each task keeps the report it sent, and only that"
     );
     let tasks = store.job_tasks("acme", job.id).await.unwrap();
     assert_eq!(tasks[2].depends_on.len(), 2);
@@ -600,13 +588,7 @@ async fn a_fatal_failure_fails_the_job_and_stops_its_other_tasks() {
     let me = worker(&store, "w").await;
     let leased = store.claim(me, 2).await.unwrap();
     let outcome = store
-        .fail(
-            leased[0].id,
-            1,
-            me,
-            FailureClass::Fatal,
-            &json!({"message": "bad checkpoint"}),
-        )
+        .fail(leased[0].id, 1, me, FailureClass::Fatal, "bad checkpoint")
         .await
         .unwrap();
     assert_eq!(
@@ -645,7 +627,10 @@ async fn deadlines_fail_unfinished_jobs() {
     assert_eq!(store.expire_deadlines(100).await.unwrap(), 1);
     let late = store.get_job("acme", late.id).await.unwrap();
     assert_eq!(late.state, JobState::Failed);
-    assert_eq!(late.error.unwrap()["code"], "DEADLINE_EXCEEDED");
+    assert_eq!(
+        late.error.unwrap().reason(),
+        FailureReason::DeadlineExceeded
+    );
     assert_eq!(
         store.get_job("acme", on_time.id).await.unwrap().state,
         JobState::Queued
@@ -724,23 +709,22 @@ async fn a_job_whose_finalisation_was_lost_is_finalised_by_the_sweep() {
     let me = worker(&store, "w").await;
     for task in store.claim(me, 2).await.unwrap() {
         store
-            .complete(task.id, 1, me, &[], Some(&json!({"n": 1})))
+            .complete(task.id, 1, me, &[], Some(&noop_report(3.0)))
             .await
             .unwrap();
     }
     // Simulate a coordinator that died between a completion and its finalisation.
-    sqlx::query(
-        "UPDATE jobs SET state = 'running', finished_at = NULL, result = NULL WHERE id = $1",
-    )
-    .bind(job.id)
-    .execute(store.pool())
-    .await
-    .unwrap();
+    sqlx::query("UPDATE jobs SET state = 'running', finished_at = NULL WHERE id = $1")
+        .bind(job.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
     assert_eq!(store.finalize_finished_jobs(100).await.unwrap(), 1);
     let job = store.get_job("acme", job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(
-        (job.state, job.result),
-        (JobState::Succeeded, Some(json!({"n": 1})))
+        reported(&store, job.id).await,
+        vec![Some(noop_report(3.0)), Some(noop_report(3.0))]
     );
     assert_eq!(
         store.finalize_finished_jobs(100).await.unwrap(),
@@ -756,7 +740,7 @@ async fn a_cancellation_nobody_asked_for_is_an_interruption() {
     let me = worker(&store, "w").await;
     let task = store.claim(me, 1).await.unwrap().remove(0);
     let outcome = store
-        .fail(task.id, 1, me, FailureClass::Cancelled, &json!({}))
+        .fail(task.id, 1, me, FailureClass::Cancelled, "stopped")
         .await
         .unwrap();
     assert_eq!(
@@ -859,7 +843,7 @@ fn request(task: Uuid, worker: Uuid, acquire_next: bool) -> CompletionRequest {
         attempt: 1,
         worker,
         artifacts: Vec::new(),
-        result: None,
+        report: None,
         acquire_next,
     }
 }
@@ -1082,4 +1066,27 @@ async fn workers_completing_through_group_commit_run_every_task_once() {
             JobState::Succeeded
         );
     }
+}
+
+fn noop_report(seconds: f64) -> TaskReport {
+    TaskReport::of(NoopReport { seconds })
+}
+
+/// The reports of a job's succeeded tasks, in creation order.
+async fn reported(store: &Store, job: Uuid) -> Vec<Option<TaskReport>> {
+    let kinds: Vec<String> = store
+        .job_tasks("acme", job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| task.kind)
+        .collect();
+    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    store
+        .reported_tasks(job, &kinds)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| task.report)
+        .collect()
 }

@@ -5,6 +5,7 @@
 
 mod deletion;
 mod ensemble;
+mod reports;
 mod trak;
 
 use std::future::Future;
@@ -17,7 +18,6 @@ use lethe_ml::error::MlError;
 use lethe_ml::model::Model;
 use lethe_proto::tasks::{self, DatasetRef, ObjectRef};
 use lethe_runner::{Runner, TaskContext, TaskError, TaskInput};
-use serde::de::DeserializeOwned;
 
 use crate::local::options::checkpoint_fits;
 
@@ -39,11 +39,6 @@ const BUILTIN_DATASETS: &[&str] = &["fmnist", "fmnist-tiny", "fmnist-bench"];
 
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(future)
-}
-
-fn spec<T: DeserializeOwned>(context: &TaskContext) -> Result<T, TaskError> {
-    serde_json::from_value(context.spec.clone())
-        .map_err(|e| TaskError::Fatal(format!("{} task spec: {e}", context.kind)))
 }
 
 /// Bad input fails for good; I/O and libtorch (memory, say) may fare better on another try.

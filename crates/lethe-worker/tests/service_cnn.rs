@@ -9,17 +9,19 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{result_json, serve, stack, watch_to_end, with_token, Stack};
+use common::{response, serve, stack, watch_to_end, with_token, Stack};
 use lethe_coordinator::CoordinatorConfig;
+use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator, RegisterDatasetRequest,
-    RegisterModelRequest, WatchOperationRequest,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionMethod, DeletionResult,
+    IndexBuildResult, IndexEstimator, RegisterDatasetRequest, RegisterModelRequest,
+    WatchOperationRequest,
 };
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-async fn finished(client: &mut LetheClient<Channel>, token: &str, name: &str) -> serde_json::Value {
+async fn finished(client: &mut LetheClient<Channel>, token: &str, name: &str) -> Operation {
     let stream = client
         .watch_operation(with_token(
             token,
@@ -28,7 +30,7 @@ async fn finished(client: &mut LetheClient<Channel>, token: &str, name: &str) ->
         .await
         .unwrap()
         .into_inner();
-    result_json(&watch_to_end(stream, Duration::from_secs(900), async |_| {}).await)
+    watch_to_end(stream, Duration::from_secs(900), async |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +43,7 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
     };
     let Stack {
         cluster: _cluster,
-        store,
+        store: _store,
         coordinator,
         tenant_token,
         worker_token,
@@ -120,15 +122,14 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
         .await
         .unwrap()
         .into_inner();
-    let built = finished(&mut client, &tenant_token, &index.name).await;
-    assert_eq!(built["estimator"], "trak", "{built}");
+    let built: IndexBuildResult =
+        response(&finished(&mut client, &tenant_token, &index.name).await);
+    let report = built.report.clone().unwrap();
+    assert_eq!(report.estimator(), IndexEstimator::Trak, "{built:?}");
+    assert!(report.trak_scale.is_some_and(f64::is_finite), "{built:?}");
     assert!(
-        built["trak_scale"].as_f64().is_some_and(f64::is_finite),
-        "{built}"
-    );
-    assert_eq!(
-        built["noise_model"], true,
-        "two checkpoints measure the noise: {built}"
+        report.noise_model && built.noise_model.is_some(),
+        "two checkpoints measure the noise: {built:?}"
     );
 
     let deletion = client
@@ -145,42 +146,37 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
         .await
         .unwrap()
         .into_inner();
-    let result = finished(&mut client, &tenant_token, &deletion.name).await;
-    assert_eq!(result["model_version"], 1, "{result}");
+    let result: DeletionResult =
+        response(&finished(&mut client, &tenant_token, &deletion.name).await);
+    assert_eq!(result.version.as_ref().unwrap().version, 1, "{result:?}");
     assert_eq!(
-        result["retrained"], false,
-        "DMM wrote the version: {result}"
+        result.method(),
+        DeletionMethod::Dmm,
+        "DMM wrote the version: {result:?}"
     );
-    let report = &result["report"];
-    assert_eq!(report["method"], "dmm", "{report}");
-    assert!(
-        report["confidence"]["confidence"].as_f64().is_some(),
-        "{report}"
-    );
-    for split in ["forget", "retain", "val"] {
+    let report = result.audit.expect("the request asked for an audit");
+    assert_eq!(report.method(), DeletionMethod::Dmm, "{report:?}");
+    assert!(report.confidence.is_some(), "{report:?}");
+    let audited = report.result.unwrap();
+    for (split, figures) in [
+        ("forget", &audited.forget),
+        ("retain", &audited.retain),
+        ("val", &audited.val),
+    ] {
         assert!(
-            report["result"][split]["klom"]["p95"]
-                .as_f64()
-                .is_some_and(f64::is_finite),
-            "the audit measured {split}: {report}"
+            figures
+                .as_ref()
+                .and_then(|f| f.klom.as_ref())
+                .is_some_and(|klom| klom.p95.is_finite()),
+            "the audit measured {split}: {report:?}"
         );
     }
-    let run: uuid::Uuid = result["run"].as_str().unwrap().parse().unwrap();
-    let matched: serde_json::Value = lethe_store::sqlx::query_scalar(
-        "SELECT result FROM tasks WHERE job_id = $1 AND kind = 'match'",
-    )
-    .bind(run)
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(matched["architecture"], "cnn", "{matched}");
-    assert_eq!(
-        matched["head_refitted"], true,
-        "the CNN's head is refitted: {matched}"
-    );
+    let matched = result.matching.clone().expect("DMM's fine-tune reports");
+    assert_eq!(matched.architecture, "cnn", "{matched:?}");
     assert!(
-        matched["examples"].as_u64().unwrap() > 0,
-        "the fine-tune ran: {matched}"
+        matched.head_refitted,
+        "the CNN's head is refitted: {matched:?}"
     );
+    assert!(matched.examples > 0, "the fine-tune ran: {matched:?}");
     coordinator.shutdown().await.unwrap();
 }

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{result_json, serve, stack, watch_to_end, with_token, Stack};
+use common::{response, run_id, serve, stack, version_object, watch_to_end, with_token, Stack};
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
@@ -22,9 +22,9 @@ use lethe_ml::tensorio;
 use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
-    ListModelVersionsRequest, OperationMetadata, RegisterDatasetRequest, RegisterModelRequest,
-    WatchOperationRequest,
+    AuditFigures, CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionMethod,
+    DeletionResult, IndexBuildResult, IndexEstimator, ListModelVersionsRequest, OperationMetadata,
+    RegisterDatasetRequest, RegisterModelRequest, WatchOperationRequest,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -159,8 +159,8 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap()
         .into_inner();
     let index = watch(&mut client, &index.name).await;
-    let built = result_json(&index);
-    assert_eq!(built["num_train"], 512, "{built}");
+    let built: IndexBuildResult = response(&index);
+    assert_eq!(built.report.as_ref().unwrap().num_train, 512, "{built:?}");
     assert_eq!(
         metadata(&index).tasks.unwrap().succeeded,
         5,
@@ -186,21 +186,21 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     }
     let done_a = watch(&mut client, &requests[0]).await;
     let done_b = watch(&mut client, &requests[1]).await;
-    let (result_a, result_b) = (result_json(&done_a), result_json(&done_b));
-    assert_eq!(result_a["run"], result_b["run"], "one run served both");
+    let (result_a, result_b): (DeletionResult, DeletionResult) =
+        (response(&done_a), response(&done_b));
+    assert_eq!(result_a.run, result_b.run, "one run served both");
     assert_eq!(metadata(&done_a).run, metadata(&done_b).run);
-    assert_eq!(result_a["model_version"], 1);
-    assert_eq!(result_a["forgotten_total"], 16);
+    assert_eq!(result_a.version, result_b.version);
+    assert_eq!(result_a.version.as_ref().unwrap().version, 1);
+    assert_eq!(result_a.version.as_ref().unwrap().forgotten_count, 16);
+    assert_eq!(
+        (result_a.requested, result_a.forgotten_in_run),
+        (8, 16),
+        "each request names its own indices; the run forgot both"
+    );
 
     // Download version 1 as a client would and check it is a checkpoint of the same model.
-    let object = StoredObject {
-        uri: result_a["model_uri"].as_str().unwrap().into(),
-        sha256: hex::decode(result_a["model_sha256"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap(),
-        size: result_a["model_size_bytes"].as_u64().unwrap(),
-    };
+    let object = version_object(&result_a);
     let v1 = dir.path().join("v1.safetensors");
     artifact_store
         .download_verified(&object, &v1)
@@ -216,7 +216,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     let data = Dataset::load(&DatasetSpec::fmnist_tiny()).unwrap();
     let mut forgotten: Vec<i64> = forget_a.iter().chain(&forget_b).copied().collect();
     forgotten.sort_unstable();
-    let run: uuid::Uuid = result_a["run"].as_str().unwrap().parse().unwrap();
+    let run = run_id(&result_a);
     let oracle_files: Vec<(String, Vec<u8>, i64)> = lethe_store::sqlx::query_as(
         "SELECT a.uri, a.sha256, a.size_bytes FROM artifacts a JOIN tasks t ON t.id = a.task_id \
          WHERE t.job_id = $1 AND t.kind = 'retrain' AND a.name = 'members' \
@@ -260,28 +260,37 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         after < 0.8 * before,
         "forget margins should move towards the oracles': gap {before:.3} before, {after:.3} after"
     );
-    let report = &result_a["report"];
-    let version = &report["version"]["forget"];
+    let report = result_a.audit.expect("the requests asked for an audit");
+    let version = report.version.unwrap().forget.unwrap();
     assert!(
-        version["margin_gap_after"].as_f64().unwrap()
-            < version["margin_gap_before"].as_f64().unwrap(),
-        "{version}"
+        version.margin_gap_after < version.margin_gap_before,
+        "{version:?}"
     );
     // The audit: DMM applied to 16 originals, against 16 oracles (8 more held out).
-    assert_eq!(report["method"], "dmm");
-    assert_eq!(report["models"], 16);
-    assert_eq!(report["oracles"], 16);
-    assert_eq!(report["held_out_oracles"], 8);
-    let forget_klom = |of: &str| report[of]["forget"]["klom"]["p95"].as_f64().unwrap();
+    assert_eq!(report.method(), DeletionMethod::Dmm);
+    assert_eq!(report.result.as_ref().unwrap().models, 16);
+    assert_eq!(report.oracles, 16);
+    assert_eq!(report.held_out_oracles, 8);
+    let forget_klom = |of: &Option<AuditFigures>| {
+        of.as_ref()
+            .unwrap()
+            .forget
+            .as_ref()
+            .unwrap()
+            .klom
+            .as_ref()
+            .unwrap()
+            .p95
+    };
     eprintln!(
         "forget KLoM P95: do-nothing {:.3}, DMM {:.3}, noise floor {:.3}",
-        forget_klom("do_nothing"),
-        forget_klom("result"),
-        forget_klom("noise_floor")
+        forget_klom(&report.do_nothing),
+        forget_klom(&report.result),
+        forget_klom(&report.noise_floor)
     );
     assert!(
-        forget_klom("result") < forget_klom("do_nothing"),
-        "DMM should bring the forget set's margins closer to the oracles' than doing nothing: {report}"
+        forget_klom(&report.result) < forget_klom(&report.do_nothing),
+        "DMM should bring the forget set's margins closer to the oracles' than doing nothing: {report:?}"
     );
 
     // A second request makes version 2 from version 1; a worker dies holding one of its tasks.
@@ -322,9 +331,10 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         Stdio::null(),
     );
     let done_c = watch(&mut client, &request_c.name).await;
-    let result_c = result_json(&done_c);
-    assert_eq!(result_c["model_version"], 2);
-    assert_eq!(result_c["forgotten_total"], 24);
+    let result_c: DeletionResult = response(&done_c);
+    let version_c = result_c.version.as_ref().unwrap();
+    assert_eq!((version_c.version, version_c.forgotten_count), (2, 24));
+    assert_eq!(result_c.from_version, 1);
     let expired: i64 = lethe_store::sqlx::query_scalar(
         "SELECT count(*) FROM task_attempts WHERE outcome = 'lease_expired' AND worker_id = $1",
     )
@@ -362,9 +372,9 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .await
         .unwrap()
         .into_inner();
-    let retrained = result_json(&watch(&mut client, &retrain.name).await);
-    assert_eq!(retrained["model_version"], 3);
-    assert_eq!(retrained["retrained"], true, "{retrained}");
+    let retrained: DeletionResult = response(&watch(&mut client, &retrain.name).await);
+    assert_eq!(retrained.version.as_ref().unwrap().version, 3);
+    assert_eq!(retrained.method(), DeletionMethod::Retrain, "{retrained:?}");
     let after = client
         .create_deletion_request(call(CreateDeletionRequestRequest {
             model: "models/shoes".into(),
@@ -375,38 +385,29 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .await
         .unwrap()
         .into_inner();
-    let after = result_json(&watch(&mut client, &after.name).await);
-    assert_eq!(after["model_version"], 4);
+    let after: DeletionResult = response(&watch(&mut client, &after.name).await);
+    assert_eq!(after.version.as_ref().unwrap().version, 4);
     assert_eq!(
-        after["retrained"], false,
+        after.method(),
+        DeletionMethod::Dmm,
         "a minimum its targets reach: DMM"
     );
-    let confidence = after["report"]["confidence"]["confidence"].as_f64();
-    assert!(confidence.is_some_and(|c| c > 0.0 && c <= 1.0), "{after}");
+    let confidence = after.matching.as_ref().and_then(|m| m.confidence.as_ref());
+    assert!(
+        confidence.is_some_and(|c| c.confidence > 0.0 && c.confidence <= 1.0),
+        "{after:?}"
+    );
     let fresh_index: i64 = lethe_store::sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE kind = 'index_build' AND state = 'succeeded' \
            AND run_id = $1",
     )
-    .bind(
-        retrained["run"]
-            .as_str()
-            .unwrap()
-            .parse::<uuid::Uuid>()
-            .unwrap(),
-    )
+    .bind(run_id(&retrained))
     .fetch_one(store.pool())
     .await
     .unwrap();
     assert_eq!(fresh_index, 1, "the retrained version was indexed");
     let v4 = dir.path().join("v4.safetensors");
-    let object = StoredObject {
-        uri: after["model_uri"].as_str().unwrap().into(),
-        sha256: hex::decode(after["model_sha256"].as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap(),
-        size: after["model_size_bytes"].as_u64().unwrap(),
-    };
+    let object = version_object(&after);
     artifact_store
         .download_verified(&object, &v4)
         .await
@@ -418,7 +419,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap();
     assert_eq!(
         lineage.base_sha256,
-        retrained["model_sha256"].as_str().unwrap(),
+        hex::encode(&retrained.version.as_ref().unwrap().sha256),
         "version 4 is anchored at the retrained version 3"
     );
     assert_eq!(lineage.forgotten, forget(8..10));
@@ -434,11 +435,19 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .await
         .unwrap()
         .into_inner();
-    let strict = result_json(&watch(&mut client, &strict.name).await);
-    assert_eq!(strict["model_version"], 5);
-    assert_eq!(strict["retrained"], true, "{strict}");
-    assert_eq!(strict["report"]["retrained_instead"], true, "{strict}");
-    assert_eq!(strict["forgotten_total"], 35);
+    let strict: DeletionResult = response(&watch(&mut client, &strict.name).await);
+    let version = strict.version.as_ref().unwrap();
+    assert_eq!((version.version, version.forgotten_count), (5, 35));
+    assert_eq!(strict.method(), DeletionMethod::Retrain, "{strict:?}");
+    let retrain = strict
+        .retrain
+        .as_ref()
+        .expect("the retrain that stood in reports");
+    assert!(
+        retrain.min_confidence == Some(1.0) && retrain.confidence.is_some(),
+        "the retrain says which confidence fell short of which minimum: {strict:?}"
+    );
+    assert!(strict.matching.is_none(), "{strict:?}");
 
     // A TRAK index of the retrained anchor (checkpoints, then featurisation shards, then the
     // reduce) serves the next request.
@@ -456,9 +465,11 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap()
         .into_inner();
     let trak = watch(&mut client, &trak.name).await;
-    let built = result_json(&trak);
-    assert_eq!(built["estimator"], "trak", "{built}");
-    assert!(built["trak_scale"].as_f64().unwrap() > 0.0, "{built}");
+    let built: IndexBuildResult = response(&trak);
+    let report = built.report.as_ref().unwrap();
+    assert_eq!(report.estimator(), IndexEstimator::Trak, "{built:?}");
+    assert!(report.trak_scale.unwrap() > 0.0, "{built:?}");
+    assert_eq!((report.estimation_models, report.held_out_models), (2, 64));
     let with_trak = client
         .create_deletion_request(call(CreateDeletionRequestRequest {
             model: "models/shoes".into(),
@@ -468,9 +479,9 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .await
         .unwrap()
         .into_inner();
-    let with_trak = result_json(&watch(&mut client, &with_trak.name).await);
-    assert_eq!(with_trak["model_version"], 6);
-    let run: uuid::Uuid = with_trak["run"].as_str().unwrap().parse().unwrap();
+    let with_trak: DeletionResult = response(&watch(&mut client, &with_trak.name).await);
+    assert_eq!(with_trak.version.as_ref().unwrap().version, 6);
+    let run = run_id(&with_trak);
     let index_used: uuid::Uuid =
         lethe_store::sqlx::query_scalar("SELECT (spec->>'index')::uuid FROM jobs WHERE id = $1")
             .bind(run)
@@ -489,10 +500,16 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .await
         .unwrap()
         .into_inner();
-    let assured = result_json(&watch(&mut client, &assured.name).await);
-    assert_eq!(assured["model_version"], 7, "{assured}");
-    let confidence = assured["report"]["confidence"]["confidence"].as_f64();
-    assert!(confidence.is_some_and(|c| c > 0.0 && c <= 1.0), "{assured}");
+    let assured: DeletionResult = response(&watch(&mut client, &assured.name).await);
+    assert_eq!(assured.version.as_ref().unwrap().version, 7, "{assured:?}");
+    let confidence = assured
+        .matching
+        .as_ref()
+        .and_then(|m| m.confidence.as_ref());
+    assert!(
+        confidence.is_some_and(|c| c.confidence > 0.0 && c.confidence <= 1.0),
+        "{assured:?}"
+    );
 
     third.kill().unwrap();
     third.wait().unwrap();

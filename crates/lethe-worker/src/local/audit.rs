@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use lethe_ml::audit::{audit, gap_closure, noise_floor, Audit, Splits};
+use lethe_ml::audit::{Audit, MethodAudit, OracleReference, Splits};
 use lethe_ml::ensemble::{load_members, read_manifest, EnsembleResults};
-use lethe_ml::outputs::{margins, Outputs};
+use lethe_ml::outputs::Outputs;
 use lethe_ml::unlearn::{unlearn, ForgetSet, Method, Resources};
 use serde_json::json;
 use tch::Kind;
@@ -40,7 +40,7 @@ pub(crate) struct AuditArgs {
 }
 
 /// Below this many models or oracles, per-point margin distributions are too coarse for a
-/// reported KLoM figure (DESIGN.md §1.7).
+/// reported KLoM figure (docs/DESIGN.md §1.7).
 const STABLE_SAMPLE: i64 = 80;
 
 fn row(name: &str, audited: &Audit) -> String {
@@ -100,8 +100,6 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
     }
     let compared = (total_oracles - args.held_out) as i64;
     let oracle_logits = oracle_results.logits.to_kind(Kind::Float);
-    let labels = data.y.shallow_clone();
-    let reference = margins(&oracle_logits.narrow(0, 0, compared), &labels);
     // OM's targets default to the held-out oracles, which the comparison does not use.
     let om_targets = match (method, &args.method.target_oracles, args.held_out) {
         (Method::Om, None, held_out) if held_out > 0 => {
@@ -114,20 +112,11 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
         _ => args.method.oracle_logits(method, &forget)?,
     };
     let splits = Splits::new(forget.indices(), data.num_train, data.num_val);
+    let oracles = OracleReference::new(&oracle_logits, &data.y, args.held_out, splits)?;
 
     let original_logits = EnsembleResults::load(&args.originals)
         .with_context(|| format!("load originals {}", args.originals.display()))?
-        .logits
-        .to_kind(Kind::Float);
-    let do_nothing = audit(&original_logits, &labels, &reference, &splits)?;
-    let floor = noise_floor(
-        &oracle_logits,
-        &labels,
-        &reference,
-        compared,
-        args.held_out,
-        &splits,
-    )?;
+        .logits;
     let mut models = load_members(&args.originals, &data, device)
         .with_context(|| format!("load originals {}", args.originals.display()))?;
     let resources = Resources {
@@ -151,12 +140,13 @@ pub(crate) fn run(args: AuditArgs) -> anyhow::Result<()> {
     let summary = unlearn(&mut models, &config, &forget, &resources, args.method.seed)?;
     let targets: Vec<i64> = (0..data.num_targets()).collect();
     let logits = Outputs::compute(&mut models, &data, &targets)?.logits;
-    let audited = audit(&logits, &labels, &reference, &splits)?;
+    let MethodAudit {
+        do_nothing,
+        result: audited,
+        gap_closure: closure,
+    } = oracles.method(&original_logits, &logits)?;
+    let floor = oracles.noise_floor.clone();
     spinner.finish_and_clear();
-
-    let closure = floor
-        .as_ref()
-        .map(|floor| gap_closure(&do_nothing, &audited, floor));
     println!(
         "KLoM of {method} on {} models against {compared} oracles ({} forgotten):",
         audited.models,

@@ -1,13 +1,13 @@
 //! A deletion run's tasks. `predict`: DMM's predicted retrain logits on every target,
-//! anchored at version 0 with everything forgotten so far. `match`: the matching fine-tune of
+//! anchored at the model's latest anchor with everything forgotten since it. `match`: the matching fine-tune of
 //! the latest version towards them, written as the next version with its lineage. `audit`:
 //! KLoM of DMM applied the same way to independently trained originals, against oracles
-//! retrained without the forgotten examples (DESIGN.md §1.7), and how far the margins of the
+//! retrained without the forgotten examples (docs/DESIGN.md §1.7), and how far the margins of the
 //! version before and after lie from the oracles'.
 
 use std::collections::BTreeMap;
 
-use lethe_ml::audit::{audit, gap_closure, noise_floor, Splits};
+use lethe_ml::audit::{MethodAudit, OracleReference, Splits};
 use lethe_ml::checkpoint::{self, CheckpointInfo};
 use lethe_ml::data::Dataset;
 use lethe_ml::ensemble::load_members;
@@ -18,15 +18,19 @@ use lethe_ml::unlearn::finetune::{match_targets, matching_examples, MatchingConf
 use lethe_ml::unlearn::lineage::Lineage;
 use lethe_ml::unlearn::targets::{dmm_targets, predicted_shift, AttributionIndex, IndexNoise};
 use lethe_ml::unlearn::{unlearn, DmmSettings, ForgetSet, Method, MethodConfig, Resources};
+use lethe_proto::lethe::v1::{
+    AuditReport, DeletionMethod, FullRetrainReport, MarginGap, MatchReport, PredictReport,
+    VersionMargins,
+};
 use lethe_proto::tasks::{AuditDmm, AuditSpec, FullRetrainSpec, MatchSpec, PredictSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
-use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
 use super::ensemble::gather_ensemble;
+use super::reports;
 use super::{
-    fetch, fetch_input, load_checkpoint, load_dataset, ml_error, one_input, put, spec,
-    stop_if_cancelled, workspace,
+    fetch, fetch_input, load_checkpoint, load_dataset, ml_error, one_input, put, stop_if_cancelled,
+    workspace,
 };
 
 pub(super) struct Predict {
@@ -108,8 +112,14 @@ fn all_targets(data: &Dataset) -> Vec<i64> {
 }
 
 impl TaskHandler for Predict {
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: PredictSpec = spec(context)?;
+    type Spec = PredictSpec;
+    type Report = PredictReport;
+
+    fn run(
+        &self,
+        task: PredictSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<PredictReport>, TaskError> {
         let dir = workspace()?;
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.forgotten, &data)?;
@@ -165,22 +175,28 @@ impl TaskHandler for Predict {
             .double_value(&[]);
         Ok(TaskOutput {
             artifacts: vec![put(context, "targets", &path)?],
-            result: Some(json!({
-                "forgotten": forgotten.len(),
-                "mean_abs_logit_shift_on_forget": forget_shift,
-                "confidence": confidence,
-            })),
+            report: PredictReport {
+                forgotten: forgotten.len() as u64,
+                mean_abs_logit_shift_on_forget: forget_shift,
+                confidence: confidence.as_ref().map(reports::confidence),
+            },
         })
     }
 }
 
 impl TaskHandler for Match {
+    type Spec = MatchSpec;
+    type Report = MatchReport;
+
     fn needs_inputs(&self) -> bool {
         true
     }
 
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: MatchSpec = spec(context)?;
+    fn run(
+        &self,
+        task: MatchSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<MatchReport>, TaskError> {
         let dir = workspace()?;
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.forgotten, &data)?;
@@ -214,16 +230,14 @@ impl TaskHandler for Match {
             let trusted = required_confidence(confidence.as_ref(), minimum)?;
             if trusted.confidence < minimum {
                 // The run's full_retrain writes the version instead.
-                return Ok(TaskOutput {
-                    artifacts: Vec::new(),
-                    result: Some(json!({
-                        "retrained_instead": true,
-                        "confidence": trusted,
-                        "min_confidence": minimum,
-                        "forgotten": forgotten.len(),
-                        "requested": requested.len(),
-                    })),
-                });
+                return Ok(TaskOutput::report(MatchReport {
+                    retrained_instead: true,
+                    confidence: Some(reports::confidence(trusted)),
+                    min_confidence: Some(minimum),
+                    forgotten: forgotten.len() as u64,
+                    requested: requested.len() as u64,
+                    ..MatchReport::default()
+                }));
             }
         }
         if predicted.size() != [data.num_targets(), data.num_classes] {
@@ -263,30 +277,37 @@ impl TaskHandler for Match {
         checkpoint::save_member(&current, 0, &new_info, &path).map_err(ml_error)?;
         Ok(TaskOutput {
             artifacts: vec![put(context, "model", &path)?],
-            result: Some(json!({
-                "version": next.version,
-                "forgotten": forgotten.len(),
-                "requested": requested.len(),
-                "examples": summary.examples,
-                "final_loss": summary.final_loss,
-                "architecture": current.spec.to_string(),
-                "matching": matching,
-                "head_refitted": summary.head_refitted,
-                "confidence": confidence,
-                "min_confidence": task.min_confidence,
-            })),
+            report: MatchReport {
+                retrained_instead: false,
+                version: next.version as i32,
+                forgotten: forgotten.len() as u64,
+                requested: requested.len() as u64,
+                examples: summary.examples as u64,
+                final_loss: summary.final_loss,
+                architecture: current.spec.to_string(),
+                settings: Some(reports::matching(&matching)),
+                head_refitted: summary.head_refitted,
+                confidence: confidence.as_ref().map(reports::confidence),
+                min_confidence: task.min_confidence,
+            },
         })
     }
 }
 
 impl TaskHandler for FullRetrain {
+    type Spec = FullRetrainSpec;
+    type Report = FullRetrainReport;
+
     fn needs_inputs(&self) -> bool {
         // A retrain that stands in for DMM reads the predicted targets' confidence.
         true
     }
 
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: FullRetrainSpec = spec(context)?;
+    fn run(
+        &self,
+        task: FullRetrainSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<FullRetrainReport>, TaskError> {
         let dir = workspace()?;
         let mut confidence = None;
         if let Some(minimum) = task.only_below_confidence {
@@ -294,14 +315,12 @@ impl TaskHandler for FullRetrain {
             let trusted = required_confidence(predicted.confidence.as_ref(), minimum)?.clone();
             if trusted.confidence >= minimum {
                 // The run's match writes the version.
-                return Ok(TaskOutput {
-                    artifacts: Vec::new(),
-                    result: Some(json!({
-                        "retrain_needed": false,
-                        "confidence": trusted,
-                        "min_confidence": minimum,
-                    })),
-                });
+                return Ok(TaskOutput::report(FullRetrainReport {
+                    skipped: true,
+                    confidence: Some(reports::confidence(&trusted)),
+                    min_confidence: Some(minimum),
+                    ..FullRetrainReport::default()
+                }));
             }
             confidence = Some(trusted);
         }
@@ -350,24 +369,31 @@ impl TaskHandler for FullRetrain {
             .accuracy();
         Ok(TaskOutput {
             artifacts: vec![put(context, "model", &path)?],
-            result: Some(json!({
-                "retrained_without": forgotten.len(),
-                "examples": summary.examples,
-                "val_accuracy": accuracy.first().copied().unwrap_or(0.0),
-                "confidence": confidence,
-                "min_confidence": task.only_below_confidence,
-            })),
+            report: FullRetrainReport {
+                skipped: false,
+                retrained_without: forgotten.len() as u64,
+                examples: summary.examples as u64,
+                val_accuracy: accuracy.first().copied().unwrap_or(0.0),
+                confidence: confidence.as_ref().map(reports::confidence),
+                min_confidence: task.only_below_confidence,
+            },
         })
     }
 }
 
 impl TaskHandler for Audit {
+    type Spec = AuditSpec;
+    type Report = AuditReport;
+
     fn needs_inputs(&self) -> bool {
         true
     }
 
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: AuditSpec = spec(context)?;
+    fn run(
+        &self,
+        task: AuditSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<AuditReport>, TaskError> {
         let dir = workspace()?;
         let data = load_dataset(context, &task.dataset, dir.path())?;
         let forgotten = forget_set(&task.forgotten, &data)?;
@@ -386,50 +412,41 @@ impl TaskHandler for Audit {
                 task.held_out
             )));
         }
-        let compared = (total - task.held_out) as i64;
         let oracle_logits = oracles.logits.to_kind(Kind::Float);
         let labels = data.y.shallow_clone();
-        let reference = margins(&oracle_logits.narrow(0, 0, compared), &labels);
         let splits = Splits::new(forgotten.indices(), data.num_train, data.num_val);
-        let noise_floor = noise_floor(
-            &oracle_logits,
-            &labels,
-            &reference,
-            compared,
-            task.held_out,
-            &splits,
-        )
-        .map_err(ml_error)?;
+        let reference = OracleReference::new(&oracle_logits, &labels, task.held_out, splits)
+            .map_err(ml_error)?;
         stop_if_cancelled(context)?;
 
-        let mut report = json!({
-            "oracles": compared,
-            "held_out_oracles": task.held_out,
-            "noise_floor": noise_floor,
-        });
+        let mut report = AuditReport {
+            oracles: reference.compared as u32,
+            held_out_oracles: task.held_out as u32,
+            noise_floor: reference.noise_floor.as_ref().map(reports::audit),
+            ..AuditReport::default()
+        };
         // A run held to a minimum confidence may have retrained instead of running DMM.
         let retrained = one_input(context, "model")?.task_kind == lethe_proto::tasks::FULL_RETRAIN;
         if let Some(dmm) = task.dmm.as_ref().filter(|_| !retrained) {
             context.report(0.3, "DMM on the originals");
             let originals = audit_dmm(context, dmm, &data, dir.path(), self.device)?;
-            let do_nothing =
-                audit(&originals.before, &labels, &reference, &splits).map_err(ml_error)?;
-            let audited =
-                audit(&originals.after, &labels, &reference, &splits).map_err(ml_error)?;
-            let gap_closure = noise_floor
-                .as_ref()
-                .map(|floor| gap_closure(&do_nothing, &audited, floor));
-            report["method"] = "dmm".into();
-            report["models"] = audited.models.into();
-            report["result"] = json!(audited);
-            report["do_nothing"] = json!(do_nothing);
-            report["gap_closure"] = json!(gap_closure);
+            let MethodAudit {
+                do_nothing,
+                result: audited,
+                gap_closure,
+            } = reference
+                .method(&originals.before, &originals.after)
+                .map_err(ml_error)?;
+            report.method = DeletionMethod::Dmm as i32;
+            report.result = Some(reports::audit(&audited));
+            report.do_nothing = Some(reports::audit(&do_nothing));
+            report.gap_closure = gap_closure;
             // What the run predicted about its targets before the fine-tune, beside what it
             // achieved.
-            report["confidence"] = json!(originals.confidence);
+            report.confidence = originals.confidence.as_ref().map(reports::confidence);
         } else {
             // A retrain from scratch is exact: it is one more oracle.
-            report["method"] = "retrain".into();
+            report.method = DeletionMethod::Retrain as i32;
         }
         stop_if_cancelled(context)?;
         context.report(0.9, "margins of the versions before and after");
@@ -454,17 +471,14 @@ impl TaskHandler for Audit {
         let (before_margins, after_margins) =
             (version_margins(&mut before)?, version_margins(&mut after)?);
         let oracle_margins = margins(&oracle_logits, &labels);
-        report["version"] = margin_report(
+        report.version = Some(margin_report(
             &oracle_margins,
             &before_margins,
             &after_margins,
             &forgotten,
             &data,
-        );
-        Ok(TaskOutput {
-            artifacts: Vec::new(),
-            result: Some(report),
-        })
+        ));
+        Ok(TaskOutput::report(report))
     }
 }
 
@@ -549,18 +563,13 @@ fn margin_report(
     after: &Tensor,
     forgotten: &ForgetSet,
     data: &Dataset,
-) -> Value {
+) -> VersionMargins {
     let oracle_mean = oracles.mean_dim([0].as_slice(), false, Kind::Float);
     let retained = forgotten.retained(data.num_train);
     let validation: Vec<i64> = (data.num_train..data.num_targets()).collect();
-    let mut splits = serde_json::Map::new();
-    for (name, indices) in [
-        ("forget", forgotten.indices()),
-        ("retain", retained.as_slice()),
-        ("validation", validation.as_slice()),
-    ] {
+    let split = |indices: &[i64]| {
         if indices.is_empty() {
-            continue;
+            return None;
         }
         let rows = Tensor::from_slice(indices);
         let gap = |margins: &Tensor| {
@@ -570,15 +579,20 @@ fn margin_report(
                 .double_value(&[])
         };
         let (gap_before, gap_after) = (gap(before), gap(after));
-        splits.insert(
-            name.to_owned(),
-            json!({
-                "points": indices.len(),
-                "margin_gap_before": gap_before,
-                "margin_gap_after": gap_after,
-                "gap_closed": if gap_before > 0.0 { 1.0 - gap_after / gap_before } else { 0.0 },
-            }),
-        );
+        Some(MarginGap {
+            points: indices.len() as u64,
+            margin_gap_before: gap_before,
+            margin_gap_after: gap_after,
+            gap_closed: if gap_before > 0.0 {
+                1.0 - gap_after / gap_before
+            } else {
+                0.0
+            },
+        })
+    };
+    VersionMargins {
+        forget: split(forgotten.indices()),
+        retain: split(&retained),
+        validation: split(&validation),
     }
-    Value::Object(splits)
 }

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use lethe_ml::attribution::{build_index, Estimator};
 use lethe_ml::ensemble::{run_member_range, EnsembleEvent, EnsembleResults, EnsembleSpec};
+use lethe_proto::lethe::v1::{IndexEstimator, IndexReport, RetrainReport};
 use lethe_proto::tasks::{BuildIndexSpec, EnsembleTask, RetrainSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
-use serde_json::json;
 
 use super::{
-    fetch_input, load_checkpoint, load_dataset, ml_error, put, spec, stop_if_cancelled, workspace,
+    fetch_input, load_checkpoint, load_dataset, ml_error, put, stop_if_cancelled, workspace,
 };
 
 /// What `run_member_range` names its files; the reduce rebuilds the directory from them.
@@ -62,8 +62,14 @@ fn ensemble_spec(
 }
 
 impl TaskHandler for Retrain {
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: RetrainSpec = spec(context)?;
+    type Spec = RetrainSpec;
+    type Report = RetrainReport;
+
+    fn run(
+        &self,
+        task: RetrainSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<RetrainReport>, TaskError> {
         let dir = workspace()?;
         let (ensemble, data) = ensemble_spec(context, &task.ensemble, dir.path(), self.device)?;
         let members = task.start..task.end;
@@ -107,10 +113,11 @@ impl TaskHandler for Retrain {
         let mean = val_accuracy.iter().sum::<f64>() / val_accuracy.len().max(1) as f64;
         Ok(TaskOutput {
             artifacts,
-            result: Some(json!({
-                "members": [task.start, task.end],
-                "val_accuracy_mean": mean,
-            })),
+            report: RetrainReport {
+                member_start: task.start as u64,
+                member_end: task.end as u64,
+                val_accuracy_mean: mean,
+            },
         })
     }
 }
@@ -157,12 +164,18 @@ pub(super) fn gather_ensemble(
 }
 
 impl TaskHandler for BuildIndex {
+    type Spec = BuildIndexSpec;
+    type Report = IndexReport;
+
     fn needs_inputs(&self) -> bool {
         true
     }
 
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: BuildIndexSpec = spec(context)?;
+    fn run(
+        &self,
+        task: BuildIndexSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<IndexReport>, TaskError> {
         let dir = workspace()?;
         let ensemble = gather_ensemble(context, dir.path(), |_| true)?;
         if ensemble.seeds.len() != task.ensemble.members {
@@ -176,29 +189,35 @@ impl TaskHandler for BuildIndex {
         // Validation accuracy of the subset models: a retrain that learnt nothing would make
         // β noise, and this is where an operator sees it.
         let mean = accuracy.iter().sum::<f64>() / accuracy.len().max(1) as f64;
-        let mut report = json!({
-            "members": ensemble.seeds.len(),
-            "num_train": ensemble.manifest.num_train,
-            "num_targets": ensemble.manifest.num_targets,
-            "dataset_hash": ensemble.manifest.dataset_hash,
-            "subset_val_accuracy_mean": mean,
-        });
+        let members = ensemble.seeds.len() as u32;
+        let mut report = IndexReport {
+            estimator: IndexEstimator::Subsample as i32,
+            estimation_models: members,
+            held_out_models: 0,
+            members,
+            num_train: ensemble.manifest.num_train,
+            num_targets: ensemble.manifest.num_targets,
+            dataset_sha256: ensemble.manifest.dataset_hash.clone(),
+            subset_val_accuracy_mean: mean,
+            noise_model: true,
+            trak_scale: None,
+        };
         if let Some(trak) = &task.trak {
             let (beta, scale) =
                 super::trak::reduce(context, &task.ensemble, trak, &ensemble, dir.path())?;
-            report["estimator"] = "trak".into();
-            report["trak_scale"] = scale.into();
+            report.estimator = IndexEstimator::Trak as i32;
+            report.estimation_models = trak.checkpoints as u32;
+            // TRAK is estimated from the checkpoints; the subset retrains only calibrate it.
+            report.held_out_models = members;
+            report.trak_scale = Some(scale);
             let mut artifacts = vec![put(context, "beta", &beta)?];
             // A build of two or more checkpoints measures its noise (one cannot).
             let noise = lethe_ml::unlearn::targets::IndexNoise::path_for(&beta);
-            report["noise_model"] = noise.is_file().into();
+            report.noise_model = noise.is_file();
             if noise.is_file() {
                 artifacts.push(put(context, "beta_noise", &noise)?);
             }
-            return Ok(TaskOutput {
-                artifacts,
-                result: Some(report),
-            });
+            return Ok(TaskOutput { artifacts, report });
         }
         let beta = dir.path().join("beta.safetensors");
         let rows = ensemble.manifest.num_train.max(1) as f64;
@@ -222,13 +241,12 @@ impl TaskHandler for BuildIndex {
             return Err(TaskError::Cancelled);
         }
         let noise = lethe_ml::unlearn::targets::IndexNoise::path_for(&beta);
-        report["estimator"] = "subsample".into();
         Ok(TaskOutput {
             artifacts: vec![
                 put(context, "beta", &beta)?,
                 put(context, "beta_noise", &noise)?,
             ],
-            result: Some(report),
+            report,
         })
     }
 }

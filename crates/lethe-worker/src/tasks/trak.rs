@@ -11,14 +11,14 @@ use lethe_ml::attribution::trak::{
 use lethe_ml::data::Dataset;
 use lethe_ml::ensemble::EnsembleResults;
 use lethe_ml::tensorio;
+use lethe_proto::lethe::v1::{TrakCheckpointsReport, TrakShardReport};
 use lethe_proto::tasks::{EnsembleTask, TrakCheckpointsSpec, TrakSettings, TrakShardSpec};
 use lethe_runner::{TaskContext, TaskError, TaskHandler, TaskOutput};
-use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::{
-    fetch_input, inputs_named, load_checkpoint, load_dataset, ml_error, put, spec,
-    stop_if_cancelled, workspace,
+    fetch_input, inputs_named, load_checkpoint, load_dataset, ml_error, put, stop_if_cancelled,
+    workspace,
 };
 
 pub(super) struct TrakCheckpoints;
@@ -87,8 +87,14 @@ fn gather_checkpoints(
 }
 
 impl TaskHandler for TrakCheckpoints {
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: TrakCheckpointsSpec = spec(context)?;
+    type Spec = TrakCheckpointsSpec;
+    type Report = TrakCheckpointsReport;
+
+    fn run(
+        &self,
+        task: TrakCheckpointsSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<TrakCheckpointsReport>, TaskError> {
         let dir = workspace()?;
         let (config, data) = trak_config(context, &task.ensemble, &task.trak, dir.path())?;
         stop_if_cancelled(context)?;
@@ -103,27 +109,36 @@ impl TaskHandler for TrakCheckpoints {
             .collect::<Result<_, _>>()?;
         Ok(TaskOutput {
             artifacts,
-            result: Some(json!({ "checkpoints": config.checkpoints })),
+            report: TrakCheckpointsReport {
+                checkpoints: config.checkpoints as u32,
+            },
         })
     }
 }
 
 impl TaskHandler for TrakFeatures {
+    type Spec = TrakShardSpec;
+    type Report = TrakShardReport;
+
     fn needs_inputs(&self) -> bool {
         true
     }
 
-    fn run(&self, context: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let task: TrakShardSpec = spec(context)?;
+    fn run(
+        &self,
+        task: TrakShardSpec,
+        context: &TaskContext,
+    ) -> Result<TaskOutput<TrakShardReport>, TaskError> {
         let dir = workspace()?;
         let (config, data) = trak_config(context, &task.ensemble, &task.trak, dir.path())?;
         let examples = task.examples(data.num_train);
+        let report = TrakShardReport {
+            example_start: examples.start,
+            example_end: examples.end,
+        };
         if examples.is_empty() {
             // A shard past the end of a small training split: nothing to featurise.
-            return Ok(TaskOutput {
-                artifacts: Vec::new(),
-                result: Some(json!({ "examples": [examples.start, examples.end] })),
-            });
+            return Ok(TaskOutput::report(report));
         }
         let checkpoints = gather_checkpoints(context, &config, &data, dir.path())?;
         stop_if_cancelled(context)?;
@@ -150,7 +165,7 @@ impl TaskHandler for TrakFeatures {
         .map_err(ml_error)?;
         Ok(TaskOutput {
             artifacts: vec![put(context, "trak_features", &path)?],
-            result: Some(json!({ "examples": [examples.start, examples.end] })),
+            report,
         })
     }
 }

@@ -8,11 +8,11 @@ pub(crate) mod browser;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use lethe_artifacts::StoredObject;
 use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, RunningCoordinator};
 use lethe_proto::google::longrunning::{operation, Operation};
-use lethe_proto::lethe::v1::OperationResult;
+use lethe_proto::lethe::v1::DeletionResult;
 use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
-use prost::Message;
 
 /// `message` as a call with `token` as its bearer token.
 pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
@@ -23,15 +23,38 @@ pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-/// The result of an operation that succeeded, as JSON; panics if it did not succeed.
-pub(crate) fn result_json(operation: &Operation) -> serde_json::Value {
+/// The response of an operation that succeeded, as its kind's result message; panics if it
+/// did not succeed or responded with another type.
+pub(crate) fn response<M: prost::Name + Default>(operation: &Operation) -> M {
     match &operation.result {
-        Some(operation::Result::Response(any)) => {
-            let result = OperationResult::decode(any.value.as_slice()).unwrap();
-            serde_json::from_str(&result.result_json).unwrap()
-        }
+        Some(operation::Result::Response(any)) => any
+            .to_msg()
+            .unwrap_or_else(|e| panic!("{} responded with {}: {e}", operation.name, any.type_url)),
         other => panic!("{} did not succeed: {other:?}", operation.name),
     }
+}
+
+/// The checkpoint of the version a deletion made, as a client downloads it.
+pub(crate) fn version_object(result: &DeletionResult) -> StoredObject {
+    let version = result
+        .version
+        .as_ref()
+        .expect("a deletion names its version");
+    StoredObject {
+        uri: version.uri.clone(),
+        sha256: version.sha256.as_slice().try_into().unwrap(),
+        size: version.size_bytes,
+    }
+}
+
+/// The uuid of a deletion's run.
+pub(crate) fn run_id(result: &DeletionResult) -> uuid::Uuid {
+    result
+        .run
+        .strip_prefix("operations/")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Reads a `WatchOperation` stream to its end, handing each operation to `each`; returns the
