@@ -110,7 +110,7 @@ impl Store {
     pub async fn ended_with(&self, id: Uuid) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, tenant, kind, request_id, spec, priority, state, tasks_total, error, \
-             result, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
+             deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
              '[]'::json AS task_counts FROM jobs \
              WHERE (id = $1 OR run_id = $1) AND finished_at IS NOT NULL",
         )
