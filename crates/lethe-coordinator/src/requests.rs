@@ -306,20 +306,7 @@ impl Shared {
             .await
             .map_err(from_store)?;
         Ok(pb::ListModelVersionsResponse {
-            versions: versions
-                .into_iter()
-                .map(|v| pb::ModelVersion {
-                    version: v.version,
-                    uri: v.object.uri,
-                    sha256: v.object.sha256.map(|h| h.to_vec()).unwrap_or_default(),
-                    forgotten_count: v.forgotten.len() as i64,
-                    size_bytes: v.object.size_bytes.unwrap_or(0) as u64,
-                    run: v
-                        .run_id
-                        .map(crate::operations::operation_name)
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            versions: versions.iter().map(version_to_proto).collect(),
         })
     }
 
@@ -345,5 +332,24 @@ impl Shared {
             }
         }
         Ok(started)
+    }
+}
+
+/// A model version as the API shows it, in `ListModelVersions` and a deletion's result.
+pub(crate) fn version_to_proto(version: &lethe_store::ModelVersion) -> pb::ModelVersion {
+    pb::ModelVersion {
+        version: version.version,
+        uri: version.object.uri.clone(),
+        sha256: version
+            .object
+            .sha256
+            .map(|h| h.to_vec())
+            .unwrap_or_default(),
+        forgotten_count: version.forgotten.len() as i64,
+        size_bytes: version.object.size_bytes.unwrap_or(0) as u64,
+        run: version
+            .run_id
+            .map(crate::operations::operation_name)
+            .unwrap_or_default(),
     }
 }

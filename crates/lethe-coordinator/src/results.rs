@@ -7,7 +7,7 @@
 use lethe_proto::lethe::v1::task_report::Report;
 use lethe_proto::lethe::v1::{
     AuditReport, DeletionMethod, DeletionResult, FullRetrainReport, IndexBuildResult, IndexReport,
-    MatchReport, ModelVersion as VersionMessage, NoopResult, StoredObject,
+    MatchReport, NoopResult, StoredObject,
 };
 use lethe_proto::reports::NOOP;
 use lethe_proto::tasks;
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::operations::operation_name;
 use crate::planner::{DeletionRequestSpec, DeletionRunSpec};
+use crate::requests::version_to_proto;
 use crate::status::from_store;
 
 /// What a succeeded operation produced, by kind.
@@ -157,18 +158,7 @@ async fn deletion(
     };
     Ok(DeletionResult {
         run: operation_name(run_id),
-        version: Some(VersionMessage {
-            version: version.version,
-            uri: version.object.uri.clone(),
-            sha256: version
-                .object
-                .sha256
-                .map(|h| h.to_vec())
-                .unwrap_or_default(),
-            forgotten_count: version.forgotten.len() as i64,
-            run: operation_name(run_id),
-            size_bytes: version.object.size_bytes.unwrap_or(0) as u64,
-        }),
+        version: Some(version_to_proto(&version)),
         from_version: run.parent_version,
         requested: requested as u64,
         forgotten_in_run: run.requested.len() as u64,

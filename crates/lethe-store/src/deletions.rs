@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use lethe_proto::lethe::v1::{FailureReason, IndexReport, TaskReport};
-use prost::Message;
+use lethe_proto::lethe::v1::{FailureReason, IndexReport};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -523,11 +522,7 @@ pub(crate) fn hash(bytes: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, StoreErro
 /// The report of an index build's reduce task. A build recorded before reports were typed
 /// (migration 0008) has none, and is not an index the planner can use.
 fn index_report(bytes: Option<Vec<u8>>) -> Result<IndexReport, StoreError> {
-    let report = bytes
-        .map(|bytes| TaskReport::decode(bytes.as_slice()))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("an index build's report: {e}")))?;
-    match report.and_then(|r| r.report) {
+    match crate::reports::decode_report(bytes)?.and_then(|r| r.report) {
         Some(lethe_proto::lethe::v1::task_report::Report::BuildIndex(report)) => Ok(report),
         _ => Err(StoreError::FailedPrecondition(
             "the model's index was built before migration 0008 recorded typed reports: build it again with CreateIndexBuild".into(),

@@ -28,6 +28,14 @@ impl ReportedTask {
     }
 }
 
+/// A stored `tasks.report`, decoded.
+pub(crate) fn decode_report(bytes: Option<Vec<u8>>) -> Result<Option<TaskReport>, StoreError> {
+    bytes
+        .map(|bytes| TaskReport::decode(bytes.as_slice()))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("a task's report: {e}")))
+}
+
 impl Store {
     /// The succeeded tasks of `job_id` whose kind is one of `kinds`, in creation order.
     pub async fn reported_tasks(
@@ -70,11 +78,7 @@ impl Store {
                         ))
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
-                let report = row
-                    .try_get::<Option<Vec<u8>>, _>("report")?
-                    .map(|bytes| TaskReport::decode(bytes.as_slice()))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("a task's report: {e}")))?;
+                let report = decode_report(row.try_get("report")?)?;
                 Ok(ReportedTask {
                     id: row.try_get("id")?,
                     kind: row.try_get("kind")?,
