@@ -22,6 +22,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/check-boundaries.sh
+	scripts/check-module-cycles.py crates/lethe-coordinator crates/lethe-cli
 
 test: lint
 	cargo test --workspace

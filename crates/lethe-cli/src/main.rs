@@ -14,9 +14,9 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 use lethe_config::otlp::OtlpExport;
 
-mod client;
-mod submit;
-mod summary;
+mod commands;
+mod connection;
+mod render;
 
 #[derive(Parser)]
 #[command(name = "lethe", version, about = "Lethe: make trained models forget")]
@@ -24,7 +24,7 @@ struct Cli {
     #[command(subcommand)]
     command: Verb,
     #[command(flatten)]
-    connection: client::Connection,
+    connection: connection::Connection,
 }
 
 #[derive(Subcommand)]
@@ -52,22 +52,22 @@ enum Verb {
     Audit(Forwarded),
     /// Operations on the coordinator: list, get, watch, wait, cancel.
     #[command(subcommand, visible_alias = "op")]
-    Operations(client::OperationsVerb),
+    Operations(commands::operations::OperationsVerb),
     /// Datasets registered with the coordinator: register, get.
     #[command(subcommand)]
-    Datasets(client::DatasetsVerb),
+    Datasets(commands::registry::DatasetsVerb),
     /// Models registered with the coordinator: register, get.
     #[command(subcommand)]
-    Models(client::ModelsVerb),
+    Models(commands::registry::ModelsVerb),
     /// Check a deployment end to end: run no-op tasks through the coordinator, the workers and
     /// the artifact store, and watch them finish.
-    Smoke(client::SmokeArgs),
+    Smoke(commands::smoke::SmokeArgs),
     /// Submit work: an index build or a deletion request (watched to the end unless
     /// --no-watch).
     #[command(subcommand)]
-    Submit(submit::SubmitVerb),
+    Submit(commands::submit::SubmitVerb),
     /// Download the checkpoint a succeeded deletion request made.
-    Download(submit::DownloadArgs),
+    Download(commands::submit::DownloadArgs),
 }
 
 impl Verb {
@@ -151,12 +151,14 @@ fn main() -> ExitCode {
     );
     let _in_command = command.enter();
     let (name, forwarded) = match cli.command {
-        Verb::Operations(verb) => return report(client::operations(cli.connection, verb)),
-        Verb::Smoke(args) => return report(client::smoke(cli.connection, args)),
-        Verb::Datasets(verb) => return report(client::datasets(cli.connection, verb)),
-        Verb::Models(verb) => return report(client::models(cli.connection, verb)),
-        Verb::Submit(verb) => return report(submit::submit(cli.connection, verb)),
-        Verb::Download(args) => return report(submit::download(cli.connection, args)),
+        Verb::Operations(verb) => {
+            return report(commands::operations::operations(cli.connection, verb))
+        }
+        Verb::Smoke(args) => return report(commands::smoke::smoke(cli.connection, args)),
+        Verb::Datasets(verb) => return report(commands::registry::datasets(cli.connection, verb)),
+        Verb::Models(verb) => return report(commands::registry::models(cli.connection, verb)),
+        Verb::Submit(verb) => return report(commands::submit::submit(cli.connection, verb)),
+        Verb::Download(args) => return report(commands::submit::download(cli.connection, args)),
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),

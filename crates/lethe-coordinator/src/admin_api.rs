@@ -10,10 +10,11 @@ use lethe_proto::lethe::v1::{
 use lethe_store::{AuditEntry, AuditOutcome, WorkerInfo};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{authenticated, Operator};
-use crate::operations::{operation_name, timestamp};
-use crate::server::Shared;
+use crate::gate::principal::{authenticated, Operator};
+use crate::names::{operation_name, timestamp};
+use crate::state::Shared;
 use crate::status::{from_store, parse_uuid};
+use crate::worker_api::drain;
 
 pub(crate) struct AdminApi {
     pub(crate) shared: Arc<Shared>,
@@ -43,8 +44,9 @@ impl Admin for AdminApi {
         let operator: Operator = authenticated(&request)?;
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
-        let handed_back = self.shared.drain(worker, request.hand_back).await?;
+        let handed_back = drain(&self.shared, worker, request.hand_back).await?;
         self.shared
+            .gate
             .record(AuditEntry {
                 tenant: None,
                 credential_id: operator.credential_id,

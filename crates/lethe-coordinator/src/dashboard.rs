@@ -1,7 +1,8 @@
 //! The read-only dashboard (`dashboard_listen`): one HTML page with its script inline (nothing is
-//! fetched from the network), and the JSON it polls. Every JSON call carries a token like the
-//! gRPC API: a tenant's token sees that tenant's operations, and only the kinds of other
-//! tenants' tasks on the workers; an admin token sees everything; a worker token nothing.
+//! fetched from the network), and the JSON it polls. Every JSON call passes the gate like a
+//! gRPC call (its refusals are in the audit log): a tenant's token sees that tenant's
+//! operations, and only the kinds of other tenants' tasks on the workers; an admin token sees
+//! everything; a worker token nothing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,15 +12,17 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use lethe_store::{CredentialKind, Job, JobGraph, StoreError};
+use lethe_store::{Job, JobGraph, StoreError};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tonic::Code;
 use uuid::Uuid;
 
-use crate::auth::{bearer_token, AuthMode};
-use crate::operations::operation_name;
-use crate::server::Shared;
-use crate::tenant::tenant_from_header;
+use crate::gate::admission::{Call, Pass};
+use crate::gate::authenticate::Api;
+use crate::gate::principal::Principal;
+use crate::names::operation_name;
+use crate::state::Shared;
 
 const PAGE: &str = include_str!("dashboard.html");
 
@@ -76,32 +79,43 @@ async fn page() -> Response {
         .into_response()
 }
 
-impl Shared {
-    async fn dashboard_scope(&self, headers: &HeaderMap) -> Result<Scope, Refusal> {
-        if self.config.auth == AuthMode::TrustedHeader {
-            return tenant_from_header(headers)
-                .map(Scope::Tenant)
-                .map_err(|status| refuse(StatusCode::BAD_REQUEST, status.message()));
-        }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(bearer_token)
-            .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "sign in with an API token"))?;
-        let credential = self
-            .credentials
-            .lookup(&self.store, token)
-            .await
-            .map_err(|status| refuse(StatusCode::SERVICE_UNAVAILABLE, status.message()))?
-            .filter(|c| c.revoked_at.is_none())
-            .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "unknown or revoked token"))?;
-        match (credential.kind, credential.tenant) {
-            (CredentialKind::Tenant, Some(tenant)) => Ok(Scope::Tenant(tenant)),
-            (CredentialKind::Admin, _) => Ok(Scope::Everything),
-            _ => Err(refuse(
+/// Lets a dashboard call through the gate, as any gRPC call: the same credentials, limits
+/// and audit lines. The pass is held until the call is answered.
+async fn admit(shared: &Shared, path: &str, headers: &HeaderMap) -> Result<(Scope, Pass), Refusal> {
+    let pass = shared
+        .gate
+        .admit(Call {
+            api: Api::Dashboard,
+            path,
+            headers,
+            client_certificate: false,
+            long_poll: false,
+            trace: None,
+        })
+        .await
+        .map_err(|status| refuse(http_status(status.code()), status.message()))?;
+    let scope = match &pass.principal {
+        Principal::Tenant(caller) => Scope::Tenant(caller.tenant.clone()),
+        Principal::Admin(_) => Scope::Everything,
+        Principal::Worker(_) | Principal::Anyone => {
+            return Err(refuse(
                 StatusCode::FORBIDDEN,
-                "a worker's token does not open the dashboard",
-            )),
+                "only tenant and admin tokens open the dashboard",
+            ))
         }
+    };
+    Ok((scope, pass))
+}
+
+/// The HTTP status of a gate's refusal.
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -138,7 +152,7 @@ async fn operations(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let scope = shared.dashboard_scope(&headers).await?;
+    let (scope, _pass) = admit(&shared, "/dashboard/api/operations", &headers).await?;
     let jobs = shared
         .store
         .recent_jobs(scope.tenant(), 100)
@@ -155,7 +169,7 @@ async fn operation(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let scope = shared.dashboard_scope(&headers).await?;
+    let (scope, _pass) = admit(&shared, "/dashboard/api/operations/{id}", &headers).await?;
     let id =
         Uuid::parse_str(&id).map_err(|_| refuse(StatusCode::BAD_REQUEST, "not an operation id"))?;
     let JobGraph {
@@ -186,7 +200,7 @@ async fn operation(
         })
         .collect();
     let mut body = summary(&job);
-    let response = crate::results::response(&shared.store, &job)
+    let response = crate::operation::response(&shared.store, &job)
         .await
         .map_err(|status| refuse(StatusCode::INTERNAL_SERVER_ERROR, status.message()))?;
     body["result"] = serde_json::to_value(response).expect("results serialise");
@@ -199,7 +213,7 @@ async fn workers(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, Refusal> {
-    let scope = shared.dashboard_scope(&headers).await?;
+    let (scope, _pass) = admit(&shared, "/dashboard/api/workers", &headers).await?;
     let workers = shared
         .store
         .list_workers(false)

@@ -1,10 +1,11 @@
-//! Datasets and models: the `datasets/{id}` and `models/{id}` resources.
+//! Datasets, models and model versions: the `datasets/{id}` and `models/{id}` resources, and
+//! where tenants may register them.
 
 use lethe_proto::lethe::v1 as pb;
 use lethe_store::{Dataset, Model};
 use tonic::Status;
 
-use crate::operations::timestamp;
+use crate::names::{operation_name, timestamp};
 use crate::status::{invalid, outside_registration_prefixes};
 
 /// Where a registration prefix puts the caller's tenant.
@@ -29,21 +30,20 @@ pub(crate) fn model_to_proto(model: Model) -> pb::Model {
     }
 }
 
-/// The id in `{collection}/{id}`.
-pub(crate) fn resource_id<'a>(
-    field: &str,
-    collection: &str,
-    name: &'a str,
-) -> Result<&'a str, Status> {
-    name.strip_prefix(collection)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| {
-            invalid(
-                field,
-                format!("{name:?} is not of the form {collection}/{{id}}"),
-            )
-        })
+/// A model version as the API shows it, in `ListModelVersions` and a deletion's result.
+pub(crate) fn version_to_proto(version: &lethe_store::ModelVersion) -> pb::ModelVersion {
+    pb::ModelVersion {
+        version: version.version,
+        uri: version.object.uri.clone(),
+        sha256: version
+            .object
+            .sha256
+            .map(|h| h.to_vec())
+            .unwrap_or_default(),
+        forgotten_count: version.forgotten.len() as i64,
+        size_bytes: version.object.size_bytes.unwrap_or(0) as u64,
+        run: version.run_id.map(operation_name).unwrap_or_default(),
+    }
 }
 
 /// An optional SHA-256: empty, or exactly 32 bytes.

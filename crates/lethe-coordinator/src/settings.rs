@@ -9,7 +9,7 @@ use lethe_config::logging::LogFormat;
 use lethe_config::ConfigError;
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthMode, CoordinatorConfig, TlsSettings};
+use crate::config::{AuthMode, CoordinatorConfig, TlsSettings};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,20 +1,15 @@
-//! Which tenant a public call acts for: the caller that the gate ([`crate::auth`]) put on the
-//! request. Every store query a handler makes is scoped by it.
+//! Tenants: their names, the trusted header that names one, and each tenant's share of a
+//! replica's concurrent calls.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tonic::{Request, Status};
+use tonic::Status;
 
-use crate::auth::{authenticated, Caller};
 use crate::status::invalid;
 
 pub const TENANT_HEADER: &str = "x-lethe-tenant";
 pub const DEFAULT_TENANT: &str = "default";
-
-pub(crate) fn caller_of<T>(request: &Request<T>) -> Result<Caller, Status> {
-    authenticated(request)
-}
 
 /// The tenant named by `x-lethe-tenant` (the default tenant when absent), in trusted-header
 /// mode.

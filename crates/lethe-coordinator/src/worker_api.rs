@@ -18,9 +18,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::auth::{authenticated, WorkerCaller};
-use crate::operations::{operation_name, timestamp};
-use crate::server::Shared;
+use crate::gate::principal::{authenticated, WorkerCaller};
+use crate::names::{operation_name, timestamp};
+use crate::state::{jittered, Shared};
 use crate::status::{from_store, invalid, parse_uuid};
 
 /// The longest a worker may ask AcquireTask to wait; the server's own timeout is above it.
@@ -80,6 +80,7 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "task.acquire")
             .await?;
         let wait = match request.wait {
@@ -92,7 +93,7 @@ impl WorkerService for WorkerApi {
         let mut checked_worker = false;
         loop {
             // Claim first, then wait: a long-poll dropped by its client holds no claim.
-            if let Some(task) = self.shared.claim_one(worker).await? {
+            if let Some(task) = claim_one(&self.shared, worker).await? {
                 return Ok(Response::new(AcquireTaskResponse { task: Some(task) }));
             }
             if !checked_worker {
@@ -114,7 +115,7 @@ impl WorkerService for WorkerApi {
             if now >= deadline {
                 return Ok(Response::new(AcquireTaskResponse { task: None }));
             }
-            let poll = now + self.shared.jittered_poll_interval();
+            let poll = now + jittered(self.shared.config.poll_interval);
             let _ = tokio::time::timeout_at(poll.min(deadline), self.shared.wake.task_wait()).await;
         }
     }
@@ -127,6 +128,7 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "task.heartbeat")
             .await?;
         let progress = match &request.progress {
@@ -156,6 +158,7 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "task.complete")
             .await?;
         let artifacts = request
@@ -189,7 +192,7 @@ impl WorkerService for WorkerApi {
             let shared = self.shared.clone();
             tokio::spawn(async move { shared.observe_finished(completion.job_id).await });
         }
-        let next_task = next_task.map(|task| self.shared.leased(task));
+        let next_task = next_task.map(|task| leased(&self.shared, task));
         Ok(Response::new(CompleteTaskResponse {
             operation_done: completion.job_done,
             tasks_released: completion.tasks_released,
@@ -205,6 +208,7 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         let (task, worker) = ids(&request.task_id, &request.worker_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "task.fail")
             .await?;
         let class = match ErrorClass::try_from(request.class) {
@@ -257,6 +261,7 @@ impl WorkerService for WorkerApi {
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         let task = parse_uuid("task_id", &request.task_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "task.inputs")
             .await?;
         let inputs = self
@@ -291,48 +296,52 @@ impl WorkerService for WorkerApi {
         let request = request.into_inner();
         let worker = parse_uuid("worker_id", &request.worker_id)?;
         self.shared
+            .gate
             .admit_worker(&caller, worker, "worker.drain")
             .await?;
-        let handed_back = self.shared.drain(worker, request.hand_back).await?;
+        let handed_back = drain(&self.shared, worker, request.hand_back).await?;
         Ok(Response::new(DrainWorkerResponse {
             tasks_handed_back: handed_back as u32,
         }))
     }
 }
 
-impl Shared {
-    /// Leases one task to `worker` if one is available now.
-    /// Drains `worker` and wakes long-polls for the tasks it handed back.
-    pub(crate) async fn drain(&self, worker: Uuid, hand_back: bool) -> Result<u64, Status> {
-        let handed_back = self
-            .store
-            .drain_worker(worker, hand_back)
-            .await
-            .map_err(from_store)?;
-        self.wake.tasks_available(handed_back as usize);
-        tracing::info!(%worker, handed_back, "worker draining");
-        Ok(handed_back)
-    }
+/// Drains `worker` and wakes long-polls for the tasks it handed back.
+pub(crate) async fn drain(shared: &Shared, worker: Uuid, hand_back: bool) -> Result<u64, Status> {
+    let handed_back = shared
+        .store
+        .drain_worker(worker, hand_back)
+        .await
+        .map_err(from_store)?;
+    shared.wake.tasks_available(handed_back as usize);
+    tracing::info!(%worker, handed_back, "worker draining");
+    Ok(handed_back)
+}
 
-    async fn claim_one(&self, worker: Uuid) -> Result<Option<LeasedTask>, Status> {
-        let task = self.store.claim(worker, 1).await.map_err(from_store)?.pop();
-        Ok(task.map(|task| self.leased(task)))
-    }
+/// Leases one task to `worker` if one is available now.
+async fn claim_one(shared: &Shared, worker: Uuid) -> Result<Option<LeasedTask>, Status> {
+    let task = shared
+        .store
+        .claim(worker, 1)
+        .await
+        .map_err(from_store)?
+        .pop();
+    Ok(task.map(|task| leased(shared, task)))
+}
 
-    /// A task a claim leased, as the worker gets it; its operation's watchers hear of it.
-    fn leased(&self, task: lethe_store::LeasedTask) -> LeasedTask {
-        self.wake.job_changed(task.job_id);
-        self.metrics.claimed(&task.kind);
-        LeasedTask {
-            task_id: task.id.to_string(),
-            operation: operation_name(task.job_id),
-            tenant: task.tenant,
-            kind: task.kind,
-            spec_json: task.spec.to_string(),
-            attempt: task.attempt,
-            lease_expires_at: Some(timestamp(task.lease_expires_at)),
-            traceparent: task.traceparent.unwrap_or_default(),
-        }
+/// A task a claim leased, as the worker gets it; its operation's watchers hear of it.
+fn leased(shared: &Shared, task: lethe_store::LeasedTask) -> LeasedTask {
+    shared.wake.job_changed(task.job_id);
+    shared.metrics.claimed(&task.kind);
+    LeasedTask {
+        task_id: task.id.to_string(),
+        operation: operation_name(task.job_id),
+        tenant: task.tenant,
+        kind: task.kind,
+        spec_json: task.spec.to_string(),
+        attempt: task.attempt,
+        lease_expires_at: Some(timestamp(task.lease_expires_at)),
+        traceparent: task.traceparent.unwrap_or_default(),
     }
 }
 

@@ -1,61 +1,38 @@
-//! The planner: what an index build and a deletion run are as task graphs.
+//! Deletion runs: one for every pending request of a model, planned from the store's
+//! [`RunInputs`] under the model's lock by any replica's maintenance loop once the oldest
+//! pending request has waited out the coalescing window.
 //!
-//! - An index build fans out into `retrain` tasks, one per range of `members_per_task`
-//!   subset models, and a `build_index` reduce that depends on all of them.
-//! - A deletion run is `predict` → `match`; when a request sets `min_confidence`, also
-//!   `predict` → `full_retrain`, of which exactly one writes the version: `match` when the
-//!   predicted targets' confidence reaches the minimum, the retrain when it does not (the other
-//!   completes without a model and says why). With an audit, `retrain` tasks for oracles (on
-//!   everything but the forgotten examples) and for originals (copies of the anchor, with
-//!   their weights), in parallel with the rest, and an `audit` that depends on the match and
-//!   on them.
-//!
-//! Runs are planned from the store's [`RunInputs`] under the model's lock, by any replica's
-//! maintenance loop once the oldest pending request has waited out the coalescing window.
+//! A run is `predict` → `match`; when a request sets `min_confidence`, also `predict` →
+//! `full_retrain`, of which exactly one writes the version: `match` when the predicted targets'
+//! confidence reaches the minimum, the retrain when it does not (the other completes without a
+//! model and says why). With an audit, `retrain` tasks for oracles (on everything but the
+//! forgotten examples) and for originals (copies of the anchor, with their weights), in
+//! parallel with the rest, and an `audit` that depends on the match and on them.
 
 use std::collections::BTreeSet;
 
-use lethe_proto::tasks::{
-    self, AuditDmm, AuditSpec, BuildIndexSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef,
-    PredictSpec, RetrainSpec, TrakCheckpointsSpec, TrakSettings, TrakShardSpec,
+use lethe_proto::lethe::v1::task_report::Report;
+use lethe_proto::lethe::v1::{
+    AuditReport, DeletionMethod, DeletionResult, FullRetrainReport, MatchReport,
 };
-use lethe_store::{JobKind, NewJob, NewTask, RunInputs, RunPlan, StoreError, StoredRef};
+use lethe_proto::tasks::{
+    self, AuditDmm, AuditSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef, PredictSpec,
+};
+use lethe_store::{Job, JobKind, NewJob, NewTask, RunInputs, RunPlan, Store, StoreError};
 use serde::{Deserialize, Serialize};
+use tonic::Status;
 use uuid::Uuid;
 
-/// An index build as asked for, defaults applied.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct IndexBuildPlan {
-    pub(crate) model: String,
-    pub(crate) dataset: ObjectRef,
-    pub(crate) checkpoint: ObjectRef,
-    pub(crate) members: usize,
-    pub(crate) alpha: f64,
-    pub(crate) members_per_task: usize,
-    pub(crate) seed: u64,
-    /// Examples the indexed version was trained without (a retrained anchor's).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) exclude: Vec<i64>,
-    /// The version whose predictions the index serves.
-    pub(crate) anchor_version: i32,
-    /// TRAK instead of the subsample estimator, featurised in `trak_shards` tasks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) trak: Option<TrakSettings>,
-    #[serde(default)]
-    pub(crate) trak_shards: usize,
-}
-
-/// What one deletion request asks for, as stored in its job's spec.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct DeletionRequestSpec {
-    pub(crate) model: String,
-    pub(crate) forget: Vec<i64>,
-    pub(crate) audit_oracles: usize,
-    pub(crate) seed: u64,
-    /// Retrain instead of DMM when the run's confidence in its targets is below this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) min_confidence: Option<f64>,
-}
+use super::deletion::DeletionRequestSpec;
+use super::index_build::{
+    index_build_tasks, object_ref, retrain_tasks, to_json, IndexBuildPlan, DEFAULT_ALPHA,
+    DEFAULT_MEMBERS, DEFAULT_MEMBERS_PER_TASK,
+};
+use super::stored::{corrupt, spec};
+use crate::names::operation_name;
+use crate::registry::version_to_proto;
+use crate::state::Shared;
+use crate::status::from_store;
 
 /// What a deletion run does, as stored in its job's spec (the store's trigger reads `version`
 /// and `forgotten` when it records the version the run wrote).
@@ -78,88 +55,31 @@ pub(crate) struct DeletionRunSpec {
     pub(crate) seed: u64,
 }
 
-pub(crate) const DEFAULT_MEMBERS: usize = 128;
-pub(crate) const DEFAULT_ALPHA: f64 = 0.5;
-pub(crate) const DEFAULT_MEMBERS_PER_TASK: usize = 32;
 /// Oracles trained together in one batched network by an audit's retrain tasks.
 const ORACLES_PER_TASK: usize = 16;
 
-pub(crate) fn object_ref(stored: &StoredRef) -> ObjectRef {
-    ObjectRef {
-        uri: stored.uri.clone(),
-        sha256: stored.sha256.map(hex::encode),
-    }
-}
-
-/// Subset retrains in member ranges, then the reduce that estimates β.
-pub(crate) fn index_build_tasks(plan: &IndexBuildPlan) -> Vec<NewTask> {
-    let ensemble = EnsembleTask {
-        dataset: plan.dataset.clone(),
-        model: plan.checkpoint.clone(),
-        members: plan.members,
-        alpha: plan.alpha,
-        seed: plan.seed,
-        members_per_task: plan.members_per_task,
-        exclude: plan.exclude.clone(),
-        keep_weights: false,
-    };
-    let mut graph = retrain_tasks(&ensemble);
-    let mut reduce_deps: Vec<usize> = (0..graph.len()).collect();
-    if let Some(trak) = &plan.trak {
-        let checkpoints = graph.len();
-        graph.push(NewTask::new(
-            tasks::TRAK_CHECKPOINTS,
-            to_json(&TrakCheckpointsSpec {
-                ensemble: ensemble.clone(),
-                trak: trak.clone(),
-            }),
-        ));
-        reduce_deps.push(checkpoints);
-        let shards = plan.trak_shards.max(1);
-        for shard in 0..shards {
-            reduce_deps.push(graph.len());
-            graph.push(
-                NewTask::new(
-                    tasks::TRAK_SHARD,
-                    to_json(&TrakShardSpec {
-                        ensemble: ensemble.clone(),
-                        trak: trak.clone(),
-                        shard,
-                        shards,
-                    }),
-                )
-                .after([checkpoints]),
-            );
+/// Starts a run for every model whose pending requests have waited out the window.
+/// Returns how many runs started.
+pub(crate) async fn plan_due_runs(shared: &Shared) -> Result<usize, lethe_store::StoreError> {
+    let due = shared
+        .store
+        .models_due_for_a_run(shared.config.coalescing_window, 100)
+        .await?;
+    let mut started = 0;
+    for model in due {
+        if let Some(run) = shared
+            .store
+            .start_deletion_run(model, |inputs| {
+                plan_run(inputs, shared.config.retrain_threshold)
+            })
+            .await?
+        {
+            tracing::info!(run = %run.id, model = %model, "started a deletion run");
+            shared.wake.tasks_available(run.tasks_total as usize);
+            started += 1;
         }
     }
-    graph.push(
-        NewTask::new(
-            tasks::BUILD_INDEX,
-            to_json(&BuildIndexSpec {
-                ensemble: ensemble.clone(),
-                trak: plan.trak.clone(),
-            }),
-        )
-        .after(reduce_deps),
-    );
-    graph
-}
-
-fn retrain_tasks(ensemble: &EnsembleTask) -> Vec<NewTask> {
-    (0..ensemble.members)
-        .step_by(ensemble.members_per_task.max(1))
-        .map(|start| {
-            let end = (start + ensemble.members_per_task).min(ensemble.members);
-            NewTask::new(
-                tasks::RETRAIN,
-                to_json(&RetrainSpec {
-                    ensemble: ensemble.clone(),
-                    start,
-                    end,
-                }),
-            )
-        })
-        .collect()
+    Ok(started)
 }
 
 /// One run for every pending request of a model (docs/DESIGN.md §1.8). The union of their forget
@@ -168,10 +88,7 @@ fn retrain_tasks(ensemble: &EnsembleTask) -> Vec<NewTask> {
 /// retrained from scratch) with its index and fine-tunes the current version; past it, the run
 /// retrains from scratch without everything forgotten, and an index for that new anchor is
 /// built beside it.
-pub(crate) fn deletion_run(
-    inputs: &RunInputs,
-    retrain_threshold: f64,
-) -> Result<RunPlan, StoreError> {
+pub(crate) fn plan_run(inputs: &RunInputs, retrain_threshold: f64) -> Result<RunPlan, StoreError> {
     let refuse = |message: String| Err(StoreError::FailedPrecondition(message));
     let requests: Vec<DeletionRequestSpec> = inputs
         .requests
@@ -398,14 +315,88 @@ const ORACLE_SEED_SALT: u64 = 0x6f72_6163_6c65_7321;
 /// Nor originals with either.
 const ORIGINAL_SEED_SALT: u64 = 0x6f72_6967_696e_616c;
 
-fn to_json(spec: &impl Serialize) -> serde_json::Value {
-    serde_json::to_value(spec).expect("task specs serialise")
+/// What a succeeded deletion request answers: its run's result, with how many examples it
+/// asked for.
+pub(crate) async fn request_result(store: &Store, job: &Job) -> Result<DeletionResult, Status> {
+    let request: DeletionRequestSpec = spec(job)?;
+    let run_id = job
+        .run_id
+        .ok_or_else(|| corrupt(job.id, "a succeeded deletion request without a run"))?;
+    let run = store
+        .get_job(&job.tenant, run_id)
+        .await
+        .map_err(from_store)?;
+    let run_spec: DeletionRunSpec = spec(&run)?;
+    result(store, run_id, &run_spec, request.forget.len()).await
+}
+
+/// What a succeeded run answers.
+pub(crate) async fn run_result(store: &Store, job: &Job) -> Result<DeletionResult, Status> {
+    let run: DeletionRunSpec = spec(job)?;
+    result(store, job.id, &run, run.requested.len()).await
+}
+
+/// What run `run_id` answers, to itself and to each request it served (`requested` being
+/// how many examples the one asking named).
+pub(crate) async fn result(
+    store: &Store,
+    run_id: Uuid,
+    run: &DeletionRunSpec,
+    requested: usize,
+) -> Result<DeletionResult, Status> {
+    let version = store
+        .version_of_run(run_id)
+        .await
+        .map_err(from_store)?
+        .ok_or_else(|| corrupt(run_id, "a succeeded run recorded no model version"))?;
+    let reported = store
+        .reported_tasks(run_id, &[tasks::MATCH, tasks::FULL_RETRAIN, tasks::AUDIT])
+        .await
+        .map_err(from_store)?;
+    let mut matching: Option<MatchReport> = None;
+    let mut retrain: Option<FullRetrainReport> = None;
+    let mut audit: Option<AuditReport> = None;
+    for task in &reported {
+        match task.report.as_ref().and_then(|r| r.report.clone()) {
+            Some(Report::Match(report)) if task.kind == tasks::MATCH => matching = Some(report),
+            Some(Report::FullRetrain(report)) if task.kind == tasks::FULL_RETRAIN => {
+                retrain = Some(report)
+            }
+            Some(Report::Audit(report)) if task.kind == tasks::AUDIT => audit = Some(report),
+            _ => {
+                return Err(corrupt(
+                    run_id,
+                    &format!("its {} task {} wrote no {0} report", task.kind, task.id),
+                ))
+            }
+        }
+    }
+    // The task that wrote the version decides the method: a match that stood aside for a
+    // retrain (confidence below the minimum) and a retrain that was not needed report so.
+    let retrained = version.anchor;
+    let method = if retrained {
+        DeletionMethod::Retrain
+    } else {
+        DeletionMethod::Dmm
+    };
+    Ok(DeletionResult {
+        run: operation_name(run_id),
+        version: Some(version_to_proto(&version)),
+        from_version: run.parent_version,
+        requested: requested as u64,
+        forgotten_in_run: run.requested.len() as u64,
+        method: method as i32,
+        matching: matching.filter(|m| !m.retrained_instead),
+        retrain: retrain.filter(|r| !r.skipped),
+        audit,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lethe_store::{IndexRef, ModelVersion, PendingRequest};
+    use lethe_proto::tasks::RetrainSpec;
+    use lethe_store::{IndexRef, ModelVersion, PendingRequest, StoredRef};
     use uuid::Uuid;
 
     fn stored(uri: &str) -> StoredRef {
@@ -476,81 +467,6 @@ mod tests {
         }
     }
 
-    fn index_plan(
-        members: usize,
-        trak: Option<TrakSettings>,
-        trak_shards: usize,
-    ) -> IndexBuildPlan {
-        IndexBuildPlan {
-            model: "m".into(),
-            dataset: ObjectRef {
-                uri: "builtin:fmnist-tiny".into(),
-                sha256: None,
-            },
-            checkpoint: ObjectRef {
-                uri: "file:///m".into(),
-                sha256: None,
-            },
-            members,
-            alpha: 0.5,
-            members_per_task: 32,
-            seed: 1,
-            exclude: vec![],
-            anchor_version: 0,
-            trak,
-            trak_shards,
-        }
-    }
-
-    #[test]
-    fn an_index_build_fans_out_and_reduces() {
-        let graph = index_build_tasks(&index_plan(100, None, 0));
-        let ranges: Vec<(usize, usize)> = graph[..4]
-            .iter()
-            .map(|t| {
-                let spec: RetrainSpec = serde_json::from_value(t.spec.clone()).unwrap();
-                (spec.start, spec.end)
-            })
-            .collect();
-        assert_eq!(ranges, [(0, 32), (32, 64), (64, 96), (96, 100)]);
-        assert_eq!(graph[4].kind, tasks::BUILD_INDEX);
-        assert_eq!(graph[4].depends_on, [0, 1, 2, 3]);
-    }
-
-    #[test]
-    fn a_trak_build_adds_checkpoints_and_shards_before_the_reduce() {
-        let trak = TrakSettings {
-            checkpoints: 2,
-            projection_dim: 256,
-            seed: 4,
-            relative_damping: 1e-3,
-        };
-        let graph = index_build_tasks(&index_plan(64, Some(trak), 3));
-        let kinds: Vec<&str> = graph.iter().map(|t| t.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                tasks::RETRAIN,
-                tasks::RETRAIN,
-                tasks::TRAK_CHECKPOINTS,
-                tasks::TRAK_SHARD,
-                tasks::TRAK_SHARD,
-                tasks::TRAK_SHARD,
-                tasks::BUILD_INDEX
-            ]
-        );
-        assert_eq!(graph[3].depends_on, [2]);
-        assert_eq!(graph[6].depends_on, [0, 1, 2, 3, 4, 5]);
-        let shard: TrakShardSpec = serde_json::from_value(graph[5].spec.clone()).unwrap();
-        // 5,000 examples in 3 shards: 1,667 each, rounded up to 2,048.
-        assert_eq!(shard.examples(5_000), 4_096..5_000);
-        assert_eq!(
-            shard.examples(512),
-            512..512,
-            "past the end of a small split"
-        );
-    }
-
     fn started(plan: RunPlan) -> (NewJob, Option<NewJob>) {
         match plan {
             RunPlan::Start { run, fresh_index } => (run, fresh_index),
@@ -560,7 +476,7 @@ mod tests {
 
     #[test]
     fn coalesced_requests_forget_their_union_on_top_of_earlier_versions() {
-        let plan = deletion_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5]), 0.05);
+        let plan = plan_run(&inputs(&[(&[5, 3], 0), (&[3, 9], 20)], vec![1, 5]), 0.05);
         let (run, fresh_index) = started(plan.unwrap());
         assert!(fresh_index.is_none());
         let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
@@ -606,7 +522,7 @@ mod tests {
     #[test]
     fn a_minimum_confidence_adds_the_retrain_that_stands_in_for_dmm() {
         let requests: &[(&[i64], usize)] = &[(&[5], 16), (&[6], 0), (&[7], 0)];
-        let plan = deletion_run(&with_minimums(requests, &[0.4, 0.7], vec![]), 0.05);
+        let plan = plan_run(&with_minimums(requests, &[0.4, 0.7], vec![]), 0.05);
         let (run, fresh_index) = started(plan.unwrap());
         assert!(
             fresh_index.is_none(),
@@ -637,7 +553,7 @@ mod tests {
             "the audit waits for whichever writes the version"
         );
 
-        let (plain, _) = started(deletion_run(&inputs(&[(&[5], 0)], vec![]), 0.05).unwrap());
+        let (plain, _) = started(plan_run(&inputs(&[(&[5], 0)], vec![]), 0.05).unwrap());
         let kinds: Vec<&str> = plain.tasks.iter().map(|t| t.kind.as_str()).collect();
         assert_eq!(kinds, [tasks::PREDICT, tasks::MATCH]);
         let matching: MatchSpec = serde_json::from_value(plain.tasks[1].spec.clone()).unwrap();
@@ -647,7 +563,7 @@ mod tests {
     #[test]
     fn past_the_threshold_a_run_retrains_and_indexes_the_new_anchor() {
         // 4 forgotten and 3 more of 100 examples: past 5 %.
-        let plan = deletion_run(&inputs(&[(&[10, 11, 12], 8)], vec![1, 2, 3, 4]), 0.05);
+        let plan = plan_run(&inputs(&[(&[10, 11, 12], 8)], vec![1, 2, 3, 4]), 0.05);
         let (run, fresh_index) = started(plan.unwrap());
         let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
         assert_eq!(spec.method, "retrain");
@@ -672,7 +588,7 @@ mod tests {
     fn after_a_retrain_targets_come_from_the_new_anchor() {
         let mut after = inputs(&[(&[20], 0)], vec![1, 2, 3]);
         after.base.forgotten = vec![1, 2];
-        let (run, _) = started(deletion_run(&after, 0.05).unwrap());
+        let (run, _) = started(plan_run(&after, 0.05).unwrap());
         let predict: PredictSpec = serde_json::from_value(run.tasks[0].spec.clone()).unwrap();
         assert_eq!(
             predict.forgotten,
@@ -690,15 +606,15 @@ mod tests {
         let mut without = inputs(&[(&[1], 0)], vec![]);
         without.index = None;
         without.index_pending = true;
-        assert!(matches!(deletion_run(&without, 0.05), Ok(RunPlan::Wait)));
+        assert!(matches!(plan_run(&without, 0.05), Ok(RunPlan::Wait)));
         without.index_pending = false;
         assert!(matches!(
-            deletion_run(&without, 0.05),
+            plan_run(&without, 0.05),
             Err(StoreError::FailedPrecondition(_))
         ));
         let again = inputs(&[(&[1], 0)], vec![1]);
         assert!(matches!(
-            deletion_run(&again, 0.05),
+            plan_run(&again, 0.05),
             Err(StoreError::FailedPrecondition(_))
         ));
     }

@@ -1,5 +1,5 @@
-//! Work a user asks for: index builds and deletion requests, the versions they make, and
-//! downloading a new version's checkpoint.
+//! `lethe submit` and `lethe download`: index builds and deletion requests, and downloading the
+//! checkpoint of the version a deletion made.
 
 use std::path::PathBuf;
 
@@ -9,10 +9,11 @@ use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_proto::google::longrunning::{operation, GetOperationRequest};
 use lethe_proto::lethe::v1::{
     CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionResult, IndexEstimator,
-    ListModelVersionsRequest,
 };
 
-use crate::client::{print_operation, runtime, Client, Connection};
+use super::operations::watch;
+use crate::connection::{runtime, Client, Connection};
+use crate::render::print_operation;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum SubmitVerb {
@@ -154,34 +155,8 @@ pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result
             return Ok(());
         }
         println!("{}", operation.name);
-        client.watch(operation.name).await
+        watch(&client, operation.name).await
     })
-}
-
-pub(crate) async fn print_versions(client: &Client, model: String) -> anyhow::Result<()> {
-    let request = ListModelVersionsRequest {
-        model: format!("models/{model}"),
-    };
-    let versions = client
-        .lethe()
-        .list_model_versions(client.call(request))
-        .await?
-        .into_inner()
-        .versions;
-    for version in versions {
-        println!(
-            "v{:<4} {:>6} forgotten  {}  {}",
-            version.version,
-            version.forgotten_count,
-            version.uri,
-            if version.run.is_empty() {
-                "(registered)".to_string()
-            } else {
-                version.run
-            }
-        );
-    }
-    Ok(())
 }
 
 pub(crate) fn download(connection: Connection, args: DownloadArgs) -> anyhow::Result<()> {
