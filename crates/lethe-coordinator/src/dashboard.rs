@@ -192,7 +192,7 @@ async fn operation(
                 "attempt": task.attempt,
                 "max_attempts": task.max_attempts,
                 "depends_on": task.depends_on,
-                "progress": task.progress.as_ref().and_then(|p| p.get("fraction")),
+                "progress": task.progress.as_ref().map(|p| p.fraction),
                 "worker": holders.get(&task.id),
                 "last_error": task.last_error,
                 "attempts": attempts.iter().filter(|a| a.task_id == task.id).collect::<Vec<_>>(),

@@ -12,9 +12,9 @@ use lethe_proto::lethe::v1::{
     RegisterWorkerResponse, TaskInput,
 };
 use lethe_store::{
-    ArtifactRef, CompletionRequest, Device, FailureClass, JobState, NewWorker, TaskState,
+    ArtifactRef, CompletionRequest, Device, FailureClass, JobState, NewWorker, TaskProgress,
+    TaskState,
 };
-use serde_json::json;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -135,7 +135,10 @@ impl WorkerService for WorkerApi {
             Some(p) if !(0.0..=1.0).contains(&p.fraction) => {
                 return Err(invalid("progress.fraction", "must be in [0, 1]"))
             }
-            Some(p) => Some(json!({"fraction": p.fraction, "message": truncate(&p.message)})),
+            Some(p) => Some(TaskProgress {
+                fraction: p.fraction,
+                message: truncate(&p.message),
+            }),
             None => None,
         };
         let renewal = self

@@ -90,8 +90,19 @@ pub enum RunPlan {
     /// retrain), started beside it.
     Start {
         run: NewJob,
+        writes: NewVersion,
         fresh_index: Option<NewJob>,
     },
+}
+
+/// The version a run writes when it succeeds: the store records it from these columns, never
+/// from the run's spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewVersion {
+    /// The current version + 1.
+    pub version: i32,
+    /// Everything forgotten since version 0: the current version's and the run's requests'.
+    pub forgotten: Vec<i64>,
 }
 
 /// An artifact of a task that the asking task depends on.
@@ -104,6 +115,26 @@ pub struct TaskInput {
     pub uri: String,
     pub sha256: [u8; 32],
     pub size_bytes: i64,
+}
+
+/// A run writes the version after the current one and forgets everything the current one did.
+fn validate_version(current: &ModelVersion, writes: &NewVersion) -> Result<(), StoreError> {
+    if writes.version != current.version + 1 {
+        return Err(StoreError::InvalidArgument(format!(
+            "a run on version {} must write version {}, not {}",
+            current.version,
+            current.version + 1,
+            writes.version
+        )));
+    }
+    let kept: std::collections::BTreeSet<i64> = writes.forgotten.iter().copied().collect();
+    if let Some(unforgotten) = current.forgotten.iter().find(|i| !kept.contains(i)) {
+        return Err(StoreError::InvalidArgument(format!(
+            "a run must keep forgetting what version {} forgot (example {unforgotten})",
+            current.version
+        )));
+    }
+    Ok(())
 }
 
 impl Store {
@@ -254,15 +285,25 @@ impl Store {
         };
         let request_ids: Vec<Uuid> = inputs.requests.iter().map(|r| r.id).collect();
         let checked = plan(&inputs).and_then(|plan| {
-            if let RunPlan::Start { run, fresh_index } = &plan {
+            if let RunPlan::Start {
+                run,
+                writes,
+                fresh_index,
+            } = &plan
+            {
                 validate(run)?;
+                validate_version(&inputs.current, writes)?;
                 fresh_index.as_ref().map(validate).transpose()?;
             }
             Ok(plan)
         });
-        let (run, fresh_index) = match checked {
+        let (run, writes, fresh_index) = match checked {
             Ok(RunPlan::Wait) => return Ok(None),
-            Ok(RunPlan::Start { run, fresh_index }) => (run, fresh_index),
+            Ok(RunPlan::Start {
+                run,
+                writes,
+                fresh_index,
+            }) => (run, writes, fresh_index),
             Err(refusal) => {
                 let error =
                     Failure::new(FailureReason::RunRefused, refusal.to_string(), []).encode();
@@ -278,11 +319,16 @@ impl Store {
                 return Ok(None);
             }
         };
-        let row = insert_job(&mut tx, &run, Some(model_id), None, &request_hash(&run))
-            .await?
-            .ok_or_else(|| {
-                StoreError::InvalidArgument("a run must not carry a request_id".into())
-            })?;
+        let row = insert_job(
+            &mut tx,
+            &run,
+            Some(model_id),
+            None,
+            Some(&writes),
+            &request_hash(&run),
+        )
+        .await?
+        .ok_or_else(|| StoreError::InvalidArgument("a run must not carry a request_id".into()))?;
         let run_id: Uuid = row.try_get("id")?;
         sqlx::query("UPDATE jobs SET run_id = $1, updated_at = now() WHERE id = ANY($2)")
             .bind(run_id)
@@ -295,6 +341,7 @@ impl Store {
                 &build,
                 Some(model_id),
                 Some(run_id),
+                None,
                 &request_hash(&build),
             )
             .await?

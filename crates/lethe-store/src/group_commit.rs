@@ -106,7 +106,7 @@ static COMPLETE_MANY: LazyLock<String> = LazyLock::new(|| {
          ), claimed AS ( \
              UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, \
                  lease_owner = cl.worker, lease_expires_at = now() + make_interval(secs => $13), \
-                 leased_at = now(), progress = NULL \
+                 leased_at = now(), progress_fraction = NULL, progress_message = NULL \
              FROM candidates c JOIN claimers cl USING (device, memory_bytes, kinds, k) \
              WHERE t.id = c.id \
              RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at, cl.n \

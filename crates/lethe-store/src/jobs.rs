@@ -60,12 +60,18 @@ impl Store {
         run_id: Option<Uuid>,
     ) -> Result<(Job, bool), StoreError> {
         validate(new)?;
+        if new.kind == JobKind::DeletionRun {
+            return Err(StoreError::InvalidArgument(
+                "a deletion run is started from its requests (start_deletion_run), not created"
+                    .into(),
+            ));
+        }
         let request_hash = request_hash(new);
         let mut tx = self.pool.begin().await?;
         if new.admission.is_some() {
             lock_tenant_quota(&mut tx, &new.tenant).await?;
         }
-        let inserted = insert_job(&mut tx, new, model_id, run_id, &request_hash).await?;
+        let inserted = insert_job(&mut tx, new, model_id, run_id, None, &request_hash).await?;
         let Some(row) = inserted else {
             // Only a request_id can conflict. The competing insert has committed by now (ON
             // CONFLICT waits for it), so the first job is visible.
@@ -340,13 +346,15 @@ pub(crate) async fn insert_job(
     new: &NewJob,
     model_id: Option<Uuid>,
     run_id: Option<Uuid>,
+    writes: Option<&crate::NewVersion>,
     request_hash: &[u8; 32],
 ) -> Result<Option<sqlx::postgres::PgRow>, StoreError> {
     let job_id = Uuid::now_v7();
     let inserted = sqlx::query(&format!(
         "INSERT INTO jobs (id, tenant, kind, request_id, request_hash, spec, priority, \
-         deadline_at, tasks_total, model_id, run_id, trace_id, traceparent) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, substr($12, 4, 32), $12) \
+         deadline_at, tasks_total, model_id, run_id, trace_id, traceparent, writes_version, \
+         writes_forgotten) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, substr($12, 4, 32), $12, $13, $14) \
          ON CONFLICT (tenant, request_id) DO NOTHING RETURNING {JOB_COLUMNS}"
     ))
     .bind(job_id)
@@ -365,6 +373,8 @@ pub(crate) async fn insert_job(
             .as_ref()
             .and_then(|a| a.traceparent.as_deref()),
     )
+    .bind(writes.map(|w| w.version))
+    .bind(writes.map(|w| w.forgotten.as_slice()))
     .fetch_optional(&mut **tx)
     .await?;
     if inserted.is_some() && !new.tasks.is_empty() {

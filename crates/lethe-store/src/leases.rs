@@ -7,7 +7,6 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use lethe_proto::lethe::v1::{FailureReason, TaskReport};
 use prost::Message;
-use serde_json::Value;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
@@ -15,7 +14,8 @@ use uuid::Uuid;
 
 use crate::jobs::{fail_job, lock_job, settle_cancelling};
 use crate::types::{
-    ArtifactRef, Completion, FailureClass, FailureOutcome, LeaseRenewal, LeasedTask, TaskState,
+    ArtifactRef, Completion, FailureClass, FailureOutcome, LeaseRenewal, LeasedTask, TaskProgress,
+    TaskState,
 };
 use crate::{seconds, Failure, Store, StoreError};
 
@@ -45,7 +45,7 @@ fn claim_ctes(worker: &str, limit: &str, lease: &str, only_if: &str) -> String {
          ), claimed AS ( \
              UPDATE tasks t SET state = 'leased', attempt = t.attempt + 1, \
                  lease_owner = {worker}, lease_expires_at = now() + make_interval(secs => {lease}), \
-                 leased_at = now(), progress = NULL \
+                 leased_at = now(), progress_fraction = NULL, progress_message = NULL \
              WHERE t.id = ANY(ARRAY(SELECT id FROM candidates)) \
              RETURNING t.id, t.job_id, t.kind, t.spec, t.attempt, t.lease_expires_at \
          ), started AS ( \
@@ -241,12 +241,13 @@ impl Store {
         task: Uuid,
         attempt: i32,
         worker: Uuid,
-        progress: Option<&Value>,
+        progress: Option<&TaskProgress>,
     ) -> Result<LeaseRenewal, StoreError> {
         let row = sqlx::query(
             "WITH renewed AS ( \
                  UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4), \
-                     progress = COALESCE($5, progress) \
+                     progress_fraction = COALESCE($5, progress_fraction), \
+                     progress_message = COALESCE($6, progress_message) \
                  WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased' \
                  RETURNING lease_expires_at, cancel_requested \
              ), seen AS ( \
@@ -260,7 +261,8 @@ impl Store {
         .bind(attempt)
         .bind(worker)
         .bind(seconds(self.config.lease))
-        .bind(progress)
+        .bind(progress.map(|p| p.fraction.clamp(0.0, 1.0)))
+        .bind(progress.map(|p| p.message.as_str()))
         .fetch_optional(&self.pool)
         .await?;
         match row {

@@ -45,7 +45,7 @@ use sqlx::PgPool;
 
 pub use cluster::{Durability, LocalCluster};
 pub use deletions::{
-    IndexRef, ModelVersion, PendingRequest, RunInputs, RunPlan, StoredRef, TaskInput,
+    IndexRef, ModelVersion, NewVersion, PendingRequest, RunInputs, RunPlan, StoredRef, TaskInput,
 };
 pub use error::StoreError;
 pub use failure::Failure;

@@ -4,19 +4,19 @@
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use crate::types::{Job, JobKind, JobState, Task, TaskCounts, TaskState};
+use crate::types::{Job, JobKind, JobState, Task, TaskCounts, TaskProgress, TaskState};
 use crate::{Failure, StoreError};
 
 pub(crate) const JOB_COLUMNS: &str = "id, tenant, kind, request_id, spec, priority, state, \
     tasks_total, error, deadline_at, created_at, updated_at, finished_at, model_id, run_id, \
     (SELECT coalesce(json_agg(json_build_array(s.state, s.n, s.fraction)), '[]'::json) \
      FROM (SELECT state, count(*) AS n, \
-                  COALESCE(sum(LEAST(GREATEST((progress->>'fraction')::float8, 0), 1)), 0) AS fraction \
+                  COALESCE(sum(progress_fraction), 0) AS fraction \
            FROM tasks WHERE tasks.job_id = COALESCE(jobs.run_id, jobs.id) GROUP BY state) s) AS task_counts";
 
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.job_id, t.kind, t.spec, t.state, t.attempt, \
     t.max_attempts, t.interruptions, t.lease_owner, t.lease_expires_at, t.cancel_requested, \
-    t.run_at, t.unmet_deps, t.progress, t.last_error, t.finished_at, \
+    t.run_at, t.unmet_deps, t.progress_fraction, t.progress_message, t.last_error, t.finished_at, \
     ARRAY(SELECT d.depends_on FROM task_deps d WHERE d.task_id = t.id ORDER BY d.depends_on) AS depends_on";
 
 pub(crate) fn job(row: &PgRow) -> Result<Job, StoreError> {
@@ -78,7 +78,17 @@ pub(crate) fn task(row: &PgRow) -> Result<Task, StoreError> {
         run_at: row.try_get("run_at")?,
         unmet_deps: row.try_get("unmet_deps")?,
         depends_on: row.try_get("depends_on")?,
-        progress: row.try_get("progress")?,
+        progress: row
+            .try_get::<Option<f64>, _>("progress_fraction")?
+            .map(|fraction| -> Result<TaskProgress, StoreError> {
+                Ok(TaskProgress {
+                    fraction,
+                    message: row
+                        .try_get::<Option<String>, _>("progress_message")?
+                        .unwrap_or_default(),
+                })
+            })
+            .transpose()?,
         last_error: Failure::decode(row.try_get("last_error")?)?,
         finished_at: row.try_get("finished_at")?,
     })

@@ -207,9 +207,17 @@ pub struct Task {
     pub run_at: DateTime<Utc>,
     pub unmet_deps: i32,
     pub depends_on: Vec<Uuid>,
-    pub progress: Option<Value>,
+    pub progress: Option<TaskProgress>,
     pub last_error: Option<Failure>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// How far a running attempt has got, as its last heartbeat said.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskProgress {
+    /// In [0, 1].
+    pub fraction: f64,
+    pub message: String,
 }
 
 /// A task as handed to a worker: what to run and the fencing token to quote back.

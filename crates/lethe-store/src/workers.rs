@@ -161,7 +161,7 @@ impl Store {
                  'id', t.id, 'job_id', t.job_id, 'tenant', j.tenant, 'kind', t.kind, \
                  'attempt', t.attempt, 'leased_at', t.leased_at, \
                  'lease_expires_at', t.lease_expires_at, \
-                 'progress', coalesce((t.progress->>'fraction')::float8, 0)) ORDER BY t.leased_at) \
+                 'progress', coalesce(t.progress_fraction, 0)) ORDER BY t.leased_at) \
                FROM tasks t JOIN jobs j ON j.id = t.job_id \
                WHERE t.state = 'leased' AND t.lease_owner = w.id), '[]'::json) AS tasks \
              FROM workers w WHERE w.state <> 'gone' \

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lethe_proto::lethe::v1::{FailureReason, IndexReport, TaskReport};
 use lethe_store::{
-    ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, NewJob, NewTask, NewWorker,
-    RunInputs, RunPlan, Store, StoreConfig, StoreError,
+    ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, NewJob, NewTask,
+    NewVersion, NewWorker, RunInputs, RunPlan, Store, StoreConfig, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -137,7 +137,7 @@ fn plan(inputs: &RunInputs) -> Result<RunPlan, StoreError> {
         tenant: inputs.tenant.clone(),
         kind: JobKind::DeletionRun,
         request_id: None,
-        spec: json!({"version": inputs.current.version + 1, "forgotten": forgotten}),
+        spec: json!({"forgets": forgotten.len()}),
         priority: 0,
         deadline: None,
         tasks: vec![NewTask::new(
@@ -148,6 +148,10 @@ fn plan(inputs: &RunInputs) -> Result<RunPlan, StoreError> {
     };
     Ok(RunPlan::Start {
         run,
+        writes: NewVersion {
+            version: inputs.current.version + 1,
+            forgotten,
+        },
         fresh_index: None,
     })
 }
@@ -212,8 +216,7 @@ async fn pending_requests_share_one_run_whose_end_reaches_each_of_them() {
         .await
         .unwrap()
         .expect("the waiting request gets its run");
-    assert_eq!(next.spec["version"], 2);
-    assert_eq!(next.spec["forgotten"], json!([1, 2, 3, 7]));
+    assert_eq!(next.kind, JobKind::DeletionRun);
     let task = store.claim(worker, 1).await.unwrap().pop().unwrap();
     assert_eq!(task.spec["from"], "file:///store/model");
     let versions = store.model_versions(TENANT, model).await.unwrap();
@@ -222,6 +225,83 @@ async fn pending_requests_share_one_run_whose_end_reaches_each_of_them() {
         .map(|v| (v.version, v.forgotten.len()))
         .collect();
     assert_eq!(listed, [(1, 3), (0, 0)]);
+}
+
+#[tokio::test]
+async fn a_run_records_the_version_its_plan_names_and_a_plan_that_unforgets_is_refused() {
+    let store = store().await;
+    let worker = worker(&store).await;
+    let model = model_with_index(&store, worker).await;
+    let first = request(&store, model, &[3, 1]).await;
+    let run = store
+        .start_deletion_run(model, plan)
+        .await
+        .unwrap()
+        .unwrap();
+    finish_next(&store, worker, &[artifact("model")]).await;
+    assert_eq!(state(&store, first).await, JobState::Succeeded);
+    let version = store.version_of_run(run.id).await.unwrap().unwrap();
+    assert_eq!((version.version, version.forgotten), (1, vec![1, 3]));
+
+    let with = |version: i32, forgotten: Vec<i64>| {
+        move |inputs: &RunInputs| {
+            let RunPlan::Start {
+                run, fresh_index, ..
+            } = plan(inputs)?
+            else {
+                unreachable!("the test plan always starts")
+            };
+            Ok(RunPlan::Start {
+                run,
+                writes: NewVersion { version, forgotten },
+                fresh_index,
+            })
+        }
+    };
+    for (wrong, expected) in [
+        (with(5, vec![1, 3, 7]), "must write version 2, not 5"),
+        (with(2, vec![7]), "keep forgetting what version 1 forgot"),
+    ] {
+        let refused = request(&store, model, &[7]).await;
+        assert!(store
+            .start_deletion_run(model, wrong)
+            .await
+            .unwrap()
+            .is_none());
+        let error = store.get_job(TENANT, refused).await.unwrap().error.unwrap();
+        assert_eq!(error.reason(), FailureReason::RunRefused);
+        assert!(error.message().contains(expected), "{}", error.message());
+    }
+
+    let last = request(&store, model, &[2]).await;
+    let run = store
+        .start_deletion_run(model, plan)
+        .await
+        .unwrap()
+        .unwrap();
+    finish_next(&store, worker, &[artifact("model")]).await;
+    assert_eq!(state(&store, last).await, JobState::Succeeded);
+    let version = store.version_of_run(run.id).await.unwrap().unwrap();
+    assert_eq!((version.version, version.forgotten), (2, vec![1, 2, 3]));
+}
+
+#[tokio::test]
+async fn a_deletion_run_is_never_created_directly() {
+    let store = store().await;
+    let run = NewJob {
+        tenant: TENANT.into(),
+        kind: JobKind::DeletionRun,
+        request_id: None,
+        spec: json!({}),
+        priority: 0,
+        deadline: None,
+        tasks: vec![NewTask::new("match", json!({}))],
+        admission: None,
+    };
+    assert!(matches!(
+        store.create_job(&run).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lethe_store::sqlx;
 use lethe_store::{
     ArtifactRef, Device, Durability, FailureClass, JobKind, LocalCluster, NewJob, NewTask,
-    NewWorker, Store, StoreConfig, StoreError,
+    NewWorker, Store, StoreConfig, StoreError, TaskProgress,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -140,7 +140,15 @@ async fn random_interleavings_keep_every_invariant() {
                     60..=74 if !held.is_empty() => {
                         let (task, attempt) = held[rng.random_range(0..held.len())];
                         match store
-                            .heartbeat(task, attempt, worker, Some(&json!({"fraction": 0.5})))
+                            .heartbeat(
+                                task,
+                                attempt,
+                                worker,
+                                Some(&TaskProgress {
+                                    fraction: 0.5,
+                                    message: String::new(),
+                                }),
+                            )
                             .await
                         {
                             Ok(_) if superseded.contains(&(task, attempt)) => {

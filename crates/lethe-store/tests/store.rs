@@ -11,7 +11,7 @@ use lethe_store::sqlx;
 use lethe_store::{
     ArtifactRef, CompletionRequest, Device, FailureClass, GroupCommit, GroupCommitLimits,
     JobFilter, JobKind, JobState, LocalCluster, NewJob, NewTask, NewWorker, RetryPolicy, Store,
-    StoreConfig, StoreError, TaskState,
+    StoreConfig, StoreError, TaskProgress, TaskState,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -141,9 +141,26 @@ async fn an_expired_lease_is_leased_again_and_the_stale_worker_is_fenced_out() {
     assert_eq!(first.attempt, 1);
     // A heartbeat renews the lease; without one it runs out and the reaper takes it back.
     store
-        .heartbeat(first.id, 1, stale, Some(&json!({"done": 0.5})))
+        .heartbeat(
+            first.id,
+            1,
+            stale,
+            Some(&TaskProgress {
+                fraction: 0.5,
+                message: "half".into(),
+            }),
+        )
         .await
         .unwrap();
+    let graph = store.job_graph(Some("acme"), job.id).await.unwrap();
+    assert_eq!(
+        graph.tasks[0].progress,
+        Some(TaskProgress {
+            fraction: 0.5,
+            message: "half".into(),
+        }),
+        "the heartbeat's progress is read back as it was sent"
+    );
     assert_eq!(store.reap_expired_leases(100).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(store.reap_expired_leases(100).await.unwrap(), 1);

@@ -18,7 +18,9 @@ use lethe_proto::lethe::v1::{
 use lethe_proto::tasks::{
     self, AuditDmm, AuditSpec, EnsembleTask, FullRetrainSpec, MatchSpec, ObjectRef, PredictSpec,
 };
-use lethe_store::{Job, JobKind, NewJob, NewTask, RunInputs, RunPlan, Store, StoreError};
+use lethe_store::{
+    Job, JobKind, NewJob, NewTask, NewVersion, RunInputs, RunPlan, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 use uuid::Uuid;
@@ -34,8 +36,8 @@ use crate::registry::version_to_proto;
 use crate::state::Shared;
 use crate::status::from_store;
 
-/// What a deletion run does, as stored in its job's spec (the store's trigger reads `version`
-/// and `forgotten` when it records the version the run wrote).
+/// What a deletion run does, as stored in its job's spec. The version it writes is also given
+/// to the store as a [`NewVersion`], from which the store records it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DeletionRunSpec {
     /// The version it writes, the one it starts from, and the anchor DMM predicts from.
@@ -241,6 +243,10 @@ pub(crate) fn plan_run(inputs: &RunInputs, retrain_threshold: f64) -> Result<Run
             .after(audit_deps),
         );
     }
+    let writes = NewVersion {
+        version: inputs.current.version + 1,
+        forgotten,
+    };
     let priority = inputs
         .requests
         .iter()
@@ -252,14 +258,14 @@ pub(crate) fn plan_run(inputs: &RunInputs, retrain_threshold: f64) -> Result<Run
         kind: JobKind::DeletionRun,
         request_id: None,
         spec: to_json(&DeletionRunSpec {
-            version: inputs.current.version + 1,
+            version: writes.version,
             parent_version: inputs.current.version,
             anchor_version: inputs.base.version,
             method: method.to_owned(),
             index: inputs.index.as_ref().map(|index| index.job_id),
             requests: inputs.requests.iter().map(|r| r.id).collect(),
             requested: requested.into_iter().collect(),
-            forgotten,
+            forgotten: writes.forgotten.clone(),
             audit_oracles,
             min_confidence,
             seed,
@@ -269,7 +275,11 @@ pub(crate) fn plan_run(inputs: &RunInputs, retrain_threshold: f64) -> Result<Run
         tasks: graph,
         admission: None,
     };
-    Ok(RunPlan::Start { run, fresh_index })
+    Ok(RunPlan::Start {
+        run,
+        writes,
+        fresh_index,
+    })
 }
 
 /// The index of the version a full retrain makes: subset retrains of what remains, the same
@@ -469,7 +479,19 @@ mod tests {
 
     fn started(plan: RunPlan) -> (NewJob, Option<NewJob>) {
         match plan {
-            RunPlan::Start { run, fresh_index } => (run, fresh_index),
+            RunPlan::Start {
+                run,
+                writes,
+                fresh_index,
+            } => {
+                let spec: DeletionRunSpec = serde_json::from_value(run.spec.clone()).unwrap();
+                assert_eq!(
+                    (spec.version, &spec.forgotten),
+                    (writes.version, &writes.forgotten),
+                    "the spec and what the store records agree"
+                );
+                (run, fresh_index)
+            }
             RunPlan::Wait => panic!("the planner waited"),
         }
     }
