@@ -64,16 +64,7 @@ async fn model_with_index(store: &Store, worker: Uuid) -> Uuid {
         .register_model(TENANT, "m", "data", "file:///store/m0", Some([1; 32]))
         .await
         .unwrap();
-    let build = NewJob {
-        tenant: TENANT.into(),
-        kind: JobKind::IndexBuild,
-        request_id: None,
-        spec: json!({}),
-        priority: 0,
-        deadline: None,
-        tasks: vec![NewTask::new("build_index", json!({}))],
-        admission: None,
-    };
+    let build = one_task_job(JobKind::IndexBuild, "build_index");
     store
         .create_job_about(&build, Some(model.id))
         .await
@@ -116,6 +107,20 @@ async fn request(store: &Store, model: Uuid, forget: &[i64]) -> Uuid {
         .unwrap()
         .0
         .id
+}
+
+/// A job of `kind` with one task of `task` and empty specs.
+fn one_task_job(kind: JobKind, task: &str) -> NewJob {
+    NewJob {
+        tenant: TENANT.into(),
+        kind,
+        request_id: None,
+        spec: json!({}),
+        priority: 0,
+        deadline: None,
+        tasks: vec![NewTask::new(task, json!({}))],
+        admission: None,
+    }
 }
 
 /// A one-task run that forgets the union of the requests on top of the current version.
@@ -288,16 +293,7 @@ async fn a_run_records_the_version_its_plan_names_and_a_plan_that_unforgets_is_r
 #[tokio::test]
 async fn a_deletion_run_is_never_created_directly() {
     let store = store().await;
-    let run = NewJob {
-        tenant: TENANT.into(),
-        kind: JobKind::DeletionRun,
-        request_id: None,
-        spec: json!({}),
-        priority: 0,
-        deadline: None,
-        tasks: vec![NewTask::new("match", json!({}))],
-        admission: None,
-    };
+    let run = one_task_job(JobKind::DeletionRun, "match");
     assert!(matches!(
         store.create_job(&run).await,
         Err(StoreError::InvalidArgument(_))
