@@ -29,4 +29,6 @@ pub use metrics::scrape;
 pub use process::{
     connect_when_up, coordinator_command, free_port, output_text, worker_command, Process,
 };
-pub use stack::{spawn_runner, Stack, StackBuilder, ADMIN_CREDENTIAL, TENANT, TENANT_CREDENTIAL};
+pub use stack::{
+    spawn_runner, Database, Stack, StackBuilder, ADMIN_CREDENTIAL, TENANT, TENANT_CREDENTIAL,
+};

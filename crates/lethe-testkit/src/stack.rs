@@ -142,33 +142,20 @@ impl StackBuilder {
         self
     }
 
+    /// Only the database and a store on it: for a test that runs the coordinator binary
+    /// itself. Tokens, workers and the coordinator's settings do not apply.
+    pub async fn database_only(self) -> Database {
+        open_database(&self.database, self.private_cluster, self.store).await
+    }
+
     /// Starts it all; panics (saying what) if any part does not start.
     pub async fn start(self) -> Stack {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let database = format!("{}_{}", self.database, NEXT.fetch_add(1, Ordering::SeqCst));
-        // Starting a cluster (initdb, pg_ctl) and creating a database block.
-        let private_cluster = self.private_cluster;
-        let name = database.clone();
-        let (cluster, url) = tokio::task::spawn_blocking(move || {
-            let cluster = if private_cluster {
-                let cluster = LocalCluster::start_temporary(Durability::Fast)
-                    .unwrap_or_else(|e| panic!("start a private PostgreSQL cluster: {e}"));
-                Cluster::Private(cluster)
-            } else {
-                LocalCluster::shared().unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
-                Cluster::Shared
-            };
-            let url = cluster
-                .get()
-                .create_database(&name)
-                .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-            (cluster, url)
-        })
-        .await
-        .expect("starting PostgreSQL panicked");
-        let store = Store::connect(&url, self.store)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let Database {
+            store,
+            url,
+            name: database,
+            cluster,
+        } = open_database(&self.database, self.private_cluster, self.store).await;
 
         let tokens = if self.tokens {
             let issue = |kind, tenant, name: &'static str| {
@@ -271,6 +258,57 @@ impl StackBuilder {
             stack.workers.push(spawn_runner(runner));
         }
         stack
+    }
+}
+
+/// A fresh database (on the shared cluster or a private one) and a store on it.
+async fn open_database(name: &str, private_cluster: bool, config: StoreConfig) -> Database {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("{name}_{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    // Starting a cluster (initdb, pg_ctl) and creating a database block.
+    let database = name.clone();
+    let (cluster, url) = tokio::task::spawn_blocking(move || {
+        let cluster = if private_cluster {
+            let cluster = LocalCluster::start_temporary(Durability::Fast)
+                .unwrap_or_else(|e| panic!("start a private PostgreSQL cluster: {e}"));
+            Cluster::Private(cluster)
+        } else {
+            LocalCluster::shared().unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
+            Cluster::Shared
+        };
+        let url = cluster
+            .get()
+            .create_database(&database)
+            .unwrap_or_else(|e| panic!("create database {database}: {e}"));
+        (cluster, url)
+    })
+    .await
+    .expect("starting PostgreSQL panicked");
+    let store = Store::connect(&url, config)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    Database {
+        store,
+        url,
+        name,
+        cluster,
+    }
+}
+
+/// A database of its own and a store on it ([`StackBuilder::database_only`]).
+pub struct Database {
+    pub store: Store,
+    pub url: String,
+    /// Its name, as made unique.
+    pub name: String,
+    // Last: a private cluster stops after the store's connections are closed.
+    cluster: Cluster,
+}
+
+impl Database {
+    /// The PostgreSQL cluster it is on.
+    pub fn cluster(&self) -> &LocalCluster {
+        self.cluster.get()
     }
 }
 
