@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use lethe_artifacts::StoredObject;
 use lethe_coordinator::TENANT_HEADER;
 use lethe_proto::google::longrunning::{operation, Operation};
-use lethe_proto::lethe::v1::OperationMetadata;
+use lethe_proto::lethe::v1::{DeletionResult, OperationMetadata};
 use prost::Message;
 
 /// `message` as a call with `token` as its bearer token (coordinators with `AuthMode::Tokens`).
@@ -73,4 +74,30 @@ pub async fn watch_to_end(
         .await
         .unwrap_or_else(|_| panic!("the operation ends within {limit:?}"));
     last.expect("the watch sent the operation at least once")
+}
+
+/// The checkpoint of the version a deletion made, as a client downloads it.
+pub fn version_object(result: &DeletionResult) -> StoredObject {
+    let version = result
+        .version
+        .as_ref()
+        .expect("a deletion names its version");
+    StoredObject {
+        uri: version.uri.clone(),
+        sha256: version
+            .sha256
+            .as_slice()
+            .try_into()
+            .expect("a version's SHA-256 is 32 bytes"),
+        size: version.size_bytes,
+    }
+}
+
+/// The uuid of a deletion's run (its `operations/…` name).
+pub fn run_id(result: &DeletionResult) -> uuid::Uuid {
+    result
+        .run
+        .strip_prefix("operations/")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{:?} is not an operation's name", result.run))
 }

@@ -24,7 +24,9 @@ mod process;
 pub mod reliability;
 mod stack;
 
-pub use calls::{as_tenant, error, metadata, response, watch_to_end, with_token};
+pub use calls::{
+    as_tenant, error, metadata, response, run_id, version_object, watch_to_end, with_token,
+};
 pub use metrics::scrape;
 pub use process::{
     connect_when_up, coordinator_command, free_port, output_text, worker_command, Process,
