@@ -3,11 +3,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use lethe_artifacts::ArtifactStore;
-use lethe_coordinator::{Coordinator, CoordinatorConfig};
-use lethe_proto::lethe::v1::Device;
-use lethe_runner::{Runner, RunnerConfig};
-use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
+use lethe_testkit::{output_text as text, Stack};
 
 fn lethe(endpoint: &str, args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_lethe"))
@@ -19,46 +15,22 @@ fn lethe(endpoint: &str, args: &[&str]) -> Output {
     output
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_list_get_cancel_and_wait_through_the_cli() {
-    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
-    let url = cluster.create_database("cli").unwrap();
-    let store = Store::connect(
-        &url,
-        StoreConfig {
-            lease: Duration::from_secs(2),
-            ..StoreConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let coordinator = Coordinator::new(store, CoordinatorConfig::default())
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let endpoint = coordinator.endpoint();
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = ArtifactStore::open(&format!("file://{}/a", dir.path().display())).unwrap();
-    let config = RunnerConfig {
-        endpoint: endpoint.clone(),
-        name: "cli-test".into(),
-        device: Device::Cpu,
-        memory_bytes: 1 << 34,
-        slots: 2,
-        poll_wait: Duration::from_secs(1),
-        drain_grace: Duration::from_millis(100),
-        token: None,
-        tls: None,
-    };
-    tokio::spawn(Runner::new(config, artifacts).run(std::future::pending()));
+    // A runner with two slots, so that the smokes' tasks run side by side.
+    let stack = Stack::builder()
+        .database("cli")
+        .lease(Duration::from_secs(2))
+        .workers(1)
+        .worker_config(|config| {
+            config.name = "cli-test".into();
+            config.slots = 2;
+            config.poll_wait = Duration::from_secs(1);
+            config.drain_grace = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    let endpoint = stack.endpoint();
 
     let run = |args: &[&str]| {
         let (endpoint, args): (String, Vec<String>) = (
@@ -187,7 +159,7 @@ async fn smoke_list_get_cancel_and_wait_through_the_cli() {
         .next()
         .unwrap()
         .to_string();
-    let artifacts_url = format!("file://{}/a", dir.path().display());
+    let artifacts_url = stack.artifacts_url();
     let not_done = run(&[
         "download",
         &index_name,

@@ -5,12 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use lethe_artifacts::ArtifactStore;
-use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig, TlsSettings};
+use lethe_coordinator::TlsSettings;
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{Device, RegisterWorkerRequest};
-use lethe_runner::{Runner, RunnerConfig};
-use lethe_store::{CredentialKind, Durability, LocalCluster, Store, StoreConfig};
+use lethe_testkit::{output_text as text, with_token, Stack, TENANT_CREDENTIAL};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -69,14 +67,6 @@ fn lethe(endpoint: &str, token: Option<&str>, ca: &Path, args: &[&str]) -> Outpu
     command.output().unwrap()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// A worker API call with this TLS configuration and the worker's token.
 async fn register(endpoint: &str, tls: ClientTlsConfig, token: &str) -> Result<(), tonic::Status> {
     let channel = Channel::from_shared(endpoint.to_string())
@@ -86,17 +76,17 @@ async fn register(endpoint: &str, tls: ClientTlsConfig, token: &str) -> Result<(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
-    let mut request = tonic::Request::new(RegisterWorkerRequest {
-        name: "probe".into(),
-        device: Device::Cpu as i32,
-        memory_bytes: 1,
-        slots: 1,
-        version: "t".into(),
-        kinds: vec!["noop".into()],
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let request = with_token(
+        token,
+        RegisterWorkerRequest {
+            name: "probe".into(),
+            device: Device::Cpu as i32,
+            memory_bytes: 1,
+            slots: 1,
+            version: "t".into(),
+            kinds: vec!["noop".into()],
+        },
+    );
     WorkerServiceClient::new(channel)
         .register_worker(request)
         .await
@@ -105,20 +95,6 @@ async fn register(endpoint: &str, tls: ClientTlsConfig, token: &str) -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_tls_and_mutual_tls_end_to_end() {
-    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
-    let url = cluster.create_database("secure").unwrap();
-    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
-    let tenant_token = store
-        .create_credential(CredentialKind::Tenant, Some("acme"), "acme-ci", "test")
-        .await
-        .unwrap()
-        .token;
-    let worker_token = store
-        .create_credential(CredentialKind::Worker, None, "fleet", "test")
-        .await
-        .unwrap()
-        .token;
-
     let ca = Authority::new("lethe test CA");
     let server = ca.sign(
         &["localhost", "127.0.0.1"],
@@ -131,36 +107,36 @@ async fn tokens_tls_and_mutual_tls_end_to_end() {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.cert).unwrap();
 
-    let config = CoordinatorConfig {
-        auth: AuthMode::Tokens,
-        tls: Some(TlsSettings {
-            certificate: server.cert.into_bytes(),
-            key: server.key.into_bytes(),
-            worker_ca: Some(ca.cert.clone().into_bytes()),
-        }),
-        ..CoordinatorConfig::default()
-    };
-    let coordinator = Coordinator::new(store.clone(), config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let endpoint = format!("https://127.0.0.1:{}", coordinator.address.port());
     let trust = || ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.cert));
-
-    let artifacts =
-        ArtifactStore::open(&format!("file://{}/artifacts", dir.path().display())).unwrap();
-    let runner = RunnerConfig {
-        endpoint: endpoint.clone(),
-        name: "mtls-worker".into(),
-        device: Device::Cpu,
-        memory_bytes: 1 << 30,
-        slots: 2,
-        poll_wait: Duration::from_secs(1),
-        drain_grace: Duration::from_millis(100),
-        token: Some(worker_token.clone()),
-        tls: Some(trust().identity(Identity::from_pem(&worker.cert, &worker.key))),
+    let settings = TlsSettings {
+        certificate: server.cert.into_bytes(),
+        key: server.key.into_bytes(),
+        worker_ca: Some(ca.cert.clone().into_bytes()),
     };
-    tokio::spawn(Runner::new(runner, artifacts).run(std::future::pending()));
+    // The runner connects over mutual TLS with the workers' token.
+    let stack = Stack::builder()
+        .database("secure")
+        .tokens()
+        .tls(
+            settings,
+            trust().identity(Identity::from_pem(&worker.cert, &worker.key)),
+        )
+        .workers(1)
+        .worker_config(|config| {
+            config.name = "mtls-worker".into();
+            config.memory_bytes = 1 << 30;
+            config.slots = 2;
+            config.poll_wait = Duration::from_secs(1);
+            config.drain_grace = Duration::from_millis(100);
+        })
+        .start()
+        .await;
+    let endpoint = stack.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let (tenant_token, worker_token) = (
+        stack.tenant_token().to_string(),
+        stack.worker_token().to_string(),
+    );
 
     // The CLI over TLS with the tenant's token; the runner over mutual TLS runs the tasks.
     let cli = |token: Option<String>, endpoint: String, args: &'static [&'static str]| {
@@ -227,12 +203,12 @@ async fn tokens_tls_and_mutual_tls_end_to_end() {
     assert_eq!(tenant_as_worker.code(), tonic::Code::PermissionDenied);
 
     // The audit log says who made the operation.
-    let lines = store.audit_log(Some("acme"), 0, 100).await.unwrap();
+    let lines = stack.store.audit_log(Some("acme"), 0, 100).await.unwrap();
     assert!(
         lines
             .iter()
-            .any(|line| line.entry.action == "noop.create" && line.entry.actor == "acme-ci"),
+            .any(|line| line.entry.action == "noop.create" && line.entry.actor == TENANT_CREDENTIAL),
         "{lines:?}"
     );
-    coordinator.shutdown().await.unwrap();
+    stack.coordinator.shutdown().await.unwrap();
 }

@@ -17,13 +17,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use lethe_artifacts::ArtifactStore;
 use lethe_config::logging::lethe_spans;
 use lethe_config::otlp::{OtlpExport, Telemetry};
-use lethe_coordinator::{Coordinator, CoordinatorConfig};
-use lethe_proto::lethe::v1::Device;
-use lethe_runner::{Runner, RunnerConfig};
-use lethe_store::{Durability, LocalCluster, Store, StoreConfig};
+use lethe_testkit::Stack;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
@@ -167,29 +163,19 @@ async fn one_trace_spans_the_cli_the_coordinator_and_the_worker() {
         .with(exporter.with_filter(lethe_spans()))
         .init();
 
-    let cluster = LocalCluster::start_temporary(Durability::Fast).unwrap();
-    let url = cluster.create_database("traced").unwrap();
-    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
-    let coordinator = Coordinator::new(store, CoordinatorConfig::default())
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = ArtifactStore::open(&format!("file://{}/a", dir.path().display())).unwrap();
-    let runner = RunnerConfig {
-        endpoint: coordinator.endpoint(),
-        name: "traced".into(),
-        device: Device::Cpu,
-        memory_bytes: 1 << 30,
-        slots: 1,
-        poll_wait: Duration::from_secs(1),
-        drain_grace: Duration::from_millis(100),
-        token: None,
-        tls: None,
-    };
-    tokio::spawn(Runner::new(runner, artifacts).run(std::future::pending()));
+    let stack = Stack::builder()
+        .database("traced")
+        .workers(1)
+        .worker_config(|config| {
+            config.name = "traced".into();
+            config.memory_bytes = 1 << 30;
+            config.poll_wait = Duration::from_secs(1);
+            config.drain_grace = Duration::from_millis(100);
+        })
+        .start()
+        .await;
 
-    let endpoint = coordinator.endpoint();
+    let endpoint = stack.endpoint();
     let cli = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_lethe"))
             .args(["smoke", "--tasks", "2", "--task-seconds", "0.1"])

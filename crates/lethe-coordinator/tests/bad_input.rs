@@ -12,11 +12,8 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
-
-#[path = "support/reliability.rs"]
-mod reliability;
 
 use bytes::{Buf, BufMut};
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
@@ -33,7 +30,8 @@ use lethe_proto::lethe::v1::{
 };
 use lethe_proto::lethe::v1::{IndexReport, RetrainReport, TaskReport};
 use lethe_store::sqlx::{self, PgPool};
-use lethe_store::{CredentialKind, LocalCluster, Store, StoreConfig};
+use lethe_store::CredentialKind;
+use lethe_testkit::{connect_when_up, coordinator_command, free_port, reliability, Process, Stack};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
@@ -1684,23 +1682,10 @@ async fn world(channel: &Channel) -> World {
     }
 }
 
-struct Coordinator(Child);
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_the_right_code_and_change_nothing() {
-    let cluster = LocalCluster::shared().expect("start PostgreSQL");
-    let url = tokio::task::spawn_blocking(move || cluster.create_database("bad_input"))
-        .await
-        .unwrap()
-        .unwrap();
-    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
+    let database = Stack::builder().database("bad_input").database_only().await;
+    let (url, store) = (database.url.clone(), database.store.clone());
     let mut tenants = std::collections::HashMap::new();
     for tenant in std::iter::once(OWNER).chain(FOREIGN) {
         let issued = store
@@ -1735,39 +1720,13 @@ async fn hostile_requests_get_the_right_code_and_change_nothing() {
         })
         .ok()
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut coordinator = Coordinator(
-        Command::new(env!("CARGO_BIN_EXE_lethe-coordinator"))
-            .args([
-                "--database-url",
-                &url,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let port = free_port();
+    let mut coordinator = Process::spawn(
+        "lethe-coordinator",
+        &mut coordinator_command(env!("CARGO_BIN_EXE_lethe-coordinator"), &url, port),
+        Stdio::null(),
     );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let channel = loop {
-        if let Ok(channel) = Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            break channel;
-        }
-        assert!(
-            coordinator.0.try_wait().unwrap().is_none(),
-            "the coordinator did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let channel = connect_when_up(&format!("http://127.0.0.1:{port}"), &mut coordinator).await;
     let pool = PgPool::connect(&url).await.unwrap();
     let world = world(&channel).await;
 
@@ -1817,7 +1776,7 @@ async fn hostile_requests_get_the_right_code_and_change_nothing() {
             )),
         }
     }
-    let crashed = coordinator.0.try_wait().unwrap().is_some()
+    let crashed = coordinator.try_wait().unwrap().is_some()
         || LetheClient::new(channel.clone())
             .get_model(as_tenant(
                 OWNER,

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use lethe_coordinator::{AuthMode, Coordinator, CoordinatorConfig};
-use lethe_store::{AuditOutcome, CredentialKind, LocalCluster, Store, StoreConfig};
+use lethe_store::{AuditOutcome, CredentialKind};
+use lethe_testkit::{Stack, TENANT, WORKER_CREDENTIAL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GETs `path` from the dashboard at `address` with `token`; returns the status and body.
@@ -33,45 +33,34 @@ async fn get(address: std::net::SocketAddr, path: &str, token: Option<&str>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_calls_pass_the_gate_and_its_refusals_are_audited() {
-    let cluster = LocalCluster::shared().expect("start PostgreSQL");
-    let url = tokio::task::spawn_blocking(move || cluster.create_database("dashboard_gate"))
+    let stack = Stack::builder()
+        .database("dashboard_gate")
+        .tokens()
+        .dashboard()
+        .start()
+        .await;
+    let dashboard = stack.dashboard();
+    let worker = stack
+        .store
+        .credential_for_token(stack.worker_token())
         .await
         .unwrap()
         .unwrap();
-    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
-    let credential = |kind, tenant: Option<&'static str>, name: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .create_credential(kind, tenant, name, "tests")
-                .await
-                .unwrap()
-        }
-    };
-    let tenant = credential(CredentialKind::Tenant, Some("acme"), "acme-dashboard").await;
-    let admin = credential(CredentialKind::Admin, None, "operators").await;
-    let worker = credential(CredentialKind::Worker, None, "fleet").await;
-    let revoked = credential(CredentialKind::Tenant, Some("acme"), "acme-old").await;
-    store
+    let revoked = stack
+        .store
+        .create_credential(CredentialKind::Tenant, Some(TENANT), "acme-old", "tests")
+        .await
+        .unwrap();
+    stack
+        .store
         .revoke_credential(revoked.credential.id, "tests")
         .await
         .unwrap();
 
-    let replica = Coordinator::new(
-        store.clone(),
-        CoordinatorConfig {
-            auth: AuthMode::Tokens,
-            ..CoordinatorConfig::default()
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dashboard = listener.local_addr().unwrap();
-    tokio::spawn(replica.serve_dashboard(listener, std::future::pending()));
-
-    let (status, body) = get(dashboard, "/api/operations", Some(&tenant.token)).await;
+    let (status, body) = get(dashboard, "/api/operations", Some(stack.tenant_token())).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""scope":"acme""#), "{body}");
-    let (status, body) = get(dashboard, "/api/operations", Some(&admin.token)).await;
+    assert!(body.contains(&format!(r#""scope":"{TENANT}""#)), "{body}");
+    let (status, body) = get(dashboard, "/api/operations", Some(stack.admin_token())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("(all tenants)"), "{body}");
 
@@ -79,7 +68,7 @@ async fn dashboard_calls_pass_the_gate_and_its_refusals_are_audited() {
         (None, 401, "(no token)"),
         (Some("not-a-token-we-issued"), 401, "(unknown token)"),
         (Some(revoked.token.as_str()), 401, "acme-old"),
-        (Some(worker.token.as_str()), 403, "fleet"),
+        (Some(stack.worker_token()), 403, WORKER_CREDENTIAL),
     ];
     for (token, expected, _) in refusals {
         let (status, body) = get(dashboard, "/api/workers", token).await;
@@ -90,7 +79,8 @@ async fn dashboard_calls_pass_the_gate_and_its_refusals_are_audited() {
     // Refusals are written in the background: wait for all of them to land.
     let mut denied = Vec::new();
     for _ in 0..300 {
-        denied = store
+        denied = stack
+            .store
             .audit_log(None, 0, 100)
             .await
             .unwrap()
@@ -115,7 +105,7 @@ async fn dashboard_calls_pass_the_gate_and_its_refusals_are_audited() {
     }
     let by_worker = denied
         .iter()
-        .find(|line| line.entry.actor == "fleet")
+        .find(|line| line.entry.actor == WORKER_CREDENTIAL)
         .unwrap();
-    assert_eq!(by_worker.entry.credential_id, Some(worker.credential.id));
+    assert_eq!(by_worker.entry.credential_id, Some(worker.id));
 }

@@ -2,11 +2,10 @@
 //! protocol, operations (Get, List, Cancel, Wait, Watch), errors and their codes, health and
 //! reflection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lethe_coordinator::{operation_name, Coordinator, CoordinatorConfig, RunningCoordinator};
+use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_proto::failures;
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
@@ -17,8 +16,8 @@ use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::worker_service_client::WorkerServiceClient;
 use lethe_proto::lethe::v1::{
     AcquireTaskRequest, Artifact, CompleteTaskRequest, Device, DrainWorkerRequest, ErrorClass,
-    FailTaskRequest, HeartbeatRequest, LeasedTask, NoopReport, NoopResult, OperationMetadata,
-    OperationState, Progress, RegisterWorkerRequest, TaskReport, WatchOperationRequest,
+    FailTaskRequest, HeartbeatRequest, LeasedTask, NoopReport, NoopResult, OperationState,
+    Progress, RegisterWorkerRequest, TaskReport, WatchOperationRequest,
 };
 use lethe_proto::lethe::v1::{
     AuditFigures, AuditReport, CreateDeletionRequestRequest, CreateIndexBuildRequest,
@@ -26,66 +25,52 @@ use lethe_proto::lethe::v1::{
     IndexEstimator, IndexReport, KlomStats, MatchReport, PredictReport, RegisterDatasetRequest,
     RegisterModelRequest, RetrainReport, SplitAudit,
 };
-use lethe_store::{JobKind, LocalCluster, NewJob, NewTask, Store, StoreConfig};
-use prost::Message;
+use lethe_store::StoreConfig;
+use lethe_testkit::{as_tenant, metadata, response, scrape, with_token, Stack};
 use serde_json::json;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-fn cluster() -> &'static LocalCluster {
-    LocalCluster::shared().expect("start PostgreSQL")
-}
-
-struct Stack {
-    store: Store,
-    replica: Coordinator,
-    coordinator: RunningCoordinator,
-    channel: Channel,
+/// A stack as these tests want it: maintenance and long-poll re-reads often, so that reaped
+/// leases and woken waits come quickly.
+async fn stack_configured(store_config: StoreConfig, config: CoordinatorConfig) -> Stack {
+    let config = CoordinatorConfig {
+        poll_interval: Duration::from_millis(100),
+        maintenance_interval: Duration::from_millis(200),
+        ..config
+    };
+    Stack::builder()
+        .database("g")
+        .store(store_config)
+        .coordinator(config)
+        .start()
+        .await
 }
 
 async fn stack_with(store_config: StoreConfig) -> Stack {
     stack_configured(store_config, CoordinatorConfig::default()).await
 }
 
-async fn stack_configured(store_config: StoreConfig, config: CoordinatorConfig) -> Stack {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("g{}", NEXT.fetch_add(1, Ordering::SeqCst));
-    let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
-        .await
-        .unwrap()
-        .unwrap();
-    let store = Store::connect(&url, store_config).await.unwrap();
-    let config = CoordinatorConfig {
-        poll_interval: Duration::from_millis(100),
-        maintenance_interval: Duration::from_millis(200),
-        ..config
-    };
-    let replica = Coordinator::new(store.clone(), config);
-    let coordinator = replica
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let channel = Channel::from_shared(coordinator.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    Stack {
-        store,
-        replica,
-        coordinator,
-        channel,
-    }
-}
-
 async fn stack() -> Stack {
     stack_with(StoreConfig::default()).await
 }
 
-impl Stack {
+/// The specs of `count` noop tasks, each told apart by its index.
+fn tasks(count: usize) -> impl Iterator<Item = serde_json::Value> {
+    (0..count).map(|i| json!({ "i": i }))
+}
+
+/// Calls of the worker API, as a worker of these tests makes them.
+trait WorkerCalls {
+    fn workers(&self) -> WorkerServiceClient<Channel>;
+    fn operations(&self) -> OperationsClient<Channel>;
+    async fn register(&self, name: &str) -> String;
+    async fn acquire(&self, worker: &str, wait: Duration) -> Option<LeasedTask>;
+}
+
+impl WorkerCalls for Stack {
     fn workers(&self) -> WorkerServiceClient<Channel> {
         WorkerServiceClient::new(self.channel.clone())
     }
@@ -111,22 +96,6 @@ impl Stack {
             .worker_id
     }
 
-    async fn noop_job(&self, tenant: &str, tasks: usize) -> Uuid {
-        let job = NewJob {
-            tenant: tenant.into(),
-            kind: JobKind::Noop,
-            request_id: None,
-            spec: json!({}),
-            priority: 0,
-            deadline: None,
-            tasks: (0..tasks)
-                .map(|i| NewTask::new("noop", json!({ "i": i })))
-                .collect(),
-            admission: None,
-        };
-        self.store.create_job(&job).await.unwrap().0.id
-    }
-
     async fn acquire(&self, worker: &str, wait: Duration) -> Option<LeasedTask> {
         let request = AcquireTaskRequest {
             worker_id: worker.into(),
@@ -139,18 +108,6 @@ impl Stack {
             .into_inner()
             .task
     }
-}
-
-fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-lethe-tenant", tenant.parse().unwrap());
-    request
-}
-
-fn metadata(operation: &Operation) -> OperationMetadata {
-    OperationMetadata::decode(operation.metadata.as_ref().unwrap().value.as_slice()).unwrap()
 }
 
 fn complete(worker: &str, task: &LeasedTask, report: Option<TaskReport>) -> CompleteTaskRequest {
@@ -194,7 +151,7 @@ async fn a_worker_long_polls_runs_and_completes_while_a_client_watches() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let job = stack.noop_job("acme", 1).await;
+    let job = stack.noop_job("acme", tasks(1)).await;
     let name = operation_name(job);
     let mut watch = LetheClient::new(stack.channel.clone())
         .watch_operation(as_tenant(
@@ -287,7 +244,7 @@ async fn a_stale_worker_is_fenced_out_with_aborted() {
     })
     .await;
     let (stale, fresh) = (stack.register("stale").await, stack.register("fresh").await);
-    stack.noop_job("acme", 1).await;
+    stack.noop_job("acme", tasks(1)).await;
     let first = stack.acquire(&stale, Duration::ZERO).await.unwrap();
     // No heartbeat: the coordinator's maintenance loop reaps the lease, and the task goes to
     // the next worker that asks, under a new attempt.
@@ -319,7 +276,7 @@ async fn a_stale_worker_is_fenced_out_with_aborted() {
 async fn cancellation_reaches_a_running_task_through_its_heartbeat() {
     let stack = stack().await;
     let worker = stack.register("w").await;
-    let job = stack.noop_job("acme", 2).await;
+    let job = stack.noop_job("acme", tasks(2)).await;
     let name = operation_name(job);
     let task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
     stack
@@ -386,9 +343,9 @@ async fn cancellation_reaches_a_running_task_through_its_heartbeat() {
 async fn operations_list_in_pages_per_tenant_and_refuse_bad_requests() {
     let stack = stack().await;
     for _ in 0..7 {
-        stack.noop_job("acme", 1).await;
+        stack.noop_job("acme", tasks(1)).await;
     }
-    let other = stack.noop_job("globex", 1).await;
+    let other = stack.noop_job("globex", tasks(1)).await;
     let mut names = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
@@ -619,7 +576,7 @@ async fn health_and_reflection_are_served() {
 async fn a_busy_worker_gets_its_next_task_with_each_completion() {
     let stack = stack().await;
     let worker = stack.register("busy").await;
-    let job = stack.noop_job("acme", 3).await;
+    let job = stack.noop_job("acme", tasks(3)).await;
     let mut task = stack.acquire(&worker, Duration::ZERO).await.unwrap();
     let mut completed = 1;
     loop {
@@ -755,12 +712,6 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
             .unwrap();
         tokens.push(issued.token);
     }
-    fn with<T>(token: &str, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let bearer = format!("Bearer {token}").parse().unwrap();
-        request.metadata_mut().insert("authorization", bearer);
-        request
-    }
     let mut workers = stack.workers();
     let registration = RegisterWorkerRequest {
         name: "gpu-0".into(),
@@ -771,12 +722,12 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
         ..Default::default()
     };
     let mine = workers
-        .register_worker(with(&tokens[0], registration))
+        .register_worker(with_token(&tokens[0], registration))
         .await
         .unwrap()
         .into_inner()
         .worker_id;
-    stack.noop_job("acme", 1).await;
+    stack.noop_job("acme", tasks(1)).await;
     let acquire = || AcquireTaskRequest {
         worker_id: mine.clone(),
         wait: None,
@@ -784,14 +735,14 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
 
     // The other token may neither take work as this worker nor touch its lease.
     let taken = workers
-        .acquire_task(with(&tokens[1], acquire()))
+        .acquire_task(with_token(&tokens[1], acquire()))
         .await
         .unwrap_err();
     assert_eq!(taken.code(), Code::PermissionDenied, "{taken:?}");
     let info = taken.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, "WORKER_TOKEN_MISMATCH");
     let task = workers
-        .acquire_task(with(&tokens[0], acquire()))
+        .acquire_task(with_token(&tokens[0], acquire()))
         .await
         .unwrap()
         .into_inner()
@@ -812,19 +763,19 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
     };
     let refusals = [
         workers
-            .heartbeat(with(&tokens[1], heartbeat.clone()))
+            .heartbeat(with_token(&tokens[1], heartbeat.clone()))
             .await
             .unwrap_err(),
         workers
-            .fail_task(with(&tokens[1], failure))
+            .fail_task(with_token(&tokens[1], failure))
             .await
             .unwrap_err(),
         workers
-            .complete_task(with(&tokens[1], complete(&mine, &task, None)))
+            .complete_task(with_token(&tokens[1], complete(&mine, &task, None)))
             .await
             .unwrap_err(),
         workers
-            .drain_worker(with(
+            .drain_worker(with_token(
                 &tokens[1],
                 DrainWorkerRequest {
                     worker_id: mine.clone(),
@@ -838,11 +789,11 @@ async fn a_worker_token_acts_only_for_the_workers_it_registered() {
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     }
     workers
-        .heartbeat(with(&tokens[0], heartbeat))
+        .heartbeat(with_token(&tokens[0], heartbeat))
         .await
         .unwrap();
     workers
-        .complete_task(with(&tokens[0], complete(&mine, &task, None)))
+        .complete_task(with_token(&tokens[0], complete(&mine, &task, None)))
         .await
         .expect("the lease survived the other token's calls");
 
@@ -1127,23 +1078,6 @@ async fn datasets_and_models_are_registered_once_per_tenant_and_name() {
     );
 }
 
-/// Reads `/metrics` with a bare HTTP/1.1 request and returns the value of one series.
-async fn scrape(address: std::net::SocketAddr, series: &str) -> i64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in {response}"))
-}
-
 #[tokio::test]
 async fn metrics_expose_queue_depth_and_leases_by_kind() {
     let stack = stack().await;
@@ -1156,18 +1090,18 @@ async fn metrics_expose_queue_depth_and_leases_by_kind() {
     let queued = "lethe_queue_depth{kind=\"noop\"}";
     let leased = "lethe_tasks_leased{kind=\"noop\"}";
     assert_eq!(
-        scrape(address, "lethe_queue_depth{kind=\"retrain\"}").await,
-        0
+        scrape(address).await["lethe_queue_depth{kind=\"retrain\"}"],
+        0.0
     );
-    stack.noop_job("acme", 3).await;
-    assert_eq!(scrape(address, queued).await, 3);
+    stack.noop_job("acme", tasks(3)).await;
+    assert_eq!(scrape(address).await[queued], 3.0);
     let worker = stack.register("w1").await;
     stack
         .acquire(&worker, Duration::from_secs(1))
         .await
         .expect("a task");
-    assert_eq!(scrape(address, queued).await, 2);
-    assert_eq!(scrape(address, leased).await, 1);
+    assert_eq!(scrape(address).await[queued], 2.0);
+    assert_eq!(scrape(address).await[leased], 1.0);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
@@ -1276,20 +1210,6 @@ async fn run_scripted(stack: &Stack, worker: &str, operation: &str) -> Operation
     panic!("{operation} did not finish")
 }
 
-fn response_of<M: prost::Name + Default>(operation: &Operation) -> M {
-    match &operation.result {
-        Some(operation::Result::Response(any)) => any.to_msg().unwrap(),
-        other => panic!("{} did not succeed: {other:?}", operation.name),
-    }
-}
-
-fn error_of(operation: &Operation) -> lethe_proto::google::rpc::Status {
-    match &operation.result {
-        Some(operation::Result::Error(status)) => status.clone(),
-        other => panic!("{} did not fail: {other:?}", operation.name),
-    }
-}
-
 #[tokio::test]
 async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_reason() {
     let stack = stack_configured(
@@ -1329,7 +1249,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
     }
     let noop = run_scripted(&stack, &worker, &noop.name).await;
     assert_eq!(
-        response_of::<NoopResult>(&noop),
+        response::<NoopResult>(&noop),
         NoopResult {
             tasks: 2,
             artifact_bytes: 20
@@ -1374,7 +1294,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
         .unwrap()
         .into_inner();
     let build = run_scripted(&stack, &worker, &build.name).await;
-    let index: IndexBuildResult = response_of(&build);
+    let index: IndexBuildResult = response(&build);
     let report = index.report.unwrap();
     assert_eq!(
         (report.estimator(), report.num_train, report.members),
@@ -1400,7 +1320,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
         .unwrap()
         .into_inner();
     let deletion = run_scripted(&stack, &worker, &deletion.name).await;
-    let result: DeletionResult = response_of(&deletion);
+    let result: DeletionResult = response(&deletion);
     let version = result.version.clone().unwrap();
     assert_eq!(
         (version.version, version.forgotten_count, version.size_bytes),
@@ -1432,10 +1352,10 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response_of::<DeletionResult>(&run).version, result.version);
+    assert_eq!(response::<DeletionResult>(&run).version, result.version);
 
     // Failures: a fatal task fails its operation with the task's reason in the details.
-    let doomed = stack.noop_job("acme", 1).await;
+    let doomed = stack.noop_job("acme", tasks(1)).await;
     let task = stack
         .acquire(&worker, Duration::from_secs(5))
         .await
@@ -1452,7 +1372,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
         .await
         .unwrap();
     let failed = run_scripted(&stack, &worker, &operation_name(doomed)).await;
-    let error = error_of(&failed);
+    let error = lethe_testkit::error(&failed);
     assert_eq!(error.code, Code::FailedPrecondition as i32, "{error:?}");
     assert!(
         error.message.contains("the checkpoint is truncated"),
@@ -1466,7 +1386,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
     assert_eq!(info.metadata["task_reason"], "TASK_FATAL");
 
     // A cancelled operation says so the same way.
-    let cancelled = stack.noop_job("acme", 1).await;
+    let cancelled = stack.noop_job("acme", tasks(1)).await;
     stack
         .operations()
         .cancel_operation(as_tenant(
@@ -1478,7 +1398,7 @@ async fn every_operation_kind_answers_with_its_typed_result_and_failures_with_a_
         .await
         .unwrap();
     let cancelled = run_scripted(&stack, &worker, &operation_name(cancelled)).await;
-    let error = error_of(&cancelled);
+    let error = lethe_testkit::error(&cancelled);
     assert_eq!(error.code, Code::Cancelled as i32);
     assert_eq!(failures::reason_of(&error), Some(FailureReason::Cancelled));
     stack.coordinator.shutdown().await.unwrap();

@@ -8,10 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-#[path = "support/reliability.rs"]
-mod reliability;
-
-use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator, TENANT_HEADER};
+use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::operations_client::OperationsClient;
 use lethe_proto::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, WaitOperationRequest,
@@ -19,40 +16,21 @@ use lethe_proto::google::longrunning::{
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::CreateNoopOperationRequest;
 use lethe_store::sqlx::{self, Connection, PgConnection};
-use lethe_store::{LocalCluster, Store, StoreConfig};
+use lethe_testkit::{as_tenant, reliability, Stack};
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 use tonic_types::StatusExt;
 
-fn as_tenant<T>(tenant: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert(TENANT_HEADER, tenant.parse().unwrap());
-    request
-}
-
-async fn start(database: &str, config: CoordinatorConfig) -> (String, RunningCoordinator, Channel) {
-    let name = database.to_string();
-    let url = tokio::task::spawn_blocking(move || {
-        LocalCluster::shared()
-            .expect("start PostgreSQL")
-            .create_database(&name)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let store = Store::connect(&url, StoreConfig::default()).await.unwrap();
-    let coordinator = Coordinator::new(store, config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let channel = Channel::from_shared(coordinator.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (url, coordinator, channel)
+/// A coordinator with `config` on a database of its own, and its database URL and a channel
+/// to it.
+async fn start(database: &str, config: CoordinatorConfig) -> (String, Stack, Channel) {
+    let stack = Stack::builder()
+        .database(database)
+        .coordinator(config)
+        .start()
+        .await;
+    let (url, channel) = (stack.url.clone(), stack.channel.clone());
+    (url, stack, channel)
 }
 
 /// A noop operation whose single task nobody runs: it stays unfinished.
@@ -87,7 +65,7 @@ async fn a_slow_database_sheds_calls_instead_of_queueing_them() {
         max_concurrent_calls: LIMIT,
         ..CoordinatorConfig::default()
     };
-    let (url, _coordinator, channel) = start("overload_calls", config).await;
+    let (url, _stack, channel) = start("overload_calls", config).await;
     let name = unfinished(&channel, "acme").await.unwrap();
 
     // The jobs table is locked: every call that reads it waits, holding its permit.
@@ -195,7 +173,7 @@ async fn one_tenant_cannot_take_every_call_permit() {
         max_concurrent_calls_per_tenant: 2,
         ..CoordinatorConfig::default()
     };
-    let (url, _coordinator, channel) = start("overload_tenant", config).await;
+    let (url, _stack, channel) = start("overload_tenant", config).await;
     let acme = unfinished(&channel, "acme").await.unwrap();
     let globex = unfinished(&channel, "globex").await.unwrap();
     let mut locker = lock_jobs(&url).await;
@@ -245,7 +223,7 @@ async fn long_polls_are_bounded_on_their_own() {
         max_concurrent_calls: 2,
         ..CoordinatorConfig::default()
     };
-    let (_url, _coordinator, channel) = start("overload_polls", config).await;
+    let (_url, _stack, channel) = start("overload_polls", config).await;
     let name = unfinished(&channel, "acme").await.unwrap();
     let wait = |seconds: u64| {
         let (channel, name) = (channel.clone(), name.clone());
@@ -287,7 +265,7 @@ async fn a_tenant_past_its_quota_is_refused_until_work_finishes() {
         max_active_jobs_per_tenant: 3,
         ..CoordinatorConfig::default()
     };
-    let (_url, _coordinator, channel) = start("overload_quota", config).await;
+    let (_url, _stack, channel) = start("overload_quota", config).await;
     let mut names = Vec::new();
     for _ in 0..3 {
         names.push(unfinished(&channel, "acme").await.unwrap());

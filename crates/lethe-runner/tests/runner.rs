@@ -2,134 +2,52 @@
 //! artifacts are committed with their hashes; a runner that dies mid-task loses nothing;
 //! cancellation stops a running task; a draining runner hands its work back.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_coordinator::{Coordinator, CoordinatorConfig, RunningCoordinator};
-use lethe_proto::lethe::v1::Device;
-use lethe_runner::{RunSummary, Runner, RunnerConfig};
+use lethe_artifacts::StoredObject;
+use lethe_coordinator::{Coordinator, CoordinatorConfig};
+use lethe_runner::RunnerConfig;
 use lethe_store::sqlx;
-use lethe_store::{JobKind, JobState, LocalCluster, NewJob, NewTask, Store, StoreConfig};
+use lethe_store::JobState;
+use lethe_testkit::{spawn_runner, Stack};
 use serde_json::json;
-use uuid::Uuid;
 
-fn cluster() -> &'static LocalCluster {
-    LocalCluster::shared().expect("start PostgreSQL")
-}
-
-struct Stack {
-    store: Store,
-    coordinator: RunningCoordinator,
-    artifacts: ArtifactStore,
-    _dir: tempfile::TempDir,
-}
-
+/// A stack whose leases are short and whose coordinator reaps them often, so that a dead
+/// runner's task comes back quickly; runners are started by each test.
 async fn stack() -> Stack {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("r{}", NEXT.fetch_add(1, Ordering::SeqCst));
-    let url = tokio::task::spawn_blocking(move || cluster().create_database(&name))
-        .await
-        .unwrap()
-        .unwrap();
-    let config = StoreConfig {
-        lease: Duration::from_secs(2),
-        ..StoreConfig::default()
-    };
-    let store = Store::connect(&url, config).await.unwrap();
-    let coordinator_config = CoordinatorConfig {
+    let config = CoordinatorConfig {
         poll_interval: Duration::from_millis(100),
         maintenance_interval: Duration::from_millis(200),
         ..CoordinatorConfig::default()
     };
-    let coordinator = Coordinator::new(store.clone(), coordinator_config)
-        .spawn("127.0.0.1:0".parse().unwrap())
+    Stack::builder()
+        .database("r")
+        .lease(Duration::from_secs(2))
+        .coordinator(config)
+        .start()
         .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts =
-        ArtifactStore::open(&format!("file://{}/artifacts", dir.path().display())).unwrap();
-    Stack {
-        store,
-        coordinator,
-        artifacts,
-        _dir: dir,
-    }
 }
 
-impl Stack {
-    fn runner(&self, name: &str) -> Runner {
-        let config = RunnerConfig {
-            endpoint: self.coordinator.endpoint(),
-            name: name.into(),
-            device: Device::Cpu,
-            memory_bytes: 1 << 34,
-            slots: 1,
-            poll_wait: Duration::from_secs(2),
-            drain_grace: Duration::from_millis(300),
-            token: None,
-            tls: None,
-        };
-        Runner::new(config, self.artifacts.clone())
-    }
-
-    async fn noop_job(&self, tasks: usize, spec: serde_json::Value) -> Uuid {
-        let job = NewJob {
-            tenant: "acme".into(),
-            kind: JobKind::Noop,
-            request_id: None,
-            spec: json!({}),
-            priority: 0,
-            deadline: None,
-            tasks: (0..tasks)
-                .map(|_| NewTask::new("noop", spec.clone()))
-                .collect(),
-            admission: None,
-        };
-        self.store.create_job(&job).await.unwrap().0.id
-    }
-
-    async fn wait_terminal(&self, job: Uuid, within: Duration) -> JobState {
-        let deadline = Instant::now() + within;
-        loop {
-            let state = self.store.get_job("acme", job).await.unwrap().state;
-            if state.is_terminal() || Instant::now() > deadline {
-                return state;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Runs a runner until `stop` fires, on the current runtime.
-fn spawn_runner(
-    runner: Runner,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<RunSummary>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runner
-            .run(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-    });
-    (stop, handle)
+/// The specs of `count` noop tasks, all `spec`.
+fn tasks(count: usize, spec: serde_json::Value) -> impl Iterator<Item = serde_json::Value> {
+    std::iter::repeat_n(spec, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_do_each_task_once_and_commit_hashed_artifacts() {
     let stack = stack().await;
     let job = stack
-        .noop_job(6, json!({"seconds": 0.1, "artifact_bytes": 4096}))
+        .noop_job(
+            "acme",
+            tasks(6, json!({"seconds": 0.1, "artifact_bytes": 4096})),
+        )
         .await;
     let (stop_a, a) = spawn_runner(stack.runner("a"));
     let (stop_b, b) = spawn_runner(stack.runner("b"));
     assert_eq!(
-        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        stack
+            .wait_terminal("acme", job, Duration::from_secs(30))
+            .await,
         JobState::Succeeded
     );
     let _ = (stop_a.send(()), stop_b.send(()));
@@ -160,7 +78,9 @@ async fn runners_do_each_task_once_and_commit_hashed_artifacts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_that_dies_mid_task_loses_nothing() {
     let stack = stack().await;
-    let job = stack.noop_job(2, json!({"seconds": 1.5})).await;
+    let job = stack
+        .noop_job("acme", tasks(2, json!({"seconds": 1.5})))
+        .await;
     // The doomed runner gets its own runtime, so that shutting the runtime down takes all of
     // it at once, mid-task: no more heartbeats, no report, as after a SIGKILL.
     let doomed = tokio::runtime::Builder::new_multi_thread()
@@ -183,7 +103,9 @@ async fn a_runner_that_dies_mid_task_loses_nothing() {
 
     let (stop, survivor) = spawn_runner(stack.runner("survivor"));
     assert_eq!(
-        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        stack
+            .wait_terminal("acme", job, Duration::from_secs(30))
+            .await,
         JobState::Succeeded
     );
     let _ = stop.send(());
@@ -203,14 +125,18 @@ async fn a_runner_that_dies_mid_task_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_the_operation_stops_the_running_task() {
     let stack = stack().await;
-    let job = stack.noop_job(1, json!({"seconds": 30})).await;
+    let job = stack
+        .noop_job("acme", tasks(1, json!({"seconds": 30})))
+        .await;
     let (stop, runner) = spawn_runner(stack.runner("w"));
     while stack.store.task_counts(job).await.unwrap().leased == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack.store.cancel_job("acme", job).await.unwrap();
     assert_eq!(
-        stack.wait_terminal(job, Duration::from_secs(60)).await,
+        stack
+            .wait_terminal("acme", job, Duration::from_secs(60))
+            .await,
         JobState::Cancelled
     );
     let _ = stop.send(());
@@ -221,7 +147,9 @@ async fn cancelling_the_operation_stops_the_running_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_runner_hands_back_what_it_cannot_finish() {
     let stack = stack().await;
-    let job = stack.noop_job(1, json!({"seconds": 2})).await;
+    let job = stack
+        .noop_job("acme", tasks(1, json!({"seconds": 2})))
+        .await;
     let (stop, leaving) = spawn_runner(stack.runner("leaving"));
     while stack.store.task_counts(job).await.unwrap().leased == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -231,7 +159,9 @@ async fn a_draining_runner_hands_back_what_it_cannot_finish() {
     assert_eq!(summary.handed_back, 1, "{summary:?}");
     let (stop, staying) = spawn_runner(stack.runner("staying"));
     assert_eq!(
-        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        stack
+            .wait_terminal("acme", job, Duration::from_secs(30))
+            .await,
         JobState::Succeeded
     );
     let _ = stop.send(());
@@ -247,7 +177,9 @@ async fn a_draining_runner_hands_back_what_it_cannot_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_started_before_its_coordinator_waits_for_it() {
     let stack = stack().await;
-    let job = stack.noop_job(1, json!({"seconds": 0.1})).await;
+    let job = stack
+        .noop_job("acme", tasks(1, json!({"seconds": 0.1})))
+        .await;
     // A port nobody serves yet; the second coordinator comes up on it a second later.
     let address = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -255,16 +187,9 @@ async fn a_runner_started_before_its_coordinator_waits_for_it() {
     };
     let config = RunnerConfig {
         endpoint: format!("http://{address}"),
-        name: "early".into(),
-        device: Device::Cpu,
-        memory_bytes: 1 << 34,
-        slots: 1,
-        poll_wait: Duration::from_secs(2),
-        drain_grace: Duration::from_millis(300),
-        token: None,
-        tls: None,
+        ..stack.runner_config("early")
     };
-    let (stop, runner) = spawn_runner(Runner::new(config, stack.artifacts.clone()));
+    let (stop, runner) = spawn_runner(stack.runner_with(config));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !runner.is_finished(),
@@ -275,7 +200,9 @@ async fn a_runner_started_before_its_coordinator_waits_for_it() {
         .await
         .unwrap();
     assert_eq!(
-        stack.wait_terminal(job, Duration::from_secs(30)).await,
+        stack
+            .wait_terminal("acme", job, Duration::from_secs(30))
+            .await,
         JobState::Succeeded
     );
     let _ = stop.send(());

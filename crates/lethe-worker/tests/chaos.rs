@@ -12,13 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-#[path = "../../lethe-coordinator/tests/support/reliability.rs"]
-mod reliability;
 
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
@@ -27,6 +24,9 @@ use lethe_proto::lethe::v1::{
 };
 use lethe_store::sqlx::{self, PgPool};
 use lethe_store::{Durability, LocalCluster};
+use lethe_testkit::{
+    coordinator_command, free_port, reliability, with_token, worker_command, Process,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -90,49 +90,6 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A process the harness owns: killed on drop, and watched for exits it did not cause.
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(name: &str, command: &mut Command, logs: &Path) -> Self {
-        let log = logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Process {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    /// `Some(description)` if it exited on its own.
-    fn exited(&mut self) -> Option<String> {
-        let status = self.child.try_wait().ok()??;
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        Some(format!("{} exited with {status}: {:?}", self.name, tail))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 struct Fleet {
     dir: PathBuf,
     database_url: String,
@@ -150,30 +107,35 @@ impl Fleet {
     }
 
     fn start_coordinator(&mut self, replica: usize) {
-        let mut command = Command::new(binary("lethe-coordinator"));
+        let mut command = coordinator_command(
+            binary("lethe-coordinator"),
+            &self.database_url,
+            self.ports[replica],
+        );
         command
-            .args(["--database-url", &self.database_url])
-            .args(["--listen", &format!("127.0.0.1:{}", self.ports[replica])])
             .args(["--lease-seconds", "2", "--poll-interval-ms", "100"])
             .args(["--coalescing-window-seconds", "0.5"]);
         let name = format!("coordinator-{replica}-{}", self.spawned);
         self.spawned += 1;
-        self.coordinators[replica] = Some(Process::spawn(&name, &mut command, &self.dir));
+        self.coordinators[replica] = Some(Process::logged(&name, &mut command, &self.dir));
     }
 
     fn start_worker(&mut self, replica: usize) {
         let name = format!("worker-{}", self.spawned);
         self.spawned += 1;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lethe-worker"));
+        let mut command = worker_command(
+            env!("CARGO_BIN_EXE_lethe-worker"),
+            &self.endpoint(replica),
+            &self.worker_token,
+            &self.artifacts,
+            &name,
+        );
         command
-            .args(["serve", "--coordinator", &self.endpoint(replica)])
-            .args(["--artifacts", &self.artifacts, "--name", &name])
-            .args(["--cpu", "--drain-grace-seconds", "1"])
-            .env("LETHE_TOKEN", &self.worker_token)
+            .args(["--drain-grace-seconds", "1"])
             // Several workers share two cores: one thread each.
             .env("OMP_NUM_THREADS", "1");
         self.workers
-            .push((replica, Process::spawn(&name, &mut command, &self.dir)));
+            .push((replica, Process::logged(&name, &mut command, &self.dir)));
     }
 
     /// Processes that died on their own since the last look, replaced (as a supervisor would).
@@ -204,11 +166,11 @@ impl Fleet {
 
     /// SIGKILLs the worker named `name` and starts a fresh one on the same replica.
     fn kill_worker(&mut self, name: &str) -> bool {
-        let Some(position) = self.workers.iter().position(|(_, p)| p.name == name) else {
+        let Some(position) = self.workers.iter().position(|(_, p)| p.name() == name) else {
             return false;
         };
         let (replica, mut process) = self.workers.remove(position);
-        process.kill();
+        process.kill_now();
         self.start_worker(replica);
         true
     }
@@ -233,13 +195,10 @@ fn issue_token(database_url: &str, credential: &[&str]) -> String {
 }
 
 fn call<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
     let token = TENANT_TOKEN
         .get()
         .expect("the tenant's token is issued first");
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut request = with_token(token, message);
     request.set_timeout(Duration::from_secs(10));
     request
 }
@@ -552,12 +511,12 @@ async fn the_service_keeps_its_promises_under_faults() {
                 second_up.store(true, Ordering::SeqCst);
             } else if let Some(mut second) = fleet.coordinators[1].take() {
                 second_up.store(false, Ordering::SeqCst);
-                second.kill();
+                second.kill_now();
                 // Its workers go with it.
                 fleet.workers.retain(|(replica, _)| *replica == 0);
             }
             if let Some(mut first) = fleet.coordinators[0].take() {
-                first.kill();
+                first.kill_now();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             fleet.start_coordinator(0);
@@ -592,7 +551,7 @@ async fn the_service_keeps_its_promises_under_faults() {
     stop.store(true, Ordering::SeqCst);
     let accepted = stream.await.unwrap();
     if let Some(mut second) = fleet.coordinators[1].take() {
-        second.kill();
+        second.kill_now();
         fleet.workers.retain(|(replica, _)| *replica == 0);
     }
     let quiet_by = Instant::now() + Duration::from_secs(300);
@@ -775,12 +734,4 @@ async fn invariants(pool: &PgPool, accepted: &[String]) -> BTreeMap<&'static str
         .unwrap();
     figures.insert("orphaned_leases", leased);
     figures
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -8,14 +8,11 @@
 
 mod common;
 
-#[path = "../../lethe-coordinator/tests/support/reliability.rs"]
-mod reliability;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{serve, stack_with, watch_to_end, with_token, Stack};
+use common::WORKER;
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
@@ -23,6 +20,7 @@ use lethe_proto::lethe::v1::{
     CreateIndexBuildRequest, RegisterDatasetRequest, RegisterModelRequest, WatchOperationRequest,
 };
 use lethe_store::{RetryPolicy, StoreConfig};
+use lethe_testkit::{reliability, watch_to_end, with_token, Stack};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 use tonic::transport::Channel;
@@ -106,18 +104,17 @@ async fn malformed_objects_fail_their_operation_with_a_reason() {
         maintenance_interval: Duration::from_millis(200),
         ..CoordinatorConfig::default()
     };
-    let Stack {
-        cluster: _cluster,
-        coordinator,
-        tenant_token,
-        worker_token,
-        ..
-    } = stack_with("malformed", store, config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("artifacts");
+    let stack = Stack::builder()
+        .database("malformed")
+        .store(store)
+        .coordinator(config)
+        .tokens()
+        .start()
+        .await;
+    let root = stack.artifacts_root().to_path_buf();
     let objects = root.join("objects");
     std::fs::create_dir_all(&objects).unwrap();
-    let artifacts = format!("file://{}", root.display());
+    let artifacts = stack.artifacts_url();
     let url = |name: &str| format!("{artifacts}/objects/{name}");
 
     // One good checkpoint; the rest are made from it or from nothing.
@@ -166,8 +163,8 @@ async fn malformed_objects_fail_their_operation_with_a_reason() {
     }
 
     let mut client = Client {
-        lethe: LetheClient::connect(coordinator.endpoint()).await.unwrap(),
-        token: tenant_token,
+        lethe: LetheClient::connect(stack.endpoint()).await.unwrap(),
+        token: stack.tenant_token().to_string(),
     };
     client.dataset("tiny", "builtin:fmnist-tiny".into()).await;
     let other_hash = Sha256::digest(b"other bytes").to_vec();
@@ -206,20 +203,8 @@ async fn malformed_objects_fail_their_operation_with_a_reason() {
     }
 
     let mut workers = [
-        serve(
-            &coordinator.endpoint(),
-            &worker_token,
-            &artifacts,
-            "one",
-            Stdio::null(),
-        ),
-        serve(
-            &coordinator.endpoint(),
-            &worker_token,
-            &artifacts,
-            "two",
-            Stdio::null(),
-        ),
+        stack.serve(WORKER, "one", Stdio::null()),
+        stack.serve(WORKER, "two", Stdio::null()),
     ];
     let mut wrong = Vec::new();
     for (model, hint) in &cases {

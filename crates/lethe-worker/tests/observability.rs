@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{serve_with, stack, watch_to_end, with_token, Stack};
+use common::WORKER;
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::{operation, Operation};
 use lethe_proto::lethe::v1::admin_client::AdminClient;
@@ -24,29 +24,9 @@ use lethe_proto::lethe::v1::{
     WatchOperationRequest,
 };
 use lethe_store::CredentialKind;
+use lethe_testkit::{free_port, scrape, watch_to_end, with_token, Stack};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
-
-/// Every sample of an OpenMetrics exposition, by series (`name{labels}`).
-async fn scrape(address: SocketAddr) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-        .lines()
-        .filter(|line| line.starts_with("lethe_"))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
 
 fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
@@ -59,14 +39,6 @@ fn sum(samples: &HashMap<String, f64>, prefix: &str) -> f64 {
         .filter(|(series, _)| series.starts_with(prefix))
         .map(|(_, value)| value)
         .sum()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Follows `name` to its end, scraping the coordinator at every change.
@@ -101,21 +73,21 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
         coalescing_window: Duration::from_millis(500),
         ..CoordinatorConfig::default()
     };
-    let Stack {
-        cluster: _cluster,
-        coordinator,
-        tenant_token,
-        worker_token,
-        admin_token,
-        metrics,
-        dashboard,
-        store,
-        ..
-    } = stack("observed", Duration::from_secs(5), config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("artifacts");
+    let stack = Stack::builder()
+        .database("observed")
+        .lease(Duration::from_secs(5))
+        .coordinator(config)
+        .tokens()
+        .metrics()
+        .dashboard()
+        .start()
+        .await;
+    let tenant_token = stack.tenant_token().to_string();
+    let admin_token = stack.admin_token().to_string();
+    let (metrics, dashboard, store) = (stack.metrics(), stack.dashboard(), &stack.store);
+    let root = stack.artifacts_root().to_path_buf();
+    let artifacts = stack.artifacts_url();
     std::fs::create_dir_all(root.join("models")).unwrap();
-    let artifacts = format!("file://{}", root.display());
     let base = root.join("models/base.safetensors");
     let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
         .args([
@@ -140,10 +112,8 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
         .enumerate()
         .map(|(n, port)| {
             let listen = format!("127.0.0.1:{port}");
-            serve_with(
-                &coordinator.endpoint(),
-                &worker_token,
-                &artifacts,
+            stack.serve_with(
+                WORKER,
                 &format!("observed-{n}"),
                 Stdio::null(),
                 &["--metrics-listen", &listen],
@@ -155,7 +125,7 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
         .map(|port| format!("127.0.0.1:{port}").parse().unwrap())
         .collect();
 
-    let mut lethe = LetheClient::connect(coordinator.endpoint()).await.unwrap();
+    let mut lethe = LetheClient::connect(stack.endpoint()).await.unwrap();
     let token = tenant_token.as_str();
     lethe
         .register_dataset(with_token(
@@ -419,7 +389,7 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
     assert!(busy > 0.0);
 
     // The admin API: the fleet, the queue, and a drain; tenants' tokens are kept out.
-    let channel = Channel::from_shared(coordinator.endpoint())
+    let channel = Channel::from_shared(stack.endpoint())
         .unwrap()
         .connect()
         .await

@@ -5,11 +5,12 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{serve, stack, Stack};
+use common::WORKER;
 use lethe_coordinator::CoordinatorConfig;
-use lethe_store::{JobKind, JobState, NewJob, NewTask};
+use lethe_store::JobState;
+use lethe_testkit::Stack;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,43 +20,23 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
         maintenance_interval: Duration::from_millis(250),
         ..CoordinatorConfig::default()
     };
-    let Stack {
-        cluster: _cluster,
-        store,
-        coordinator,
-        worker_token,
-        ..
-    } = stack("serve", Duration::from_secs(2), config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let artifacts = format!("file://{}/artifacts", dir.path().display());
+    let stack = Stack::builder()
+        .database("serve")
+        .lease(Duration::from_secs(2))
+        .coordinator(config)
+        .tokens()
+        .start()
+        .await;
+    let store = &stack.store;
 
-    let job = NewJob {
-        tenant: "acme".into(),
-        kind: JobKind::Noop,
-        request_id: None,
-        spec: json!({}),
-        priority: 0,
-        deadline: None,
-        tasks: (0..4)
-            .map(|_| NewTask::new("noop", json!({"seconds": 1.5, "artifact_bytes": 256})))
-            .collect(),
-        admission: None,
-    };
-    let job = store.create_job(&job).await.unwrap().0.id;
-    let mut victim = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "victim",
-        Stdio::piped(),
-    );
-    let mut survivor = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "survivor",
-        Stdio::piped(),
-    );
+    let job = stack
+        .noop_job(
+            "acme",
+            std::iter::repeat_n(json!({"seconds": 1.5, "artifact_bytes": 256}), 4),
+        )
+        .await;
+    let mut victim = stack.serve(WORKER, "victim", Stdio::piped());
+    let mut survivor = stack.serve(WORKER, "survivor", Stdio::piped());
 
     // Kill the victim once it holds a lease.
     let victim_id: uuid::Uuid = loop {
@@ -75,14 +56,9 @@ async fn a_killed_worker_costs_nothing_and_a_terminated_one_drains() {
     victim.kill().unwrap();
     victim.wait().unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let finished = loop {
-        let state = store.get_job("acme", job).await.unwrap().state;
-        if state.is_terminal() || Instant::now() > deadline {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let finished = stack
+        .wait_terminal("acme", job, Duration::from_secs(60))
+        .await;
     assert_eq!(finished, JobState::Succeeded);
     let expired: i64 = lethe_store::sqlx::query_scalar(
         "SELECT count(*) FROM task_attempts WHERE outcome = 'lease_expired' AND worker_id = $1",

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{response, serve, stack, watch_to_end, with_token, Stack};
+use common::WORKER;
 use lethe_coordinator::CoordinatorConfig;
 use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
@@ -18,6 +18,7 @@ use lethe_proto::lethe::v1::{
     IndexBuildResult, IndexEstimator, RegisterDatasetRequest, RegisterModelRequest,
     WatchOperationRequest,
 };
+use lethe_testkit::{response, watch_to_end, with_token, Stack};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -41,17 +42,16 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
         coalescing_window: Duration::from_millis(200),
         ..CoordinatorConfig::default()
     };
-    let Stack {
-        cluster: _cluster,
-        store: _store,
-        coordinator,
-        tenant_token,
-        worker_token,
-        ..
-    } = stack("cnn", Duration::from_secs(30), config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("artifacts");
-    let artifacts = format!("file://{}", root.display());
+    let stack = Stack::builder()
+        .database("cnn")
+        .lease(Duration::from_secs(30))
+        .coordinator(config)
+        .tokens()
+        .start()
+        .await;
+    let tenant_token = stack.tenant_token().to_string();
+    let root = stack.artifacts_root().to_path_buf();
+    let artifacts = stack.artifacts_url();
 
     // Version 0: the small CNN, 3 epochs on fmnist-tiny (the recipe every retrain repeats).
     std::fs::create_dir_all(root.join("models")).unwrap();
@@ -73,7 +73,7 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
     assert!(trained.status.success(), "{trained:?}");
     let sha256 = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
 
-    let mut client = LetheClient::connect(coordinator.endpoint()).await.unwrap();
+    let mut client = LetheClient::connect(stack.endpoint()).await.unwrap();
     client
         .register_dataset(with_token(
             &tenant_token,
@@ -97,13 +97,7 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
         ))
         .await
         .unwrap();
-    let _worker = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "w",
-        Stdio::null(),
-    );
+    let _worker = stack.serve(WORKER, "w", Stdio::null());
 
     let index = client
         .create_index_build(with_token(
@@ -178,5 +172,5 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
         "the CNN's head is refitted: {matched:?}"
     );
     assert!(matched.examples > 0, "the fine-tune ran: {matched:?}");
-    coordinator.shutdown().await.unwrap();
+    stack.coordinator.shutdown().await.unwrap();
 }

@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{response, run_id, serve, stack, version_object, watch_to_end, with_token, Stack};
+use common::WORKER;
 use lethe_artifacts::{ArtifactStore, StoredObject};
 use lethe_coordinator::{operation_name, CoordinatorConfig};
 use lethe_ml::checkpoint;
@@ -23,10 +23,10 @@ use lethe_proto::google::longrunning::Operation;
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
 use lethe_proto::lethe::v1::{
     AuditFigures, CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionMethod,
-    DeletionResult, IndexBuildResult, IndexEstimator, ListModelVersionsRequest, OperationMetadata,
+    DeletionResult, IndexBuildResult, IndexEstimator, ListModelVersionsRequest,
     RegisterDatasetRequest, RegisterModelRequest, WatchOperationRequest,
 };
-use prost::Message;
+use lethe_testkit::{metadata, response, run_id, version_object, watch_to_end, with_token, Stack};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 use tonic::transport::Channel;
@@ -50,10 +50,6 @@ async fn watch(client: &mut LetheClient<Channel>, name: &str) -> Operation {
     operation
 }
 
-fn metadata(operation: &Operation) -> OperationMetadata {
-    OperationMetadata::decode(operation.metadata.as_ref().unwrap().value.as_slice()).unwrap()
-}
-
 fn forget_margins(model: &std::path::Path, data: &Dataset, forget: &[i64]) -> Tensor {
     let (mut model, _) = checkpoint::load(model, tch::Device::Cpu).unwrap();
     Outputs::compute(&mut model, data, forget)
@@ -71,18 +67,19 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         retrain_threshold: 0.05,
         ..CoordinatorConfig::default()
     };
-    let Stack {
-        cluster: _cluster,
-        store,
-        coordinator,
-        tenant_token,
-        worker_token,
-        ..
-    } = stack("e2e", Duration::from_secs(3), config).await;
-    TENANT_TOKEN.set(tenant_token).unwrap();
+    let stack = Stack::builder()
+        .database("e2e")
+        .lease(Duration::from_secs(3))
+        .coordinator(config)
+        .tokens()
+        .start()
+        .await;
+    let store = stack.store.clone();
+    TENANT_TOKEN.set(stack.tenant_token().to_string()).unwrap();
+    // Downloads go here; the artifact store is the stack's.
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("artifacts");
-    let artifacts = format!("file://{}", root.display());
+    let root = stack.artifacts_root().to_path_buf();
+    let artifacts = stack.artifacts_url();
     let artifact_store = ArtifactStore::open(&artifacts).unwrap();
 
     // The deployed model, version 0: an MLP trained on fmnist-tiny, in the artifact store.
@@ -103,7 +100,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     assert!(trained.status.success(), "{trained:?}");
     let base_sha = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
 
-    let mut client = LetheClient::connect(coordinator.endpoint()).await.unwrap();
+    let mut client = LetheClient::connect(stack.endpoint()).await.unwrap();
     client
         .register_dataset(call(RegisterDatasetRequest {
             dataset_id: "fmnist-tiny".into(),
@@ -133,20 +130,8 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
         .unwrap_err();
     assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
 
-    let mut first = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "first",
-        Stdio::null(),
-    );
-    let mut second = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "second",
-        Stdio::null(),
-    );
+    let mut first = stack.serve(WORKER, "first", Stdio::null());
+    let mut second = stack.serve(WORKER, "second", Stdio::null());
 
     let index = client
         .create_index_build(call(CreateIndexBuildRequest {
@@ -323,13 +308,7 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     };
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut third = serve(
-        &coordinator.endpoint(),
-        &worker_token,
-        &artifacts,
-        "third",
-        Stdio::null(),
-    );
+    let mut third = stack.serve(WORKER, "third", Stdio::null());
     let done_c = watch(&mut client, &request_c.name).await;
     let result_c: DeletionResult = response(&done_c);
     let version_c = result_c.version.as_ref().unwrap();
@@ -515,5 +494,5 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     third.wait().unwrap();
     second.kill().unwrap();
     second.wait().unwrap();
-    coordinator.shutdown().await.unwrap();
+    stack.coordinator.shutdown().await.unwrap();
 }

@@ -1,12 +1,13 @@
-//! `bench/results/reliability.json` is written by two campaigns: the fault campaign
-//! (`lethe-worker/tests/chaos.rs`) and the bad-input suite (`bad_input.rs`). Each merges its
-//! keys into the file and keeps the other's.
+//! `bench/results/reliability.json` is written by several campaigns: the fault campaign
+//! (`lethe-worker/tests/chaos.rs`), the bad-input suite (`lethe-coordinator/tests/bad_input.rs`),
+//! the overload tests and the malformed-objects test. Each merges its keys into the file and keeps
+//! the others'.
 
 use std::path::Path;
 
 /// Writes `report`'s keys into the JSON object at `path`, keeping the keys already there, and
 /// sums the campaigns' crash counts into `crashes`.
-pub(crate) fn merge_into(path: &Path, report: &serde_json::Value) {
+pub fn merge_into(path: &Path, report: &serde_json::Value) {
     let mut merged: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
