@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lethe_proto::lethe::v1::{FailureReason, IndexReport, TaskReport};
 use lethe_store::{
-    ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, NewJob, NewTask,
-    NewVersion, NewWorker, RunInputs, RunPlan, Store, StoreConfig, StoreError,
+    ArtifactRef, Device, FailureClass, JobKind, JobState, LocalCluster, ModelVersion, NewJob,
+    NewTask, NewVersion, NewWorker, RunInputs, RunPlan, Store, StoreConfig, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -107,6 +107,17 @@ async fn request(store: &Store, model: Uuid, forget: &[i64]) -> Uuid {
         .unwrap()
         .0
         .id
+}
+
+/// Starts the model's next run with [`plan`], completes it, and returns the version it wrote.
+async fn run_to_its_version(store: &Store, worker: Uuid, model: Uuid) -> ModelVersion {
+    let run = store
+        .start_deletion_run(model, plan)
+        .await
+        .unwrap()
+        .expect("a run starts");
+    finish_next(store, worker, &[artifact("model")]).await;
+    store.version_of_run(run.id).await.unwrap().unwrap()
 }
 
 /// A job of `kind` with one task of `task` and empty specs.
@@ -238,14 +249,8 @@ async fn a_run_records_the_version_its_plan_names_and_a_plan_that_unforgets_is_r
     let worker = worker(&store).await;
     let model = model_with_index(&store, worker).await;
     let first = request(&store, model, &[3, 1]).await;
-    let run = store
-        .start_deletion_run(model, plan)
-        .await
-        .unwrap()
-        .unwrap();
-    finish_next(&store, worker, &[artifact("model")]).await;
+    let version = run_to_its_version(&store, worker, model).await;
     assert_eq!(state(&store, first).await, JobState::Succeeded);
-    let version = store.version_of_run(run.id).await.unwrap().unwrap();
     assert_eq!((version.version, version.forgotten), (1, vec![1, 3]));
 
     let with = |version: i32, forgotten: Vec<i64>| {
@@ -279,14 +284,8 @@ async fn a_run_records_the_version_its_plan_names_and_a_plan_that_unforgets_is_r
     }
 
     let last = request(&store, model, &[2]).await;
-    let run = store
-        .start_deletion_run(model, plan)
-        .await
-        .unwrap()
-        .unwrap();
-    finish_next(&store, worker, &[artifact("model")]).await;
+    let version = run_to_its_version(&store, worker, model).await;
     assert_eq!(state(&store, last).await, JobState::Succeeded);
-    let version = store.version_of_run(run.id).await.unwrap().unwrap();
     assert_eq!((version.version, version.forgotten), (2, vec![1, 2, 3]));
 }
 
