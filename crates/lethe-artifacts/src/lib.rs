@@ -7,12 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +40,8 @@ pub enum ArtifactError {
     },
     #[error("{uri}: not found")]
     NotFound { uri: String },
+    #[error("{base} cannot sign URLs: only s3:// stores can")]
+    NotSignable { base: String },
     #[error("object store ({uri}): {source}")]
     Store {
         uri: String,
@@ -63,6 +68,8 @@ pub struct StoredObject {
 #[derive(Clone, Debug)]
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store, for presigned URLs: S3 only.
+    signer: Option<Arc<AmazonS3>>,
     /// The root URL, with a trailing slash.
     base: String,
     prefix: ObjectPath,
@@ -81,6 +88,7 @@ impl ArtifactStore {
             reason: reason.into(),
         };
         let parsed = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let mut signer = None;
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "file" => {
                 let dir = parsed
@@ -107,13 +115,14 @@ impl ArtifactStore {
                         .map_err(|_| invalid(&format!("unknown S3 option {key}")))?;
                     builder = builder.with_config(key, *value);
                 }
-                let store = builder.build().map_err(|source| ArtifactError::Store {
+                let store = Arc::new(builder.build().map_err(|source| ArtifactError::Store {
                     uri: url.into(),
                     source,
-                })?;
+                })?);
                 let prefix = ObjectPath::parse(parsed.path().trim_matches('/'))
                     .map_err(|e| invalid(&format!("bad prefix: {e}")))?;
-                (Arc::new(store), prefix)
+                signer = Some(store.clone());
+                (store, prefix)
             }
             other => {
                 return Err(invalid(&format!(
@@ -124,6 +133,7 @@ impl ArtifactStore {
         let base = format!("{}/", url.trim_end_matches('/'));
         Ok(Self {
             store,
+            signer,
             base,
             prefix,
         })
@@ -209,6 +219,43 @@ impl ArtifactStore {
             .map_err(|e| self.read_error(&object.uri, e))?;
         check(object, Sha256::digest(&bytes).into(), bytes.len() as u64)?;
         Ok(bytes)
+    }
+
+    /// An object's bytes as they arrive, unchecked: the reader hashes them itself (a server
+    /// streaming a checkpoint to a client, which must not hold it whole).
+    pub async fn read_stream(
+        &self,
+        uri: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes, ArtifactError>>, ArtifactError> {
+        let location = self.location_of(uri)?;
+        let stream = self
+            .store
+            .get(&location)
+            .await
+            .map_err(|e| self.read_error(uri, e))?
+            .into_stream();
+        let (owner, uri) = (self.clone(), uri.to_string());
+        Ok(stream
+            .map(move |chunk| chunk.map_err(|e| owner.read_error(&uri, e)))
+            .boxed())
+    }
+
+    /// A URL that GETs the object without credentials until `lifetime` passes: S3 stores only.
+    pub async fn presigned_get(&self, uri: &str, lifetime: Duration) -> Result<Url, ArtifactError> {
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| ArtifactError::NotSignable {
+                base: self.base.clone(),
+            })?;
+        let location = self.location_of(uri)?;
+        signer
+            .signed_url(http::Method::GET, &location, lifetime)
+            .await
+            .map_err(|source| ArtifactError::Store {
+                uri: uri.into(),
+                source,
+            })
     }
 
     /// Downloads an object to `dest`, streaming, and checks it before the file appears under

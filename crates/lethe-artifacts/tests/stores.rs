@@ -96,6 +96,17 @@ async fn exercise(store: &ArtifactStore, scratch: &std::path::Path) {
     let dest = scratch.join("back.bin");
     store.download_verified(&uploaded, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), big);
+    // Streamed, the same bytes arrive in order.
+    let mut streamed = Vec::new();
+    let mut chunks = store.read_stream(&uploaded.uri).await.unwrap();
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        streamed.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(streamed, big);
+    assert!(matches!(
+        store.read_stream(&foreign.uri).await.err(),
+        Some(ArtifactError::ForeignUri { .. })
+    ));
     let corrupt = StoredObject {
         sha256: [1; 32],
         ..uploaded.clone()
@@ -126,6 +137,13 @@ async fn a_local_directory_store_keeps_its_promises() {
     let url = format!("file://{}/artifacts", dir.path().display());
     let store = ArtifactStore::open(&url).unwrap();
     exercise(&store, dir.path()).await;
+    let object = store.put("loose", Bytes::from_static(b"x")).await.unwrap();
+    assert!(matches!(
+        store
+            .presigned_get(&object.uri, Duration::from_secs(60))
+            .await,
+        Err(ArtifactError::NotSignable { .. })
+    ));
     assert!(ArtifactStore::open("ftp://host/x").is_err());
     assert!(ArtifactStore::open("not a url").is_err());
 }
@@ -176,6 +194,29 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// The body of a GET of `url` (on this server), with no credentials of its own.
+    fn get(&self, url: &url::Url) -> Vec<u8> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        write!(
+            stream,
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        answer[body..].to_vec()
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -207,6 +248,23 @@ async fn an_s3_store_keeps_the_same_promises_against_a_real_server() {
         .unwrap();
     assert!(matches!(
         other.get_verified(&object).await,
+        Err(ArtifactError::ForeignUri { .. })
+    ));
+
+    // A presigned URL reads the object without the store's credentials.
+    let url = store
+        .presigned_get(&object.uri, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(
+        url.query().is_some_and(|q| q.contains("X-Amz-Signature")),
+        "{url}"
+    );
+    assert_eq!(server.get(&url), b"a");
+    assert!(matches!(
+        other
+            .presigned_get(&object.uri, Duration::from_secs(300))
+            .await,
         Err(ArtifactError::ForeignUri { .. })
     ));
 }
