@@ -753,7 +753,8 @@ MISTAKES = [
     ("deploy/config/coordinator.toml", "lease_seconds = 30", 'lease_seconds = "thirty"', "lease_seconds"),
     ("deploy/config/coordinator.env.example", "# LETHE_LISTEN=", "LETHE_INVENTED_PORT=1\n# LETHE_LISTEN=", "LETHE_INVENTED_PORT"),
     ("docker-compose.yml", "      LETHE_LEASE_SECONDS:", "      LETHE_LEASE_SECONDZ: \"30\"\n      LETHE_LEASE_SECONDS:", "LETHE_LEASE_SECONDZ"),
-    ("docker-compose.yml", "      LETHE_ARTIFACTS:", "      LETHE_RETRAIN_THRESHOLD: \"0.1\"\n      LETHE_ARTIFACTS:", "LETHE_RETRAIN_THRESHOLD"),
+    # A coordinator setting given to a worker (the worker's metrics port makes it the worker's).
+    ("docker-compose.yml", "      LETHE_METRICS_LISTEN: 0.0.0.0:9465\n", "      LETHE_METRICS_LISTEN: 0.0.0.0:9465\n      LETHE_RETRAIN_THRESHOLD: \"0.1\"\n", "LETHE_RETRAIN_THRESHOLD"),
     ("docker-compose.yml", "    stop_grace_period: 60s", "    stop_grace_period: 5s", "stop_grace_period"),
     ("deploy/k8s/worker.yaml", "          image: lethe-worker\n", "          image: lethe-worker\n          args: [\"--invented-flag\"]\n", "--invented-flag"),
     ("deploy/k8s/configmap.yaml", "    slots = 1\n", "    slots = 1\n    invented_key = true\n", "invented_key"),

@@ -66,8 +66,9 @@ enum Verb {
     /// --no-watch).
     #[command(subcommand)]
     Submit(commands::submit::SubmitVerb),
-    /// Download the checkpoint a succeeded deletion request made.
-    Download(commands::submit::DownloadArgs),
+    /// Download a model version's checkpoint through the coordinator, checked against its
+    /// SHA-256: a version's name, or a succeeded deletion request's operation.
+    Download(commands::download::DownloadArgs),
 }
 
 impl Verb {
@@ -158,7 +159,7 @@ fn main() -> ExitCode {
         Verb::Datasets(verb) => return report(commands::registry::datasets(cli.connection, verb)),
         Verb::Models(verb) => return report(commands::registry::models(cli.connection, verb)),
         Verb::Submit(verb) => return report(commands::submit::submit(cli.connection, verb)),
-        Verb::Download(args) => return report(commands::submit::download(cli.connection, args)),
+        Verb::Download(args) => return report(commands::download::download(cli.connection, args)),
         Verb::Train(forwarded) => ("train", forwarded),
         Verb::Ensemble(forwarded) => ("ensemble", forwarded),
         Verb::Evaluate(forwarded) => ("evaluate", forwarded),

@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use lethe_testkit::{output_text as text, Stack};
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
 fn lethe(endpoint: &str, args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_lethe"))
         .args(args)
@@ -159,21 +164,69 @@ async fn smoke_list_get_cancel_and_wait_through_the_cli() {
         .next()
         .unwrap()
         .to_string();
-    let artifacts_url = stack.artifacts_url();
-    let not_done = run(&[
-        "download",
-        &index_name,
-        "--artifacts",
-        &artifacts_url,
-        "--out",
-        "/tmp/never",
-    ])
-    .await
-    .unwrap();
+    let not_done = run(&["download", &index_name, "--out", "/tmp/never"])
+        .await
+        .unwrap();
     assert!(
         !not_done.status.success() && text(&not_done).contains("not done"),
         "{}",
         text(&not_done)
+    );
+
+    // A version downloads through the coordinator, checked against its recorded SHA-256; one
+    // whose stored object is not the recorded one fails and leaves no file behind.
+    let checkpoint: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(stack.artifacts_root().join("models")).unwrap();
+    std::fs::write(stack.artifacts_root().join("models/kept.bin"), &checkpoint).unwrap();
+    let kept = format!("{}/models/kept.bin", stack.artifacts_url());
+    let kept_sha = sha256_hex(&checkpoint);
+    let wrong_sha = "cd".repeat(32);
+    for (id, sha) in [("kept", &kept_sha), ("altered", &wrong_sha)] {
+        let registered = run(&[
+            "models",
+            "register",
+            id,
+            &kept,
+            "--dataset",
+            "fmnist-tiny",
+            "--sha256",
+            sha,
+        ])
+        .await
+        .unwrap();
+        assert!(registered.status.success(), "{}", text(&registered));
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("kept.safetensors");
+    let out_arg = out.display().to_string();
+    let downloaded = run(&["download", "models/kept/versions/0", "--out", &out_arg])
+        .await
+        .unwrap();
+    assert!(downloaded.status.success(), "{}", text(&downloaded));
+    assert!(
+        text(&downloaded).contains(&kept_sha),
+        "{}",
+        text(&downloaded)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), checkpoint);
+    let refused_out = scratch.path().join("altered.safetensors");
+    let refused_arg = refused_out.display().to_string();
+    let refused = run(&[
+        "download",
+        "models/altered/versions/0",
+        "--out",
+        &refused_arg,
+    ])
+    .await
+    .unwrap();
+    assert!(
+        !refused.status.success() && text(&refused).contains("DataLoss"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !refused_out.exists() && !refused_out.with_extension("partial").exists(),
+        "nothing left behind"
     );
 
     let bad = run(&["op", "get", "jobs/1"]).await.unwrap();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use lethe_artifacts::ArtifactStore;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -48,6 +49,10 @@ pub struct CoordinatorConfig {
     /// TLS for every connection; with a client CA, workers must present a certificate it
     /// signed (mutual TLS) while public API clients need not.
     pub tls: Option<TlsSettings>,
+    /// The workers' artifact store, which holds every model version's checkpoint: tenants
+    /// download versions through the coordinator (or by a URL it signs) instead of reading
+    /// the store themselves. None: downloads answer FAILED_PRECONDITION.
+    pub artifacts: Option<ArtifactStore>,
 }
 
 /// The coordinator's TLS identity and, for mutual TLS with workers, the CA of their
@@ -88,6 +93,7 @@ impl Default for CoordinatorConfig {
             max_active_jobs_per_tenant: 1000,
             registration_url_prefixes: Vec::new(),
             tls: None,
+            artifacts: None,
         }
     }
 }

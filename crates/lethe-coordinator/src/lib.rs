@@ -12,6 +12,7 @@ pub mod config;
 mod dashboard;
 mod gate;
 mod kinds;
+pub mod limits;
 mod maintenance;
 mod metrics;
 mod names;

@@ -193,6 +193,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "coordinator serving");
     let config = CoordinatorConfig {
         tls: settings.tls()?,
+        artifacts: settings.artifact_store()?,
         ..settings.coordinator_config()
     };
     if config.auth == AuthMode::TrustedHeader {

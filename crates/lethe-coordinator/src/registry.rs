@@ -5,7 +5,7 @@ use lethe_proto::lethe::v1 as pb;
 use lethe_store::{Dataset, Model};
 use tonic::Status;
 
-use crate::names::{operation_name, timestamp};
+use crate::names::{operation_name, timestamp, version_name};
 use crate::status::{invalid, outside_registration_prefixes};
 
 /// Where a registration prefix puts the caller's tenant.
@@ -33,6 +33,7 @@ pub(crate) fn model_to_proto(model: Model) -> pb::Model {
 /// A model version as the API shows it, in `ListModelVersions` and a deletion's result.
 pub(crate) fn version_to_proto(version: &lethe_store::ModelVersion) -> pb::ModelVersion {
     pb::ModelVersion {
+        name: version_name(&version.model, version.version),
         version: version.version,
         uri: version.object.uri.clone(),
         sha256: version

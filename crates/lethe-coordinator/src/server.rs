@@ -18,6 +18,7 @@ use tokio_stream::StreamExt;
 use crate::admin_api::AdminApi;
 use crate::config::CoordinatorConfig;
 use crate::gate::layer::GateLayer;
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::maintenance::maintain;
 use crate::public_api::PublicApi;
 use crate::state::Shared;
@@ -49,10 +50,17 @@ impl Coordinator {
         health.set_serving::<OperationsServer<PublicApi>>().await;
         health.set_serving::<LetheServer<PublicApi>>().await;
         health.set_serving::<AdminServer<AdminApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(lethe_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both versions of reflection: grpcio's client and many tools still ask v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(lethe_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .expect("the embedded descriptor sets are valid");
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .expect("the embedded descriptor sets are valid");
 
         let maintenance = tokio::spawn(maintain(self.shared.clone()));
@@ -86,20 +94,30 @@ impl Coordinator {
             .layer(tower::util::MapResponseLayer::new(
                 crate::status::undecodable_is_invalid_argument,
             ))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::status::oversized_is_invalid_argument,
+            ))
             .layer(GateLayer {
                 gate: self.shared.gate.clone(),
             })
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(WorkerServiceServer::new(WorkerApi {
                 shared: self.shared.clone(),
             }))
-            .add_service(OperationsServer::new(PublicApi {
-                shared: self.shared.clone(),
-            }))
-            .add_service(LetheServer::new(PublicApi {
-                shared: self.shared.clone(),
-            }))
+            .add_service(
+                OperationsServer::new(PublicApi {
+                    shared: self.shared.clone(),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                LetheServer::new(PublicApi {
+                    shared: self.shared.clone(),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .add_service(AdminServer::new(AdminApi {
                 shared: self.shared.clone(),
             }))

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lethe_artifacts::ArtifactStore;
 use lethe_config::logging::LogFormat;
 use lethe_config::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,11 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// PEM CA of worker certificates: the worker API then requires mutual TLS.
     pub tls_client_ca: Option<PathBuf>,
+    /// The artifact store the workers write to (`file:///...` or `s3://bucket/prefix`, S3
+    /// settings from the `AWS_*` variables): model versions are downloaded from it through
+    /// DownloadModelVersion, or by the URLs GetModelVersionDownloadUrl signs (s3:// only).
+    /// Unset, both answer FAILED_PRECONDITION.
+    pub artifacts: Option<String>,
 }
 
 impl Default for Settings {
@@ -100,6 +106,7 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            artifacts: None,
         }
     }
 }
@@ -205,6 +212,16 @@ impl Settings {
                 .map(lethe_config::redact_url_password),
             ..self.clone()
         }
+    }
+
+    /// The artifact store `artifacts` names, opened.
+    pub fn artifact_store(&self) -> Result<Option<ArtifactStore>, ConfigError> {
+        self.artifacts
+            .as_deref()
+            .map(|url| {
+                ArtifactStore::open(url).map_err(|e| ConfigError::key("artifacts", e.to_string()))
+            })
+            .transpose()
     }
 
     /// The TLS settings, with the PEM files they name read in.
@@ -340,6 +357,11 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
+    /// The workers' artifact store, that model versions are downloaded from [default: none,
+    /// no downloads].
+    #[arg(long, global = true, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
 }
 
 impl Flags {

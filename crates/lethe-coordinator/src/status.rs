@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use lethe_artifacts::ArtifactError;
 use lethe_store::StoreError;
+
+use crate::limits::{MAX_FORGET, MAX_REQUEST_BYTES};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -47,11 +50,19 @@ pub(crate) fn from_store(error: StoreError) -> Status {
             format!("request_id {request_id:?} was already used for a different request"),
             ErrorDetails::with_error_info("REQUEST_ID_REUSED", DOMAIN, HashMap::new()),
         ),
-        StoreError::AlreadyExists { what, name } => Status::with_error_details(
+        StoreError::AlreadyExists { what, name } => {
+            let name = bounded(name);
+            Status::with_error_details(
             Code::AlreadyExists,
             format!("{what} {name:?} is already registered with a different URL or hash"),
-            ErrorDetails::with_resource_info(what, name, "", "names are bound to one URL for good"),
-        ),
+                ErrorDetails::with_resource_info(
+                    what,
+                    name,
+                    "",
+                    "names are bound to one URL for good",
+                ),
+            )
+        }
         StoreError::QuotaExceeded { tenant, limit } => Status::with_error_details(
             Code::ResourceExhausted,
             format!(
@@ -63,8 +74,9 @@ pub(crate) fn from_store(error: StoreError) -> Status {
                 format!("at most {limit} unfinished operations"),
             ),
         ),
-        StoreError::InvalidArgument(message) => Status::invalid_argument(message),
-        StoreError::FailedPrecondition(message) => Status::failed_precondition(message),
+        // A net under the store's own short quotes: no refusal outgrows the trailers.
+        StoreError::InvalidArgument(message) => Status::invalid_argument(bounded(message)),
+        StoreError::FailedPrecondition(message) => Status::failed_precondition(bounded(message)),
         e if e.is_transient() => {
             tracing::warn!(error = %e, "database unavailable");
             Status::with_error_details(
@@ -76,6 +88,44 @@ pub(crate) fn from_store(error: StoreError) -> Status {
         e => {
             tracing::error!(error = %e, "internal error");
             Status::internal("internal error (logged by the coordinator)")
+        }
+    }
+}
+
+/// A model version's checkpoint that could not be read from the artifact store.
+pub(crate) fn from_artifacts(error: ArtifactError, version: &str) -> Status {
+    match error {
+        ArtifactError::NotFound { .. } | ArtifactError::HashMismatch { .. } => {
+            tracing::error!(%error, version, "a recorded checkpoint is missing or altered");
+            Status::with_error_details(
+                Code::DataLoss,
+                format!(
+                    "the checkpoint of {version} is missing from the artifact store or is not \
+                     the recorded object"
+                ),
+                ErrorDetails::with_error_info("CHECKPOINT_UNREADABLE", DOMAIN, HashMap::new()),
+            )
+        }
+        ArtifactError::ForeignUri { uri, base } => Status::failed_precondition(format!(
+            "{version} is at {}, outside this coordinator's artifact store {base}: read it \
+             from there",
+            bounded(uri)
+        )),
+        ArtifactError::NotSignable { base } => Status::with_error_details(
+            Code::FailedPrecondition,
+            format!(
+                "the artifact store {base} cannot sign URLs (only s3:// stores can): stream \
+                 {version} with DownloadModelVersion"
+            ),
+            ErrorDetails::with_error_info("URL_SIGNING_UNSUPPORTED", DOMAIN, HashMap::new()),
+        ),
+        error => {
+            tracing::warn!(%error, version, "artifact store unavailable");
+            Status::with_error_details(
+                Code::Unavailable,
+                "the artifact store is unavailable; retry with backoff",
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            )
         }
     }
 }
@@ -160,6 +210,51 @@ pub(crate) fn bounded(text: String) -> String {
         Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
         None => text,
     }
+}
+
+/// tonic answers a request past the decoding limit with OUT_OF_RANGE ("decoded message length
+/// too large"), which reads as a server fault of sorts and names no policy. It is the
+/// caller's input: INVALID_ARGUMENT, naming the limit and what to do instead.
+pub(crate) fn oversized_is_invalid_argument<B>(
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let headers = response.headers();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    let oversized = headers.get("grpc-message").is_some_and(|message| {
+        message
+            .as_bytes()
+            .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+    });
+    if out_of_range && oversized {
+        let message = format!(
+            "the request is larger than {} MiB, the most any call accepts (a deletion request \
+             names at most {} indices: split larger forget sets into several requests)",
+            MAX_REQUEST_BYTES >> 20,
+            MAX_FORGET
+        );
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        if let Ok(value) = http::HeaderValue::from_str(&percent_encode(&message)) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
+}
+
+/// grpc-message is percent-encoded (gRPC over HTTP/2): everything outside printable ASCII,
+/// and `%` itself.
+fn percent_encode(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// Parses a UUID given by the caller, naming the field when it is not one.

@@ -245,7 +245,9 @@ fn cases(world: &World) -> Vec<Case> {
     let mut all = Vec::new();
     let model = "models/m";
 
-    // Names of resources: malformed (INVALID_ARGUMENT) and well-formed but unknown (NOT_FOUND).
+    // Names of resources: malformed (INVALID_ARGUMENT: not of the form, or an id that
+    // registration refuses, so that no resource can have it) and well-formed but unknown
+    // (NOT_FOUND).
     let huge = "x".repeat(100_000);
     let malformed_models = [
         "m".to_string(),
@@ -254,9 +256,6 @@ fn cases(world: &World) -> Vec<Case> {
         "datasets/fmnist-tiny".into(),
         "model/m".into(),
         "/models/m".into(),
-    ];
-    let unknown_models = [
-        "models/nope".to_string(),
         "models/M".into(),
         "models/m/..".into(),
         "models/../m".into(),
@@ -265,6 +264,7 @@ fn cases(world: &World) -> Vec<Case> {
         "models/m ".into(),
         format!("models/{huge}"),
     ];
+    let unknown_models = ["models/nope".to_string(), "models/m-2".into()];
     for name in &malformed_models {
         all.push(case(
             format!("GetModel {name:?}"),
@@ -343,7 +343,14 @@ fn cases(world: &World) -> Vec<Case> {
             lethe!(OWNER, create_deletion_request, deletion(name, vec![1])),
         ));
     }
-    for name in ["fmnist-tiny", "datasets/", "", "model/x"] {
+    for name in [
+        "fmnist-tiny",
+        "datasets/",
+        "",
+        "model/x",
+        "datasets/FMNIST",
+        "datasets/../fmnist-tiny",
+    ] {
         all.push(case(
             format!("GetDataset {name:?}"),
             Code::InvalidArgument,
@@ -351,11 +358,7 @@ fn cases(world: &World) -> Vec<Case> {
             lethe!(OWNER, get_dataset, GetDatasetRequest { name: name.into() }),
         ));
     }
-    for name in [
-        "datasets/nope",
-        "datasets/FMNIST",
-        "datasets/../fmnist-tiny",
-    ] {
+    for name in ["datasets/nope", "datasets/fmnist-tiny-2"] {
         all.push(case(
             format!("GetDataset {name:?}"),
             Code::NotFound,

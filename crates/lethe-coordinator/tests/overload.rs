@@ -1,6 +1,7 @@
 //! Backpressure: when the database is slow the coordinator sheds calls with RESOURCE_EXHAUSTED
 //! (and a retry hint) instead of queueing them without bound; long-polls are bounded on their
-//! own; a tenant's quota of unfinished operations holds over gRPC. Nothing else fails, and the
+//! own, and a watch whose client left gives its permit back at once; a tenant's quota of
+//! unfinished operations holds over gRPC. Nothing else fails, and the
 //! coordinator serves normally once the pressure is gone.
 //!
 //! `LETHE_RELIABILITY_OUT=FILE` merges the figures into that JSON (`make chaos` does).
@@ -14,7 +15,7 @@ use lethe_proto::google::longrunning::{
     CancelOperationRequest, GetOperationRequest, WaitOperationRequest,
 };
 use lethe_proto::lethe::v1::lethe_client::LetheClient;
-use lethe_proto::lethe::v1::CreateNoopOperationRequest;
+use lethe_proto::lethe::v1::{CreateNoopOperationRequest, WatchOperationRequest};
 use lethe_store::sqlx::{self, Connection, PgConnection};
 use lethe_testkit::{as_tenant, reliability, Stack};
 use tonic::transport::Channel;
@@ -257,6 +258,59 @@ async fn long_polls_are_bounded_on_their_own() {
         assert!(!operation.done);
     }
     wait(0).await.expect("the permits came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_watch_gives_its_long_poll_permit_back() {
+    let config = CoordinatorConfig {
+        max_long_polls: 1,
+        ..CoordinatorConfig::default()
+    };
+    let (_url, _stack, channel) = start("overload_watch", config).await;
+    // Nobody runs its task: the operation never changes, so a watch that only noticed its
+    // client at the next send would hold the permit for good.
+    let name = unfinished(&channel, "acme").await.unwrap();
+    let wait_now = || {
+        let (channel, name) = (channel.clone(), name.clone());
+        async move {
+            OperationsClient::new(channel)
+                .wait_operation(as_tenant(
+                    "acme",
+                    WaitOperationRequest {
+                        name,
+                        timeout: Some(Duration::ZERO.try_into().unwrap()),
+                    },
+                ))
+                .await
+        }
+    };
+    let mut watch = LetheClient::new(channel.clone())
+        .watch_operation(as_tenant(
+            "acme",
+            WatchOperationRequest { name: name.clone() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "the first state");
+    assert_shed(&wait_now().await.unwrap_err(), "long-polls");
+    drop(watch);
+    // The server learns of the reset asynchronously: ask until the permit is back. The old
+    // behaviour never gave it back while the operation stood still.
+    let mut answered = None;
+    for _ in 0..600 {
+        match wait_now().await {
+            Ok(operation) => {
+                answered = Some(operation);
+                break;
+            }
+            Err(status) => {
+                assert_shed(&status, "long-polls");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(answered.is_some(), "the abandoned watch kept its permit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,8 @@ pub struct StoredRef {
 /// A version of a model: 0 is the registered model, each succeeded run adds one.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelVersion {
+    /// The model's id (`models/{id}`).
+    pub model: String,
     pub version: i32,
     pub object: StoredRef,
     /// Everything forgotten since version 0, sorted.
@@ -186,7 +188,8 @@ impl Store {
     ) -> Result<Option<Job>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let model = sqlx::query(
-            "SELECT m.tenant, m.uri, m.sha256, d.uri AS dataset_uri, d.sha256 AS dataset_sha256 \
+            "SELECT m.tenant, m.name, m.uri, m.sha256, d.uri AS dataset_uri, \
+               d.sha256 AS dataset_sha256 \
              FROM models m JOIN datasets d ON d.id = m.dataset_id WHERE m.id = $1 FOR UPDATE OF m",
         )
         .bind(model_id)
@@ -226,6 +229,7 @@ impl Store {
             return Ok(None);
         }
         let first = ModelVersion {
+            model: model.try_get("name")?,
             version: 0,
             object: StoredRef {
                 uri: model.try_get("uri")?,
@@ -238,9 +242,11 @@ impl Store {
         };
         let latest = |anchors_only: bool| {
             sqlx::query(
-                "SELECT version, uri, sha256, size_bytes, forgotten, run_id, anchor \
-                 FROM model_versions WHERE model_id = $1 AND (anchor OR NOT $2) \
-                 ORDER BY version DESC LIMIT 1",
+                "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
+                   v.run_id, v.anchor \
+                 FROM model_versions v JOIN models m ON m.id = v.model_id \
+                 WHERE v.model_id = $1 AND (v.anchor OR NOT $2) \
+                 ORDER BY v.version DESC LIMIT 1",
             )
             .bind(model_id)
             .bind(anchors_only)
@@ -379,18 +385,21 @@ impl Store {
         tenant: &str,
         model_id: Uuid,
     ) -> Result<Vec<ModelVersion>, StoreError> {
-        let base = sqlx::query("SELECT uri, sha256 FROM models WHERE id = $1 AND tenant = $2")
-            .bind(model_id)
-            .bind(tenant)
-            .fetch_optional(&self.reads)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "model",
-                id: model_id.to_string(),
-            })?;
+        let base =
+            sqlx::query("SELECT name, uri, sha256 FROM models WHERE id = $1 AND tenant = $2")
+                .bind(model_id)
+                .bind(tenant)
+                .fetch_optional(&self.reads)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "model",
+                    id: model_id.to_string(),
+                })?;
         let mut versions = sqlx::query(
-            "SELECT version, uri, sha256, size_bytes, forgotten, run_id, anchor \
-             FROM model_versions WHERE model_id = $1 ORDER BY version DESC",
+            "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
+               v.run_id, v.anchor \
+             FROM model_versions v JOIN models m ON m.id = v.model_id \
+             WHERE v.model_id = $1 ORDER BY v.version DESC",
         )
         .bind(model_id)
         .fetch_all(&self.reads)
@@ -399,6 +408,7 @@ impl Store {
         .map(version_row)
         .collect::<Result<Vec<_>, _>>()?;
         versions.push(ModelVersion {
+            model: base.try_get("name")?,
             version: 0,
             object: StoredRef {
                 uri: base.try_get("uri")?,
@@ -545,6 +555,7 @@ async fn latest_index(
 
 pub(crate) fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> {
     Ok(ModelVersion {
+        model: row.try_get("model")?,
         version: row.try_get("version")?,
         object: StoredRef {
             uri: row.try_get("uri")?,

@@ -47,6 +47,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Characters of a caller's value that a message quotes: refusals travel in HTTP/2 trailers,
+/// which clients cap at a few KiB, and a value of any size may be what was refused.
+const QUOTED_CHARS: usize = 64;
+
+/// `value` as a message quotes it: in full when short, else its start and its length.
+pub(crate) fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
 impl StoreError {
     /// Whether the same call may succeed if tried again (the database was unreachable or a
     /// connection dropped), as opposed to a refusal that will not change.

@@ -51,7 +51,7 @@ pub use error::StoreError;
 pub use failure::Failure;
 pub use group_commit::{CompletionOutcome, CompletionRequest, GroupCommit, GroupCommitLimits};
 pub use jobs::MAX_TASKS_PER_JOB;
-pub use registry::{Dataset, Model};
+pub use registry::{check_resource_id, Dataset, Model};
 pub use reports::ReportedTask;
 pub use retry::RetryPolicy;
 /// The driver, for callers that run their own SQL against the store's pool (benchmarks, checks).

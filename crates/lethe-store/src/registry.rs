@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::error::quoted;
 use crate::{Store, StoreError};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -149,7 +150,9 @@ fn is_builtin(uri: &str) -> bool {
     })
 }
 
-fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError> {
+/// A dataset or model id: 1 to 100 of [a-z0-9._-], starting with a letter or digit. Ids
+/// are checked on registration and on every lookup, so a malformed one is refused as such.
+pub fn check_resource_id(name: &str) -> Result<(), StoreError> {
     let name_ok = !name.is_empty()
         && name.len() <= 100
         && name
@@ -161,9 +164,15 @@ fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError>
         });
     if !name_ok {
         return Err(StoreError::InvalidArgument(format!(
-            "name {name:?}: 1 to 100 of [a-z0-9._-], starting with a letter or digit"
+            "name {}: 1 to 100 of [a-z0-9._-], starting with a letter or digit",
+            quoted(name)
         )));
     }
+    Ok(())
+}
+
+fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError> {
+    check_resource_id(name)?;
     let scheme_ok = ["file:///", "s3://"].iter().any(|s| uri.starts_with(s))
         || (builtin_allowed && is_builtin(uri));
     // URL parsers treat a percent-encoded dot as a dot, so `%2e%2e` is `..` too.
@@ -175,8 +184,9 @@ fn check(name: &str, uri: &str, builtin_allowed: bool) -> Result<(), StoreError>
         || uri.contains("%2F");
     if !scheme_ok || escapes || uri.len() > 2000 || uri.chars().any(char::is_control) {
         return Err(StoreError::InvalidArgument(format!(
-            "uri {uri:?}: a file:/// or s3:// URL of at most 2000 characters, without '.' or \
-             '..' segments, encoded or not (datasets may also be builtin:NAME)"
+            "uri {}: a file:/// or s3:// URL of at most 2000 characters, without '.' or '..' \
+             segments, encoded or not (datasets may also be builtin:NAME)",
+            quoted(uri)
         )));
     }
     Ok(())

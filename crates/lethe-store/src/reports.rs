@@ -92,8 +92,9 @@ impl Store {
     /// The model version a deletion run wrote, once it succeeded.
     pub async fn version_of_run(&self, run_id: Uuid) -> Result<Option<ModelVersion>, StoreError> {
         sqlx::query(
-            "SELECT version, uri, sha256, size_bytes, forgotten, run_id, anchor \
-             FROM model_versions WHERE run_id = $1",
+            "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
+               v.run_id, v.anchor \
+             FROM model_versions v JOIN models m ON m.id = v.model_id WHERE v.run_id = $1",
         )
         .bind(run_id)
         .fetch_optional(&self.reads)

@@ -302,11 +302,12 @@ impl TaskCounts {
         self.blocked + self.available + self.leased + self.succeeded + self.failed + self.cancelled
     }
 
-    /// Fraction of the job done: finished tasks and the reported share of running ones.
+    /// Fraction of the job done: finished tasks and the reported share of running ones; 0
+    /// while no task is planned (a deletion request waiting for its run).
     pub fn fraction_done(&self) -> f64 {
         let total = self.total();
         if total == 0 {
-            return 1.0;
+            return 0.0;
         }
         ((self.succeeded + self.failed + self.cancelled) as f64 + self.running_progress)
             / total as f64

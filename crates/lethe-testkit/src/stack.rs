@@ -186,6 +186,14 @@ impl StackBuilder {
             config.tls = Some(settings);
             client
         });
+        let artifacts_dir = tempfile::tempdir().expect("a temporary directory for artifacts");
+        let artifacts_root = artifacts_dir.path().join("artifacts");
+        let artifacts = ArtifactStore::open(&format!("file://{}", artifacts_root.display()))
+            .unwrap_or_else(|e| panic!("open the artifact store: {e}"));
+        // The coordinator serves downloads from the store its workers write to.
+        if config.artifacts.is_none() {
+            config.artifacts = Some(artifacts.clone());
+        }
         let replica = Coordinator::new(store.clone(), config);
         let metrics = match self.metrics {
             true => {
@@ -224,11 +232,6 @@ impl StackBuilder {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to the coordinator at {endpoint}: {e}"));
-
-        let artifacts_dir = tempfile::tempdir().expect("a temporary directory for artifacts");
-        let artifacts_root = artifacts_dir.path().join("artifacts");
-        let artifacts = ArtifactStore::open(&format!("file://{}", artifacts_root.display()))
-            .unwrap_or_else(|e| panic!("open the artifact store: {e}"));
 
         let mut stack = Stack {
             store,

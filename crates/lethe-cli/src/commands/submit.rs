@@ -1,14 +1,8 @@
-//! `lethe submit` and `lethe download`: index builds and deletion requests, and downloading the
-//! checkpoint of the version a deletion made.
+//! `lethe submit`: index builds and deletion requests.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use lethe_artifacts::{ArtifactStore, StoredObject};
-use lethe_proto::google::longrunning::{operation, GetOperationRequest};
 use lethe_proto::lethe::v1::{
-    CreateDeletionRequestRequest, CreateIndexBuildRequest, DeletionResult, IndexEstimator,
+    CreateDeletionRequestRequest, CreateIndexBuildRequest, IndexEstimator,
 };
 
 use super::operations::watch;
@@ -94,18 +88,6 @@ pub(crate) struct DeletionArgs {
     submission: Submission,
 }
 
-#[derive(Args, Debug)]
-pub(crate) struct DownloadArgs {
-    /// A succeeded deletion request (`operations/{uuid}`).
-    operation: String,
-    /// The artifact store the workers write to (file:///... or s3://...).
-    #[arg(long, env = "LETHE_ARTIFACTS")]
-    artifacts: String,
-    /// Where to write the new version's checkpoint.
-    #[arg(long)]
-    out: PathBuf,
-}
-
 pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let client = Client::connect(&connection).await?;
@@ -156,58 +138,5 @@ pub(crate) fn submit(connection: Connection, verb: SubmitVerb) -> anyhow::Result
         }
         println!("{}", operation.name);
         watch(&client, operation.name).await
-    })
-}
-
-pub(crate) fn download(connection: Connection, args: DownloadArgs) -> anyhow::Result<()> {
-    let store = ArtifactStore::open(&args.artifacts).context("opening --artifacts")?;
-    runtime()?.block_on(async move {
-        let client = Client::connect(&connection).await?;
-        let operation = client
-            .operations()
-            .get_operation(client.call(GetOperationRequest {
-                name: args.operation.clone(),
-            }))
-            .await?
-            .into_inner();
-        let result = match &operation.result {
-            Some(operation::Result::Response(any)) => any
-                .to_msg::<DeletionResult>()
-                .context("the operation's response is not a DeletionResult")?,
-            Some(operation::Result::Error(status)) => {
-                bail!("{} failed: {}", args.operation, status.message)
-            }
-            None => bail!("{} is not done yet", args.operation),
-        };
-        let object = model_object(&result)
-            .with_context(|| format!("{} made no model version", args.operation))?;
-        store
-            .download_verified(&object, &args.out)
-            .await
-            .with_context(|| format!("downloading {}", object.uri))?;
-        println!(
-            "{} ({} bytes, sha256 {}) → {}",
-            object.uri,
-            object.size,
-            hex::encode(object.sha256),
-            args.out.display()
-        );
-        Ok(())
-    })
-}
-
-/// The checkpoint a deletion request's result names.
-fn model_object(result: &DeletionResult) -> anyhow::Result<StoredObject> {
-    let version = result
-        .version
-        .as_ref()
-        .context("the result names no model version")?;
-    let sha256 = <[u8; 32]>::try_from(version.sha256.as_slice())
-        .ok()
-        .context("the version's sha256 is not 32 bytes")?;
-    Ok(StoredObject {
-        uri: version.uri.clone(),
-        sha256,
-        size: version.size_bytes,
     })
 }

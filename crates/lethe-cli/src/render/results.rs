@@ -40,7 +40,8 @@ pub(crate) fn deletion(result: &DeletionResult) -> Vec<String> {
         }
     )];
     lines.push(format!(
-        "  model: {} ({} bytes, sha256 {})",
+        "  model: {} at {} ({} bytes, sha256 {}); `lethe download {0} --out FILE` fetches it",
+        version.name,
         version.uri,
         version.size_bytes,
         hex::encode(&version.sha256)
@@ -203,6 +204,7 @@ mod tests {
         DeletionResult {
             run: "operations/r".into(),
             version: Some(ModelVersion {
+                name: "models/m/versions/1".into(),
                 version: 1,
                 uri: "file:///a/model-v1.safetensors".into(),
                 sha256: vec![0xab],
@@ -243,7 +245,7 @@ mod tests {
         });
         let lines = response(&Any::from_msg(&result).unwrap());
         assert!(lines[0].starts_with("version 1 (from version 0): 50 examples forgotten"));
-        assert!(lines[1].contains("file:///a/model-v1.safetensors"));
+        assert!(lines[1].contains("models/m/versions/1 at file:///a/model-v1.safetensors"));
         let dmm = lines.iter().find(|l| l.contains("| DMM")).unwrap();
         assert!(dmm.contains("2.500") && dmm.contains("0.900"), "{dmm}");
         assert!(lines

@@ -202,11 +202,34 @@ impl Gatekeeper {
 }
 
 /// The token of an `authorization: Bearer <token>` value, if it is one (at most 200 bytes).
+/// The scheme is case-insensitive (RFC 7235 §2.1): `bearer` and `BEARER` are `Bearer`.
 pub(crate) fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 200)
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 200)
+        .then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_required() {
+        let token = |value: &str| {
+            bearer_token(&http::HeaderValue::from_str(value).unwrap()).map(str::to_string)
+        };
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert_eq!(
+                token(&format!("{scheme} abc")).as_deref(),
+                Some("abc"),
+                "{scheme}"
+            );
+        }
+        assert_eq!(token("Bearer   abc  ").as_deref(), Some("abc"));
+        for bad in ["Bearer", "Bearer ", "Basic abc", "Bearerabc", "abc"] {
+            assert_eq!(token(bad), None, "{bad:?}");
+        }
+        assert_eq!(token(&format!("Bearer {}", "x".repeat(201))), None);
+    }
 }

@@ -12,11 +12,10 @@ use tonic::Status;
 
 use super::fields::{named_model, parse_priority, request_id};
 use crate::gate::principal::Caller;
+use crate::limits::MAX_FORGET;
 use crate::state::Shared;
 use crate::status::{from_store, invalid};
 
-/// Examples one deletion request may name.
-const MAX_FORGET: usize = 100_000;
 const MAX_AUDIT_ORACLES: u32 = 1_000;
 
 /// What one deletion request asks for, as stored in its job's spec.

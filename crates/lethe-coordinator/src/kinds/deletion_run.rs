@@ -433,6 +433,7 @@ mod tests {
             model_id: Uuid::now_v7(),
             dataset: stored("builtin:fmnist-tiny"),
             base: ModelVersion {
+                model: "m".into(),
                 version: 0,
                 object: stored("file:///m/v0"),
                 forgotten: vec![],
@@ -440,6 +441,7 @@ mod tests {
                 anchor: true,
             },
             current: ModelVersion {
+                model: "m".into(),
                 version: 2,
                 object: stored("file:///m/v2"),
                 forgotten: forgotten_before,

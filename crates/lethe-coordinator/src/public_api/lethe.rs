@@ -1,5 +1,5 @@
-//! The `lethe.v1.Lethe` service: datasets, models and their versions, the Create call of each
-//! operation kind, and WatchOperation.
+//! The `lethe.v1.Lethe` service: datasets, models and their versions (and their downloads,
+//! [`super::download`]), the Create call of each operation kind, and WatchOperation.
 
 use std::pin::Pin;
 
@@ -11,10 +11,12 @@ use lethe_store::AuditOutcome;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{PublicApi, MAX_WAIT};
+use super::download::ChunkStream;
+use super::PublicApi;
 use crate::gate::principal::caller_of;
 use crate::kinds::fields::named_model;
 use crate::kinds::{deletion, index_build, noop};
+use crate::limits::{MAX_WAIT, MAX_WATCH};
 use crate::names::{operation_name, parse_operation_name, resource_id};
 use crate::operation::operation_of;
 use crate::registry::{dataset_to_proto, model_to_proto, optional_hash, version_to_proto};
@@ -25,6 +27,7 @@ type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Se
 #[tonic::async_trait]
 impl Lethe for PublicApi {
     type WatchOperationStream = OperationStream;
+    type DownloadModelVersionStream = ChunkStream;
 
     async fn register_dataset(
         &self,
@@ -171,6 +174,24 @@ impl Lethe for PublicApi {
         }))
     }
 
+    async fn download_model_version(
+        &self,
+        request: Request<pb::DownloadModelVersionRequest>,
+    ) -> Result<Response<Self::DownloadModelVersionStream>, Status> {
+        let caller = caller_of(&request)?;
+        let stream = self.download(&caller, &request.get_ref().name).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_model_version_download_url(
+        &self,
+        request: Request<pb::GetModelVersionDownloadUrlRequest>,
+    ) -> Result<Response<pb::ModelVersionDownloadUrl>, Status> {
+        let caller = caller_of(&request)?;
+        let url = self.download_url(&caller, request.into_inner()).await?;
+        Ok(Response::new(url))
+    }
+
     async fn create_index_build(
         &self,
         request: Request<pb::CreateIndexBuildRequest>,
@@ -215,16 +236,25 @@ impl Lethe for PublicApi {
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let api = self.clone();
         tokio::spawn(async move {
-            // The stream holds its long-poll permit until it ends.
+            // The stream holds its long-poll permit until it ends: when the operation is
+            // done, when the client goes away (noticed at once, not at the next send), or
+            // after MAX_WATCH, whichever comes first.
             let _permit = permit;
+            let end = tokio::time::Instant::now() + MAX_WATCH;
             let mut changes = api.shared.wake.watch_jobs();
             let mut last = first;
             if sender.send(Ok(last.clone())).await.is_err() {
                 return;
             }
             while !last.done {
-                let far = tokio::time::Instant::now() + MAX_WAIT;
-                api.next_change(&mut changes, id, far).await;
+                let next = (tokio::time::Instant::now() + MAX_WAIT).min(end);
+                tokio::select! {
+                    _ = api.next_change(&mut changes, id, next) => {}
+                    _ = sender.closed() => return,
+                }
+                if tokio::time::Instant::now() >= end {
+                    return;
+                }
                 let now = match api.operation(&caller, "operation.watch", id).await {
                     Ok(now) => now,
                     Err(status) => {

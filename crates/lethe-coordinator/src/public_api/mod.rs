@@ -2,6 +2,7 @@
 //! `Operations` ([`operations`]) over the caller's tenant's jobs. Handlers validate nothing of
 //! a kind themselves: each kind's module does ([`crate::kinds`]).
 
+mod download;
 mod lethe;
 mod listing;
 mod operations;
@@ -16,9 +17,6 @@ use uuid::Uuid;
 use crate::gate::principal::Caller;
 use crate::operation::operation_of;
 use crate::state::Shared;
-
-/// The longest WaitOperation waits, and how long a watch waits between reads at most.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub(crate) struct PublicApi {

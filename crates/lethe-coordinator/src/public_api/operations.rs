@@ -10,13 +10,12 @@ use lethe_store::AuditOutcome;
 use tonic::{Request, Response, Status};
 
 use super::listing::{parse_filter, BadPageToken, PageToken};
-use super::{PublicApi, MAX_WAIT};
+use super::PublicApi;
 use crate::gate::principal::caller_of;
+use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_WAIT};
 use crate::names::{operation_name, parse_operation_name};
 use crate::operation::operation_of;
 use crate::status::{from_store, invalid};
-
-const DEFAULT_PAGE_SIZE: u32 = 50;
 
 #[tonic::async_trait]
 impl Operations for PublicApi {
@@ -42,7 +41,7 @@ impl Operations for PublicApi {
         let page_size = match request.page_size {
             n if n < 0 => return Err(invalid("page_size", "must not be negative")),
             0 => DEFAULT_PAGE_SIZE,
-            n => (n as u32).min(1000),
+            n => (n as u32).min(MAX_PAGE_SIZE),
         };
         let after = match request.page_token.as_str() {
             "" => None,
