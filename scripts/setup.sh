@@ -47,3 +47,15 @@ if ! cmp -s scripts/requirements.txt "$STAMP"; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
     cp scripts/requirements.txt "$STAMP"
 fi
+
+# lethe_client (clients/python), whose gRPC stubs are generated from proto/ when it is built:
+# installed again whenever its sources or the protos change.
+CLIENT_STAMP="$VENV/.lethe-client"
+client_sources=$(cat clients/python/pyproject.toml clients/python/setup.py \
+    clients/python/src/lethe_client/*.py proto/lethe/v1/*.proto | sha256sum | cut -d' ' -f1)
+if [[ "$(cat "$CLIENT_STAMP" 2>/dev/null)" != "$client_sources" ]]; then
+    echo "setup: installing lethe_client (clients/python) into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
+        --no-build-isolation --no-deps ./clients/python
+    echo "$client_sources" > "$CLIENT_STAMP"
+fi
