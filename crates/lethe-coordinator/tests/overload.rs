@@ -49,6 +49,28 @@ async fn unfinished(channel: &Channel, tenant: &str) -> Result<String, tonic::St
         .map(|answer| answer.into_inner().name)
 }
 
+/// acme's WaitOperation on `name`, up to `timeout`.
+fn wait_operation(
+    channel: &Channel,
+    name: &str,
+    timeout: Duration,
+) -> impl std::future::Future<
+    Output = Result<tonic::Response<lethe_proto::google::longrunning::Operation>, tonic::Status>,
+> {
+    let (channel, name) = (channel.clone(), name.to_string());
+    async move {
+        OperationsClient::new(channel)
+            .wait_operation(as_tenant(
+                "acme",
+                WaitOperationRequest {
+                    name,
+                    timeout: Some(timeout.try_into().unwrap()),
+                },
+            ))
+            .await
+    }
+}
+
 fn assert_shed(status: &tonic::Status, what: &str) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains(what), "{status:?}");
@@ -226,20 +248,7 @@ async fn long_polls_are_bounded_on_their_own() {
     };
     let (_url, _stack, channel) = start("overload_polls", config).await;
     let name = unfinished(&channel, "acme").await.unwrap();
-    let wait = |seconds: u64| {
-        let (channel, name) = (channel.clone(), name.clone());
-        async move {
-            OperationsClient::new(channel)
-                .wait_operation(as_tenant(
-                    "acme",
-                    WaitOperationRequest {
-                        name,
-                        timeout: Some(Duration::from_secs(seconds).try_into().unwrap()),
-                    },
-                ))
-                .await
-        }
-    };
+    let wait = |seconds: u64| wait_operation(&channel, &name, Duration::from_secs(seconds));
     let open = [tokio::spawn(wait(3)), tokio::spawn(wait(3))];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let refused = wait(3).await.unwrap_err();
@@ -270,20 +279,7 @@ async fn an_abandoned_watch_gives_its_long_poll_permit_back() {
     // Nobody runs its task: the operation never changes, so a watch that only noticed its
     // client at the next send would hold the permit for good.
     let name = unfinished(&channel, "acme").await.unwrap();
-    let wait_now = || {
-        let (channel, name) = (channel.clone(), name.clone());
-        async move {
-            OperationsClient::new(channel)
-                .wait_operation(as_tenant(
-                    "acme",
-                    WaitOperationRequest {
-                        name,
-                        timeout: Some(Duration::ZERO.try_into().unwrap()),
-                    },
-                ))
-                .await
-        }
-    };
+    let wait_now = || wait_operation(&channel, &name, Duration::ZERO);
     let mut watch = LetheClient::new(channel.clone())
         .watch_operation(as_tenant(
             "acme",

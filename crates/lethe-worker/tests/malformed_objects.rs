@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::WORKER;
@@ -119,21 +119,7 @@ async fn malformed_objects_fail_their_operation_with_a_reason() {
 
     // One good checkpoint; the rest are made from it or from nothing.
     let good = objects.join("good.safetensors");
-    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args([
-            "train",
-            "--dataset",
-            "fmnist-tiny",
-            "--device",
-            "cpu",
-            "--epochs",
-            "1",
-        ])
-        .arg("--out")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(trained.status.success(), "{trained:?}");
+    common::train_on_fmnist_tiny(&good, &["--epochs", "1"]);
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(
         objects.join("garbage.safetensors"),

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::browser::Browser;
@@ -87,23 +87,8 @@ async fn metrics_move_with_the_work_and_the_admin_api_sees_the_fleet() {
     let (metrics, dashboard, store) = (stack.metrics(), stack.dashboard(), &stack.store);
     let root = stack.artifacts_root().to_path_buf();
     let artifacts = stack.artifacts_url();
-    std::fs::create_dir_all(root.join("models")).unwrap();
     let base = root.join("models/base.safetensors");
-    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args([
-            "train",
-            "--dataset",
-            "fmnist-tiny",
-            "--device",
-            "cpu",
-            "--epochs",
-            "2",
-        ])
-        .arg("--out")
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(trained.status.success(), "{trained:?}");
+    common::train_on_fmnist_tiny(&base, &["--epochs", "2"]);
 
     let before = scrape(metrics).await;
     let worker_ports = [free_port(), free_port()];

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::WORKER;
@@ -54,23 +54,8 @@ async fn a_cnn_is_indexed_with_trak_and_unlearned_with_dmm_through_the_service()
     let artifacts = stack.artifacts_url();
 
     // Version 0: the small CNN, 3 epochs on fmnist-tiny (the recipe every retrain repeats).
-    std::fs::create_dir_all(root.join("models")).unwrap();
     let base = root.join("models/cnn.safetensors");
-    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args([
-            "train",
-            "--dataset",
-            "fmnist-tiny",
-            "--model",
-            "cnn",
-            "--epochs",
-            "3",
-        ])
-        .args(["--device", "cpu", "--out"])
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(trained.status.success(), "{trained:?}");
+    common::train_on_fmnist_tiny(&base, &["--model", "cnn", "--epochs", "3"]);
     let sha256 = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
 
     let mut client = LetheClient::connect(stack.endpoint()).await.unwrap();

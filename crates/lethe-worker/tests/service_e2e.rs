@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::WORKER;
@@ -83,21 +83,8 @@ async fn a_deletion_request_runs_end_to_end_and_survives_a_killed_worker() {
     let artifact_store = ArtifactStore::open(&artifacts).unwrap();
 
     // The deployed model, version 0: an MLP trained on fmnist-tiny, in the artifact store.
-    std::fs::create_dir_all(root.join("models")).unwrap();
     let base = root.join("models/base.safetensors");
-    let trained = Command::new(env!("CARGO_BIN_EXE_lethe-worker"))
-        .args([
-            "train",
-            "--dataset",
-            "fmnist-tiny",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(trained.status.success(), "{trained:?}");
+    common::train_on_fmnist_tiny(&base, &[]);
     let base_sha = Sha256::digest(std::fs::read(&base).unwrap()).to_vec();
 
     let mut client = LetheClient::connect(stack.endpoint()).await.unwrap();

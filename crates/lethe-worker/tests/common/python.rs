@@ -3,7 +3,7 @@
 //! `lethe-worker serve` process. The suite gets where they are in `LETHE_*` variables.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use lethe_coordinator::CoordinatorConfig;
@@ -55,21 +55,8 @@ pub(crate) async fn pytest_against_a_stack(database: &str, suite: &str) {
         .unwrap()
         .token;
 
-    std::fs::create_dir_all(stack.artifacts_root().join("models")).unwrap();
     let model = stack.artifacts_root().join("models/base.safetensors");
-    let trained = Command::new(WORKER)
-        .args([
-            "train",
-            "--dataset",
-            "fmnist-tiny",
-            "--device",
-            "cpu",
-            "--out",
-        ])
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(trained.status.success(), "{}", output_text(&trained));
+    super::train_on_fmnist_tiny(&model, &[]);
     let _worker = stack.serve(WORKER, database, Stdio::null());
 
     let address = stack.endpoint().trim_start_matches("http://").to_string();
