@@ -93,19 +93,23 @@ class Operation:
     def watch(self) -> Iterator["Operation"]:
         """This operation each time its state or progress changes, until it is done. A
         stream the server ends early (it caps a watch at an hour) is opened again."""
+        failures = 0
         while True:
             stream = self._client._lethe.WatchOperation(
                 lethe_pb2.WatchOperationRequest(name=self.name), metadata=self._client._metadata
             )
             try:
                 for message in stream:
+                    failures = 0
                     self._message = message
                     yield self
             except grpc.RpcError as raw:
+                # A dropped connection is watched again, as patiently as a retried call.
                 error = from_rpc_error(raw)
-                if error.code != grpc.StatusCode.UNAVAILABLE:
+                failures += 1
+                if error.code != grpc.StatusCode.UNAVAILABLE or failures >= self._client.backoff.attempts:
                     raise error from None
-                time.sleep(self._client.backoff.delay(0, error))
+                time.sleep(self._client.backoff.delay(failures - 1, error))
                 continue
             if self.done:
                 return
