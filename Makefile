@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-ensemble-cuda bench-attribution bench-quality bench-quality-explore bench-coordinator bench-report chaos clean
+.PHONY: setup build lint fmt test validate-deploy demo bench-ensemble bench-ensemble-cuda bench-attribution bench-quality bench-quality-explore bench-coordinator bench-report chaos compose-smoke clean
 
 setup:
 	@scripts/setup.sh
@@ -29,6 +29,7 @@ test: lint
 	scripts/check-deploy.sh
 	scripts/validate-compose.sh
 	scripts/validate-k8s.sh
+	scripts/check-go-example.sh
 
 # The deployment files without a Docker engine or a cluster (deploy/README.md). check-deploy
 # reads the binaries' --help: build them first (make test does).
@@ -85,6 +86,12 @@ bench-report: setup
 # malformed objects (lethe-worker/tests/malformed_objects.rs).
 # Both write their figures into bench/results/reliability.json. make test runs a short
 # campaign and the whole suite.
+# docker-compose.yml for real (Docker, else Podman from Debian; local base images where no
+# registry answers): build, start, one audited deletion through it, download, tear down.
+# Tens of minutes on 2 cores, most of it building the images. Logs in compose-smoke/.
+compose-smoke: setup
+	scripts/compose-smoke.sh
+
 chaos: setup
 	cargo build --release -p lethe-coordinator -p lethe-worker
 	LETHE_CHAOS=full LETHE_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.json \

@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 # docker-compose: `docker-compose config` for scripts/validate-compose.sh (no engine is needed).
 # chromium and chromium-driver: the dashboard's browser test (headless, over WebDriver).
-DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql docker-compose chromium chromium-driver)
+# Go, protoc and Debian's Go gRPC packages: scripts/check-go-example.sh builds docs/clients.md's
+# Go example against stubs generated from proto/.
+DEBIAN_PACKAGES=(dataset-fashion-mnist postgresql docker-compose chromium chromium-driver
+    golang-go protobuf-compiler protoc-gen-go-grpc golang-google-grpc-dev
+    golang-google-genproto-dev golang-google-protobuf-dev)
 VENV=.venv
 STAMP="$VENV/.lethe-requirements"
 

@@ -7,7 +7,7 @@
 // The lethe.v1 package is generated from proto/lethe/v1 (scripts/check-go-example.sh shows
 // how); google.longrunning and google.rpc come from genproto. It is written against the Go
 // packages Debian bookworm ships (grpc-go 1.33, genproto 2020); with current modules,
-// longrunningpb and anypb.UnmarshalTo replace genproto's longrunning and ptypes.
+// longrunningpb replaces genproto's longrunning and anypb.UnmarshalTo the unpack below.
 package main
 
 import (
@@ -22,11 +22,12 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/golang/protobuf/ptypes"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/runtime/protoimpl"
 
 	lethev1 "lethe.dev/lethe/v1"
 )
@@ -47,7 +48,8 @@ func main() {
 		}
 		indices = append(indices, index)
 	}
-	conn, err := grpc.Dial(*coordinator, grpc.WithInsecure())
+	conn, err := grpc.Dial(*coordinator, grpc.WithInsecure(),
+		grpc.WithDefaultCallOptions(grpc.ForceCodec(messages{})))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func main() {
 			}
 			operation = next
 			var progress lethev1.OperationMetadata
-			if err := ptypes.UnmarshalAny(operation.GetMetadata(), &progress); err == nil {
+			if err := unpack(operation.GetMetadata(), &progress); err == nil {
 				fmt.Printf("%s %s %.0f%%\n", operation.GetName(), progress.GetState(), 100*progress.GetProgress())
 			}
 		}
@@ -91,14 +93,47 @@ func main() {
 		log.Fatalf("%s failed: %s (code %d)", operation.GetName(), failure.GetMessage(), failure.GetCode())
 	}
 	var result lethev1.DeletionResult
-	if err := ptypes.UnmarshalAny(operation.GetResponse(), &result); err != nil {
-		log.Fatalf("the response is not a DeletionResult: %v", err)
+	if err := unpack(operation.GetResponse(), &result); err != nil {
+		log.Fatal(err)
 	}
 	version := result.GetVersion()
 	fmt.Printf("%s: %d examples forgotten in all\n", version.GetName(), version.GetForgottenCount())
 	if err := download(ctx, lethe, version.GetName(), *out); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// messages is the gRPC codec for today's generated messages and genproto's older ones alike.
+// grpc-go 1.33's default codec uses the old protobuf runtime, which cannot decode a message
+// that today's protoc-gen-go wrote (DownloadModelVersion's chunks); grpc-go 1.35 and later
+// need none of this.
+type messages struct{}
+
+func (messages) Marshal(v interface{}) ([]byte, error) {
+	return proto.Marshal(protoimpl.X.ProtoMessageV2Of(v))
+}
+
+func (messages) Unmarshal(data []byte, v interface{}) error {
+	return proto.Unmarshal(data, protoimpl.X.ProtoMessageV2Of(v))
+}
+
+func (messages) Name() string { return "proto" }
+
+// packed is what genproto's google.protobuf.Any and anypb.Any both are.
+type packed interface {
+	GetTypeUrl() string
+	GetValue() []byte
+}
+
+// unpack reads an Any holding message m's type: Lethe's responses and metadata are typed,
+// never JSON. (anypb.UnmarshalTo does this with current modules.)
+func unpack(any packed, m proto.Message) error {
+	want := string(m.ProtoReflect().Descriptor().FullName())
+	got := any.GetTypeUrl()[strings.LastIndex(any.GetTypeUrl(), "/")+1:]
+	if got != want {
+		return fmt.Errorf("got a %s, not a %s", got, want)
+	}
+	return proto.Unmarshal(any.GetValue(), m)
 }
 
 // download streams a version's checkpoint into path and keeps it only if its SHA-256 is the
