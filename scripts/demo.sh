@@ -127,7 +127,7 @@ python3 - "$OUT/audit-log.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     entry = json.loads(line)
-    detail = entry["detail"]
+    detail = entry["detail"] or {}
     if "forget" in detail:
         what = f"{len(detail['forget'])} examples of models/{detail['model']}"
     else:

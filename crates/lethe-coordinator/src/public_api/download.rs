@@ -39,7 +39,7 @@ impl PublicApi {
             .read_stream(&version.object.uri)
             .await
             .map_err(|e| from_artifacts(e, name))?;
-        self.record_download(caller, action, name).await;
+        self.record_download(caller, action, name, &version).await;
         let (sender, receiver) = mpsc::channel(4);
         tokio::spawn(send_checkpoint(version, name.to_string(), chunks, sender));
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
@@ -61,7 +61,8 @@ impl PublicApi {
             .presigned_get(&version.object.uri, lifetime)
             .await
             .map_err(|e| from_artifacts(e, &request.name))?;
-        self.record_download(caller, action, &request.name).await;
+        self.record_download(caller, action, &request.name, &version)
+            .await;
         let expires = chrono::Utc::now()
             + chrono::Duration::from_std(lifetime).expect("at most an hour fits");
         Ok(pb::ModelVersionDownloadUrl {
@@ -104,8 +105,19 @@ impl PublicApi {
             })
     }
 
-    /// A checkpoint leaving the service is an audit line, as a registration is.
-    async fn record_download(&self, caller: &Caller, action: &str, name: &str) {
+    /// A checkpoint leaving the service is an audit line, as a registration is: which
+    /// object, by its URI and hash.
+    async fn record_download(
+        &self,
+        caller: &Caller,
+        action: &str,
+        name: &str,
+        version: &ModelVersion,
+    ) {
+        let detail = serde_json::json!({
+            "uri": version.object.uri,
+            "sha256": version.object.sha256.map(hex::encode),
+        });
         self.shared
             .gate
             .record(caller.audit(
@@ -113,7 +125,7 @@ impl PublicApi {
                 name.to_string(),
                 AuditOutcome::Allowed,
                 None,
-                serde_json::Value::Null,
+                detail,
             ))
             .await;
     }
