@@ -240,17 +240,12 @@ impl Store {
             run_id: None,
             anchor: true,
         };
-        let latest = |anchors_only: bool| {
-            sqlx::query(
-                "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
-                   v.run_id, v.anchor \
-                 FROM model_versions v JOIN models m ON m.id = v.model_id \
-                 WHERE v.model_id = $1 AND (v.anchor OR NOT $2) \
-                 ORDER BY v.version DESC LIMIT 1",
-            )
-            .bind(model_id)
-            .bind(anchors_only)
-        };
+        let latest_sql = format!(
+            "{VERSION_SELECT} WHERE v.model_id = $1 AND (v.anchor OR NOT $2) \
+             ORDER BY v.version DESC LIMIT 1"
+        );
+        let latest =
+            |anchors_only: bool| sqlx::query(&latest_sql).bind(model_id).bind(anchors_only);
         let current = match latest(false).fetch_optional(&mut *tx).await? {
             Some(row) => version_row(&row)?,
             None => first.clone(),
@@ -395,12 +390,9 @@ impl Store {
                     what: "model",
                     id: model_id.to_string(),
                 })?;
-        let mut versions = sqlx::query(
-            "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
-               v.run_id, v.anchor \
-             FROM model_versions v JOIN models m ON m.id = v.model_id \
-             WHERE v.model_id = $1 ORDER BY v.version DESC",
-        )
+        let mut versions = sqlx::query(&format!(
+            "{VERSION_SELECT} WHERE v.model_id = $1 ORDER BY v.version DESC"
+        ))
         .bind(model_id)
         .fetch_all(&self.reads)
         .await?
@@ -552,6 +544,11 @@ async fn latest_index(
     })
     .transpose()
 }
+
+/// The columns [`version_row`] reads, from `model_versions v` joined to its model.
+pub(crate) const VERSION_SELECT: &str =
+    "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, v.run_id, \
+     v.anchor FROM model_versions v JOIN models m ON m.id = v.model_id";
 
 pub(crate) fn version_row(row: &sqlx::postgres::PgRow) -> Result<ModelVersion, StoreError> {
     Ok(ModelVersion {

@@ -7,7 +7,7 @@ use prost::Message;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::deletions::{hash, version_row};
+use crate::deletions::{hash, version_row, VERSION_SELECT};
 use crate::{ModelVersion, Store, StoreError, StoredRef};
 
 /// A succeeded task, with its report and the objects it wrote (by name).
@@ -91,16 +91,12 @@ impl Store {
 
     /// The model version a deletion run wrote, once it succeeded.
     pub async fn version_of_run(&self, run_id: Uuid) -> Result<Option<ModelVersion>, StoreError> {
-        sqlx::query(
-            "SELECT m.name AS model, v.version, v.uri, v.sha256, v.size_bytes, v.forgotten, \
-               v.run_id, v.anchor \
-             FROM model_versions v JOIN models m ON m.id = v.model_id WHERE v.run_id = $1",
-        )
-        .bind(run_id)
-        .fetch_optional(&self.reads)
-        .await?
-        .as_ref()
-        .map(version_row)
-        .transpose()
+        sqlx::query(&format!("{VERSION_SELECT} WHERE v.run_id = $1"))
+            .bind(run_id)
+            .fetch_optional(&self.reads)
+            .await?
+            .as_ref()
+            .map(version_row)
+            .transpose()
     }
 }
